@@ -1,0 +1,1 @@
+"""The data owner's Flower ClientApp."""

@@ -1,0 +1,256 @@
+"""Run configuration: parsed once into frozen, validated dataclasses.
+
+One key set serves every source: the ``fedmodel simulate`` options, a ``--config`` TOML file, the
+resolved ``config.toml`` of a run folder and Flower's ``run_config`` all use the same kebab-case keys
+(``local-epochs``, ``batch-size``, ...). Parsing collects every problem and fails once with a
+:class:`~fedmodel.errors.ConfigError` listing all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fedmodel.errors import ConfigError
+
+BUNDLED_DATASETS: tuple[str, ...] = ("digits", "breast-cancer")
+STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox", "fedadam")
+MODELS: tuple[str, ...] = ("logreg", "mlp")
+PartitionKind = Literal["iid", "dirichlet", "pathological"]
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """How the training data is split across owners.
+
+    ``iid``; ``dirichlet:ALPHA`` (label skew, smaller alpha is more skewed); ``pathological:K``
+    (each owner holds K classes).
+    """
+
+    kind: PartitionKind = "iid"
+    alpha: float | None = None
+    classes_per_owner: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> PartitionSpec:
+        """Parse ``iid``, ``dirichlet:ALPHA`` or ``pathological:K``; raise ValueError if malformed."""
+        kind, _, arg = text.strip().partition(":")
+        if kind == "iid" and not arg:
+            return cls("iid")
+        if kind == "dirichlet":
+            try:
+                alpha = float(arg)
+            except ValueError:
+                raise ValueError(f"dirichlet needs a number, as in dirichlet:0.5, got {text!r}") from None
+            if not math.isfinite(alpha) or alpha <= 0:
+                raise ValueError(f"dirichlet alpha must be > 0, got {arg}")
+            return cls("dirichlet", alpha=alpha)
+        if kind == "pathological":
+            if not arg.isdigit() or int(arg) < 1:
+                raise ValueError(f"pathological needs a class count >= 1, as in pathological:2, got {text!r}")
+            return cls("pathological", classes_per_owner=int(arg))
+        raise ValueError(f"expected iid, dirichlet:ALPHA or pathological:K, got {text!r}")
+
+    def __str__(self) -> str:
+        if self.kind == "dirichlet":
+            return f"dirichlet:{self.alpha:g}"
+        if self.kind == "pathological":
+            return f"pathological:{self.classes_per_owner}"
+        return "iid"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one federated run needs, identical on the coordinator and at every owner.
+
+    Field names are the snake_case form of the keys (``local_epochs`` for ``local-epochs``).
+    """
+
+    dataset: str = "digits"
+    data_path: str = ""
+    label: str = ""
+    clients: int = 10
+    rounds: int = 10
+    partition: PartitionSpec = field(default_factory=PartitionSpec)
+    epsilon: float = 3.0
+    delta: float = 1e-5
+    dp: bool = True
+    max_grad_norm: float = 1.0
+    strategy: str = "fedavg"
+    proximal_mu: float = 0.01
+    server_lr: float = 0.1
+    model: str = "logreg"
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 2.0
+    seed: int = 42
+    device: str = "auto"
+    test_fraction: float = 0.2
+    out: str = ""
+    inject_failure_owners: tuple[int, ...] = ()  # testing aid: these owners raise during training
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], *, source: str = "config") -> RunConfig:
+        """Build from kebab-case keys (run_config, TOML, CLI), collecting every problem.
+
+        Unknown keys are errors: a typo must not silently fall back to a default.
+        """
+        problems: list[str] = []
+        known = {f.name.replace("_", "-"): f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, raw in values.items():
+            f = known.get(key)
+            if f is None:
+                problems.append(f"{source}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+                continue
+            try:
+                kwargs[f.name] = _coerce(f.name, raw)
+            except ValueError as exc:
+                problems.append(f"{source}: {key} = {raw!r}: {exc}")
+        if problems:
+            raise ConfigError(problems)
+        config = cls(**kwargs)
+        config.validate()
+        return config
+
+    @classmethod
+    def from_toml(cls, path: Path) -> dict[str, Any]:
+        """Read a TOML config file into a kebab-case mapping (validated later with the CLI values)."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read config file ({exc.strerror})"]) from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: not valid TOML ({exc})"]) from None
+        table = data.get("fedmodel", data)
+        if not isinstance(table, dict):
+            raise ConfigError([f"{path}: expected key = value pairs or a [fedmodel] table"])
+        return table
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise ConfigError listing every invalid value."""
+        p: list[str] = []
+
+        def need(ok: bool, key: str, value: object, expected: str) -> None:
+            if not ok:
+                p.append(f"{key} = {value!r}: expected {expected}")
+
+        if self.dataset not in BUNDLED_DATASETS and self.dataset != "file":
+            p.append(
+                f"dataset = {self.dataset!r}: unknown data set; expected one of "
+                f"{', '.join(BUNDLED_DATASETS)} or a path to a .csv or .npz file"
+            )
+        if self.dataset == "file":
+            need(bool(self.data_path), "data-path", self.data_path, "a path to a .csv or .npz file")
+            need(bool(self.label), "label", self.label, "the name of the label column (--label)")
+        need(self.clients >= 1, "clients", self.clients, "an integer >= 1")
+        need(self.rounds >= 1, "rounds", self.rounds, "an integer >= 1")
+        need(_finite(self.epsilon) and self.epsilon > 0, "epsilon", self.epsilon, "a number > 0")
+        need(_finite(self.delta) and 0 < self.delta < 1, "delta", self.delta, "a number in (0, 1)")
+        need(_finite(self.max_grad_norm) and self.max_grad_norm > 0, "max-grad-norm", self.max_grad_norm,
+             "a number > 0")
+        need(self.strategy in STRATEGIES, "strategy", self.strategy, " | ".join(STRATEGIES))
+        need(_finite(self.proximal_mu) and self.proximal_mu >= 0, "proximal-mu", self.proximal_mu, "a number >= 0")
+        need(_finite(self.server_lr) and self.server_lr > 0, "server-lr", self.server_lr, "a number > 0")
+        need(self.model in MODELS, "model", self.model, " | ".join(MODELS))
+        need(self.local_epochs >= 1, "local-epochs", self.local_epochs, "an integer >= 1")
+        need(self.batch_size >= 1, "batch-size", self.batch_size, "an integer >= 1")
+        need(_finite(self.lr) and self.lr > 0, "lr", self.lr, "a number > 0")
+        need(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        need(bool(_DEVICE_RE.match(self.device)), "device", self.device, "auto | cpu | cuda | cuda:N")
+        need(_finite(self.test_fraction) and 0 < self.test_fraction < 1, "test-fraction", self.test_fraction,
+             "a number in (0, 1)")
+        bad = [o for o in self.inject_failure_owners if not 0 <= o < max(self.clients, 1)]
+        need(not bad, "inject-failure-owners", bad, f"owner ids in [0, {self.clients - 1}]")
+        if p:
+            raise ConfigError(p)
+
+    # ------------------------------------------------------------------ serialisation
+    def to_mapping(self) -> dict[str, Any]:
+        """Kebab-case mapping of scalars: Flower's run_config, config.toml, report.json."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, PartitionSpec):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = ",".join(str(v) for v in value)
+            out[f.name.replace("_", "-")] = value
+        return out
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """Return a validated copy with some fields changed."""
+        new = dataclasses.replace(self, **changes)
+        new.validate()
+        return new
+
+    @property
+    def dataset_label(self) -> str:
+        """Human name of the data set: the bundled name or the file name."""
+        return Path(self.data_path).name if self.dataset == "file" else self.dataset
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+_INT_FIELDS = {"clients", "rounds", "local_epochs", "batch_size", "seed"}
+_FLOAT_FIELDS = {"epsilon", "delta", "max_grad_norm", "proximal_mu", "server_lr", "lr", "test_fraction"}
+_STR_FIELDS = {"dataset", "data_path", "label", "strategy", "model", "device", "out"}
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    """Turn a raw value (TOML, Flower run_config, CLI) into the field's type or raise ValueError."""
+    if name in _INT_FIELDS:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            raise ValueError("expected an integer")
+        try:
+            value = float(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            raise ValueError("expected an integer") from None
+        if not float(value).is_integer():
+            raise ValueError("expected an integer")
+        return int(value)
+    if name in _FLOAT_FIELDS:
+        if isinstance(raw, bool):
+            raise ValueError("expected a number")
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise ValueError("expected a number") from None
+    if name == "dp":
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "false"):
+            return raw.lower() == "true"
+        raise ValueError("expected true or false")
+    if name == "partition":
+        if isinstance(raw, PartitionSpec):
+            return raw
+        return PartitionSpec.parse(str(raw))
+    if name == "inject_failure_owners":
+        if isinstance(raw, (list, tuple)):
+            items = [str(x) for x in raw]
+        else:
+            items = [x for x in str(raw).split(",") if x.strip()]
+        try:
+            return tuple(int(x) for x in items)
+        except ValueError:
+            raise ValueError("expected comma-separated owner ids") from None
+    if name in _STR_FIELDS:
+        if not isinstance(raw, str):
+            raise ValueError("expected a string")
+        return raw.strip()
+    raise ValueError("unsupported key")  # pragma: no cover - every field is listed above

@@ -1,0 +1,143 @@
+"""Readers for a user's own table: CSV (header row) or NPZ. Errors name the file, row and column.
+
+A CSV shard has one header row; the label column is named with ``--label``; every other column is
+a numeric feature. Labels may be numbers or strings; classes are their sorted distinct values.
+An NPZ shard holds a 2-D feature array (``x``, ``X`` or ``features``) and a 1-D label array whose
+key is given with ``--label`` (``y`` if empty).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from fedmodel.data.dataset import Dataset
+from fedmodel.errors import DataValidationError
+
+SUPPORTED_SUFFIXES: tuple[str, ...] = (".csv", ".npz")
+_NPZ_FEATURE_KEYS: tuple[str, ...] = ("x", "X", "features")
+
+
+def read_table(path: Path, label: str) -> Dataset:
+    """Read a CSV or NPZ file into a :class:`Dataset`, or raise DataValidationError."""
+    if not path.exists():
+        raise DataValidationError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataValidationError(f"{path}: not a file")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return _read_csv(path, label)
+    if suffix == ".npz":
+        return _read_npz(path, label or "y")
+    raise DataValidationError(f"{path}: unsupported file type {suffix or '(none)'!r}; expected .csv or .npz")
+
+
+def _read_csv(path: Path, label: str) -> Dataset:
+    if not label:
+        raise DataValidationError(f"{path}: a CSV file needs the label column named with --label")
+    try:
+        with path.open(encoding="utf-8", newline="") as fh:
+            rows = list(csv.reader(fh))
+    except UnicodeDecodeError as exc:
+        raise DataValidationError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8 CSV") from None
+    if not rows:
+        raise DataValidationError(f"{path}: the file is empty; expected a header row and data rows")
+    header = [h.strip() for h in rows[0]]
+    if label not in header:
+        raise DataValidationError(
+            f"{path}: no label column {label!r}; the header has: {', '.join(header)}"
+        )
+    body = rows[1:]
+    if not body:
+        raise DataValidationError(f"{path}: only a header row; expected data rows below it")
+    li = header.index(label)
+    features = [h for i, h in enumerate(header) if i != li]
+    if not features:
+        raise DataValidationError(f"{path}: no feature columns besides the label column {label!r}")
+    x = np.empty((len(body), len(features)), dtype=np.float32)
+    labels: list[str] = []
+    for r, row in enumerate(body, start=2):  # row numbers as a spreadsheet shows them (header = 1)
+        if len(row) != len(header):
+            raise DataValidationError(
+                f"{path}: row {r} has {len(row)} fields; expected {len(header)} like the header"
+            )
+        j = 0
+        for i, cell in enumerate(row):
+            if i == li:
+                if not cell.strip():
+                    raise DataValidationError(f"{path}: row {r}, column {label!r}: the label is empty")
+                labels.append(cell.strip())
+                continue
+            try:
+                value = float(cell)
+            except ValueError:
+                raise DataValidationError(
+                    f"{path}: row {r}, column {header[i]!r}: {cell!r} is not a number"
+                ) from None
+            if not math.isfinite(value):
+                raise DataValidationError(
+                    f"{path}: row {r}, column {header[i]!r}: {cell!r} is not a finite number"
+                )
+            x[r - 2, j] = value
+            j += 1
+    classes, y = _encode_labels(labels)
+    return _check_classes(Dataset(path.name, x, y, classes, tuple(features)), path)
+
+
+def _read_npz(path: Path, label: str) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = list(npz.keys())
+            fkey = next((k for k in _NPZ_FEATURE_KEYS if k in keys), None)
+            if fkey is None:
+                raise DataValidationError(
+                    f"{path}: no feature array; expected one of {', '.join(_NPZ_FEATURE_KEYS)}, found {', '.join(keys)}"
+                )
+            if label not in keys:
+                raise DataValidationError(f"{path}: no label array {label!r}; found {', '.join(keys)}")
+            x = np.asarray(npz[fkey])
+            raw_y = np.asarray(npz[label])
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DataValidationError(f"{path}: not a readable .npz file ({exc})") from None
+    except ValueError as exc:  # object arrays need pickle, which is refused
+        raise DataValidationError(f"{path}: cannot read safely ({exc})") from None
+    if x.ndim != 2:
+        raise DataValidationError(f"{path}: array {fkey!r} has shape {x.shape}; expected 2-D (rows x features)")
+    if raw_y.ndim != 1 or raw_y.shape[0] != x.shape[0]:
+        raise DataValidationError(
+            f"{path}: array {label!r} has shape {raw_y.shape}; expected ({x.shape[0]},), one label per row"
+        )
+    if not np.issubdtype(x.dtype, np.number):
+        raise DataValidationError(f"{path}: array {fkey!r} has dtype {x.dtype}; expected numbers")
+    bad = np.argwhere(~np.isfinite(x.astype(np.float64)))
+    if len(bad):
+        r, c = (int(v) for v in bad[0])
+        raise DataValidationError(f"{path}: row {r}, column {c} of {fkey!r}: {x[r, c]} is not a finite number")
+    if x.shape[0] == 0:
+        raise DataValidationError(f"{path}: no rows")
+    classes, y = _encode_labels([str(v) for v in raw_y.tolist()])
+    names = tuple(f"feature_{i}" for i in range(x.shape[1]))
+    return _check_classes(Dataset(path.name, x.astype(np.float32), y, classes, names), path)
+
+
+def _encode_labels(labels: list[str]) -> tuple[tuple[str, ...], np.ndarray]:
+    """Sorted class names (numerically when all labels are numbers) and the encoded labels."""
+    distinct = set(labels)
+    try:
+        ordered = sorted(distinct, key=float)
+    except ValueError:
+        ordered = sorted(distinct)
+    index = {c: i for i, c in enumerate(ordered)}
+    return tuple(ordered), np.fromiter((index[v] for v in labels), dtype=np.int64, count=len(labels))
+
+
+def _check_classes(data: Dataset, path: Path) -> Dataset:
+    if data.num_classes < 2:
+        raise DataValidationError(
+            f"{path}: the label has a single value {data.classes[0]!r}; expected at least two classes"
+        )
+    return data

@@ -1,0 +1,89 @@
+"""Split training rows across owners with flwr-datasets' partitioners (on a local table, no hub)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from fedmodel.config import PartitionSpec, RunConfig
+from fedmodel.data.dataset import Dataset, load_dataset, train_test_split
+from fedmodel.errors import ConfigError
+
+
+def partition_indices(labels: np.ndarray, owners: int, spec: PartitionSpec, seed: int) -> list[np.ndarray]:
+    """Row indices (into ``labels``) held by each of ``owners`` owners.
+
+    Uses ``IidPartitioner``, ``DirichletPartitioner`` or ``PathologicalPartitioner`` (with
+    ``class_assignment_mode="first-deterministic"``, so no class is dropped) from flwr-datasets.
+    Raises ConfigError when the split is impossible (more owners than rows, alpha too small).
+    """
+    from datasets import Dataset as HFDataset
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
+
+    n = int(labels.shape[0])
+    if owners > n:
+        raise ConfigError([f"clients = {owners}: more owners than training rows ({n}); use at most {n}"])
+    table = HFDataset.from_dict({"label": labels.astype(np.int64), "row": np.arange(n, dtype=np.int64)})
+    if spec.kind == "iid":
+        partitioner = IidPartitioner(num_partitions=owners)
+    elif spec.kind == "dirichlet":
+        assert spec.alpha is not None  # guaranteed by PartitionSpec.parse
+        partitioner = DirichletPartitioner(
+            num_partitions=owners, partition_by="label", alpha=spec.alpha,
+            min_partition_size=min(10, n // owners), self_balancing=True, seed=seed,
+        )
+    else:
+        assert spec.classes_per_owner is not None
+        num_classes = int(labels.max()) + 1
+        if spec.classes_per_owner > num_classes:
+            raise ConfigError([
+                f"partition = {spec}: {spec.classes_per_owner} classes per owner, but the data has {num_classes}"
+            ])
+        partitioner = PathologicalPartitioner(
+            num_partitions=owners, partition_by="label", num_classes_per_partition=spec.classes_per_owner,
+            class_assignment_mode="first-deterministic", seed=seed,
+        )
+    partitioner.dataset = table
+    try:
+        return [np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64) for i in range(owners)]
+    except ValueError as exc:
+        raise ConfigError([
+            f"partition = {spec} with {owners} owners over {n} rows is not possible: {exc} "
+            "(use a larger alpha or fewer owners)"
+        ]) from None
+
+
+@dataclass(frozen=True, eq=False)
+class FederatedSplit:
+    """A run's data layout: the coordinator's test rows and each owner's training rows."""
+
+    data: Dataset
+    test_rows: np.ndarray
+    owner_rows: tuple[np.ndarray, ...]
+
+    def owner(self, owner: int) -> Dataset:
+        """The shard of one owner."""
+        return self.data.subset(self.owner_rows[owner])
+
+    def test(self) -> Dataset:
+        """The coordinator's held-out test split."""
+        return self.data.subset(self.test_rows)
+
+
+def federated_split(config: RunConfig) -> FederatedSplit:
+    """Load the run's data set, hold out the test split and partition the rest (cached per process)."""
+    return _split_cached(config.dataset, config.data_path, config.label, config.test_fraction,
+                         config.clients, config.partition, config.seed)
+
+
+@lru_cache(maxsize=4)
+def _split_cached(dataset: str, data_path: str, label: str, test_fraction: float, clients: int,
+                  partition: PartitionSpec, seed: int) -> FederatedSplit:
+    config = RunConfig(dataset=dataset, data_path=data_path, label=label, test_fraction=test_fraction,
+                       clients=clients, partition=partition, seed=seed)
+    data = load_dataset(config)
+    train_rows, test_rows = train_test_split(data, test_fraction, seed)
+    parts = partition_indices(data.y[train_rows], clients, partition, seed)
+    return FederatedSplit(data, test_rows, tuple(train_rows[p] for p in parts))

@@ -1,0 +1,58 @@
+"""The one small error hierarchy of fedmodel.
+
+Every error a user can cause is a :class:`FedModelError`; the CLI prints its message and exits
+with :attr:`FedModelError.exit_code`, never a traceback.
+"""
+
+from __future__ import annotations
+
+
+class FedModelError(Exception):
+    """Base class of every error fedmodel raises on purpose."""
+
+    exit_code: int = 1
+
+
+class ConfigError(FedModelError):
+    """One or more configuration values are invalid (all of them are listed)."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        if len(self.problems) == 1:
+            text = f"invalid configuration: {self.problems[0]}"
+        else:
+            text = "invalid configuration:\n" + "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(text)
+
+
+class DataValidationError(FedModelError):
+    """A data file cannot be used; the message names the file, row and field."""
+
+    exit_code = 2
+
+
+class DeviceError(FedModelError):
+    """The requested compute device does not exist on this machine."""
+
+    exit_code = 2
+
+
+class PrivacyBudgetExceeded(FedModelError):
+    """Training would take an owner past its privacy budget; nothing was trained."""
+
+    def __init__(self, owner: int | str, spent: float, planned: float, budget: float) -> None:
+        self.owner, self.spent, self.planned, self.budget = owner, spent, planned, budget
+        super().__init__(
+            f"owner {owner}: training this round would spend epsilon {planned:.4f} in total, above "
+            f"the budget {budget:.4f} (spent so far {spent:.4f}, remaining {max(budget - spent, 0.0):.4f})"
+        )
+
+
+class SimulationError(FedModelError):
+    """A simulation run did not finish successfully; the message says why."""
+
+
+class AllClientsFailedError(FedModelError):
+    """Every owner sampled in a round failed, so the round has nothing to aggregate."""

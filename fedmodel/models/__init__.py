@@ -1,0 +1,28 @@
+"""DP-compatible models by name (no BatchNorm), built identically by the coordinator and the owners."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedmodel.errors import ConfigError
+
+
+def build_model(name: str, num_features: int, num_classes: int, *, seed: int = 0) -> nn.Module:
+    """Build model ``name`` with deterministic initial weights for ``seed``.
+
+    ``logreg``: multinomial logistic regression. ``mlp``: one hidden layer of 64 units with tanh
+    (bounded activations suit clipped, noisy DP-SGD updates better than ReLU).
+    """
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        if name == "logreg":
+            model: nn.Module = nn.Sequential(nn.Linear(num_features, num_classes))
+        elif name == "mlp":
+            model = nn.Sequential(nn.Linear(num_features, 64), nn.Tanh(), nn.Linear(64, num_classes))
+        else:
+            raise ConfigError([f"model = {name!r}: expected logreg | mlp"])
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return model

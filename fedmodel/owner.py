@@ -1,0 +1,86 @@
+"""One data owner's local work in a round, independent of Flower: train privately, or evaluate.
+
+The ClientApp unpacks a message, calls these functions and packs the reply; in simulation and in
+deployment the same code runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedmodel.config import RunConfig
+from fedmodel.data import Dataset
+from fedmodel.errors import DataValidationError, FedModelError
+from fedmodel.models import build_model
+from fedmodel.privacy import NoPrivacy, OpacusDPSGD, OwnerPrivacyState, PrivacyMechanism, plan_for_owner
+from fedmodel.training import evaluate, make_loader, train_epochs
+
+
+@dataclass(frozen=True)
+class OwnerUpdate:
+    """What an owner sends back after training: new weights and scalar metrics (no raw data)."""
+
+    weights: dict[str, torch.Tensor]
+    metrics: dict[str, float]
+
+
+def round_seed(seed: int, owner: int, server_round: int) -> int:
+    """A distinct, reproducible seed per (run seed, owner, round) for sampling and noise."""
+    return int(np.random.SeedSequence([seed, owner, server_round]).generate_state(1)[0])
+
+
+def train_owner_round(
+    config: RunConfig, owner: int, shard: Dataset, global_weights: Mapping[str, torch.Tensor], *,
+    privacy: OwnerPrivacyState | None, server_round: int, proximal_mu: float, device: torch.device,
+) -> OwnerUpdate:
+    """Train the global model on the owner's shard for ``config.local_epochs`` epochs.
+
+    With DP (``privacy`` given) the noise multiplier is calibrated once, on the first round, for
+    every step of every planned round, and ``privacy`` accumulates the steps really taken.
+    """
+    if owner in config.inject_failure_owners:
+        raise FedModelError(f"owner {owner}: injected failure (testing aid: inject-failure-owners)")
+    if len(shard) == 0:
+        raise DataValidationError(f"owner {owner}: the shard holds no training examples")
+    model = build_model(config.model, shard.num_features, shard.num_classes)
+    model.load_state_dict(global_weights)
+    model.to(device)
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    seed = round_seed(config.seed, owner, server_round)
+    loader = make_loader(shard, config.batch_size, seed=seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+
+    mechanism: PrivacyMechanism
+    if privacy is None:
+        mechanism = NoPrivacy()
+    else:
+        if privacy.plan is None:
+            privacy.plan = plan_for_owner(
+                num_examples=len(shard), batch_size=config.batch_size, local_epochs=config.local_epochs,
+                rounds=config.rounds, epsilon=config.epsilon, delta=config.delta, max_grad_norm=config.max_grad_norm,
+            )
+        mechanism = OpacusDPSGD(privacy, owner, noise_seed=seed)
+    train_model, train_optimizer, train_loader = mechanism.wrap(model, optimizer, loader)
+    loss = train_epochs(
+        train_model, train_optimizer, train_loader, epochs=config.local_epochs, device=device,
+        proximal_mu=proximal_mu, anchor=anchor, lr=config.lr,
+    )
+    metrics: dict[str, float] = {"owner": float(owner), "num-examples": float(len(shard)), "train-loss": loss}
+    metrics.update(mechanism.finish())
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return OwnerUpdate(weights, metrics)
+
+
+def evaluate_owner(
+    config: RunConfig, owner: int, shard: Dataset, global_weights: Mapping[str, torch.Tensor], *, device: torch.device,
+) -> dict[str, float]:
+    """Metrics of the global model on the owner's own shard (released as aggregate numbers only)."""
+    model = build_model(config.model, shard.num_features, shard.num_classes)
+    model.load_state_dict(global_weights)
+    model.to(device)
+    metrics = evaluate(model, shard, device=device)
+    return {"owner": float(owner), "num-examples": float(len(shard)), **metrics}

@@ -1,0 +1,126 @@
+"""DP added by wrapping: Opacus DP-SGD around a model/optimizer/loader, or the no-privacy null object.
+
+Both mechanisms expose the same two calls, so the training code has one path:
+
+* ``wrap(model, optimizer, loader)`` returns the objects to train with;
+* ``finish()`` records what was spent and returns the privacy metrics of this owner so far.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fedmodel.errors import PrivacyBudgetExceeded
+from fedmodel.privacy.accounting import ACCOUNTANT, OwnerPrivacyState, epsilon_spent
+
+
+class PrivacyMechanism(Protocol):
+    """What the local training loop needs from a privacy mechanism."""
+
+    mode: str
+
+    def wrap(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader[Any]
+    ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader[Any]]: ...
+
+    def finish(self) -> dict[str, float]: ...
+
+
+class NoPrivacy:
+    """The null object for ``--no-dp``: the same pipeline, nothing wrapped, no epsilon."""
+
+    mode = "none"
+
+    def wrap(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader[Any]
+    ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader[Any]]:
+        return model, optimizer, loader
+
+    def finish(self) -> dict[str, float]:
+        return {}
+
+
+class OpacusDPSGD:
+    """Opacus DP-SGD for one owner's round, continuing the owner's cumulative accounting.
+
+    ``state.plan`` must be calibrated (see :func:`~fedmodel.privacy.accounting.plan_for_owner`).
+    Poisson sampling is on; empty batches are trained through (Opacus adds pure noise), never
+    skipped, so the accountant's step count is the real one.
+    """
+
+    mode = "dp-sgd"
+
+    def __init__(self, state: OwnerPrivacyState, owner: int | str, *, noise_seed: int | None,
+                 secure_mode: bool = False) -> None:
+        if state.plan is None:
+            raise ValueError("OpacusDPSGD needs a calibrated privacy plan")
+        self.state = state
+        self.owner = owner
+        self.noise_seed = noise_seed
+        self.secure_mode = secure_mode
+        self._engine: Any = None
+        self._reserved_from = 0
+
+    def check_budget(self) -> None:
+        """Refuse (typed) if this round would take the owner past its budget; trains nothing."""
+        plan = self.state.plan
+        assert plan is not None
+        if self.state.steps + plan.steps_per_round <= plan.total_steps:
+            return  # within the calibrated plan, whose epsilon is at most the budget
+        planned = list(self.state.history) + [(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)]
+        projected = epsilon_spent(planned, plan.delta)
+        if projected > plan.budget_epsilon:
+            raise PrivacyBudgetExceeded(self.owner, epsilon_spent(self.state.history, plan.delta), projected,
+                                        plan.budget_epsilon)
+
+    def wrap(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader[Any]
+    ) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader[Any]]:
+        from opacus import PrivacyEngine
+
+        plan = self.state.plan
+        assert plan is not None
+        self.check_budget()
+        if abs(1.0 / len(loader) - plan.sample_rate) > 1e-12:
+            raise RuntimeError(
+                f"owner {self.owner}: sample rate 1/{len(loader)} differs from the plan's {plan.sample_rate}; "
+                "the shard changed size during the run"
+            )
+        self._engine = PrivacyEngine(accountant=ACCOUNTANT, secure_mode=self.secure_mode)
+        self._engine.accountant.history = list(self.state.history)
+        generator = None
+        if self.noise_seed is not None and not self.secure_mode:
+            generator = torch.Generator(device=next(model.parameters()).device).manual_seed(self.noise_seed)
+        private_model, private_optimizer, private_loader = self._engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=plan.noise_multiplier,
+            max_grad_norm=plan.max_grad_norm, poisson_sampling=True, noise_generator=generator,
+        )
+        # Reserve the round's steps before any training: a crash mid-round leaves them counted as spent.
+        self._reserved_from = self.state.steps
+        self.state.record(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
+        return private_model, private_optimizer, private_loader
+
+    def finish(self) -> dict[str, float]:
+        """Check Opacus accounted exactly the reserved steps; return the cumulative privacy metrics."""
+        plan = self.state.plan
+        assert plan is not None and self._engine is not None
+        done = sum(int(s) for _, _, s in self._engine.accountant.history) - self._reserved_from
+        if done != plan.steps_per_round:
+            raise RuntimeError(
+                f"owner {self.owner}: Opacus accounted {done} steps, the plan reserved {plan.steps_per_round}"
+            )
+        epsilon = epsilon_spent(self.state.history, plan.delta)
+        self._engine = None
+        return {
+            "epsilon": epsilon,
+            "budget-epsilon": plan.budget_epsilon,
+            "delta": plan.delta,
+            "noise-multiplier": plan.noise_multiplier,
+            "sample-rate": plan.sample_rate,
+            "steps": float(self.state.steps),
+            "max-grad-norm": plan.max_grad_norm,
+        }

@@ -1,0 +1,70 @@
+"""The coordinator's Flower ServerApp: one federated run, written to the run folder.
+
+Thin by design: parse the run config, build the strategy, evaluate the global model on the held-out
+test split every round, and hand everything to the recorder; the work lives in ``fedmodel``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from fedmodel.config import RunConfig
+from fedmodel.data import federated_split
+from fedmodel.models import build_model
+from fedmodel.report.run_folder import RunFolder
+from fedmodel.training import evaluate
+from server.recorder import RunRecorder
+from server.strategy import build_strategy
+
+app = ServerApp()
+log = logging.getLogger("fedmodel.server")
+
+
+def run_folder_path(config: RunConfig) -> Path:
+    """The run folder: ``out`` if set (absolute), else ``runs/<timestamp>`` under the working dir."""
+    if config.out:
+        return Path(config.out)
+    return Path.cwd() / "runs" / time.strftime("%Y%m%d-%H%M%S")
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run ``rounds`` rounds of the configured strategy over all owners."""
+    torch.set_num_threads(1)
+    config = RunConfig.from_mapping(dict(context.run_config), source="run_config")
+    folder = RunFolder(run_folder_path(config))
+    folder.create(config.to_mapping())
+    folder.event("start", rounds=config.rounds, clients=config.clients)
+    recorder = RunRecorder(config, folder)
+    try:
+        split = federated_split(config)
+        test = split.test()
+        model = build_model(config.model, test.num_features, test.num_classes, seed=config.seed)
+        device = torch.device("cpu")
+
+        def central_eval(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+            model.load_state_dict(arrays.to_torch_state_dict())
+            metrics = evaluate(model, test, device=device)
+            recorder.central_evaluation(server_round, metrics)
+            return MetricRecord(metrics)
+
+        strategy = build_strategy(config, recorder)
+        result = strategy.start(
+            grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=config.rounds,
+            train_config=ConfigRecord({"lr": config.lr}), evaluate_fn=central_eval,
+        )
+        folder.write_model(result.arrays.to_torch_state_dict())
+        folder.write_report(recorder.report("completed"))
+        folder.event("done", status="completed")
+    except Exception as exc:  # the run failed: say why in the run folder, then fail the Flower run
+        reason = f"{type(exc).__name__}: {exc}"
+        log.error("run failed: %s", reason)
+        folder.write_report(recorder.report("failed", reason))
+        folder.event("done", status="failed", reason=reason)
+        raise

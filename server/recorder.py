@@ -1,0 +1,193 @@
+"""Turns the strategy's rounds into the run folder: per-round rows, per-owner privacy, failures."""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import Message
+
+from fedmodel.config import RunConfig
+from fedmodel.errors import AllClientsFailedError
+from fedmodel.privacy import ACCOUNTANT
+from fedmodel.report.run_folder import RunFolder
+
+
+@dataclass
+class _Round:
+    number: int
+    started: float
+    train: list[dict[str, float]] = field(default_factory=list)
+    evaluate: list[dict[str, float]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+class RunRecorder:
+    """Collects what each round produced and writes it to the run folder as it goes."""
+
+    def __init__(self, config: RunConfig, folder: RunFolder) -> None:
+        self.config = config
+        self.folder = folder
+        self.started = time.time()
+        self.initial: dict[str, float] | None = None
+        self.rows: list[dict[str, Any]] = []
+        self.owner_privacy: dict[int, dict[str, float]] = {}
+        self.owner_eval: dict[int, dict[str, float]] = {}
+        self.owner_train: dict[int, dict[str, float]] = {}
+        self._round: _Round | None = None
+
+    # ------------------------------------------------------------------ strategy hooks
+    def round_started(self, server_round: int) -> None:
+        self._round = _Round(server_round, time.time())
+        self.folder.event("round-start", round=server_round, rounds=self.config.rounds)
+
+    def train_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
+        """Record replies (metrics and failures); raise if every sampled owner failed."""
+        rnd = self._current(server_round)
+        replies = list(replies)
+        for msg in replies:
+            if msg.has_error():
+                rnd.failures.append({
+                    "node_id": int(msg.metadata.src_node_id), "owner": _owner_in(msg.error.reason),
+                    "reason": msg.error.reason,
+                })
+            else:
+                metrics = {k: float(v) for k, v in _metrics(msg).items()}  # type: ignore[arg-type]
+                rnd.train.append(metrics)
+                owner = int(metrics["owner"])
+                self.owner_train[owner] = metrics
+                if "epsilon" in metrics:
+                    self.owner_privacy[owner] = metrics
+        if replies and not rnd.train:
+            reasons = "; ".join(sorted({f["reason"].splitlines()[0] for f in rnd.failures}))
+            raise AllClientsFailedError(
+                f"round {server_round}: all {len(replies)} owners failed, nothing to aggregate: {reasons}"
+            )
+        if not replies:
+            raise AllClientsFailedError(f"round {server_round}: no owner replied")
+        return replies
+
+    def evaluate_replies(self, server_round: int, replies: Iterable[Message]) -> None:
+        rnd = self._current(server_round)
+        for msg in replies:
+            if not msg.has_error():
+                metrics = {k: float(v) for k, v in _metrics(msg).items()}  # type: ignore[arg-type]
+                rnd.evaluate.append(metrics)
+                self.owner_eval[int(metrics["owner"])] = metrics
+
+    def central_evaluation(self, server_round: int, metrics: dict[str, float]) -> None:
+        """Server-side test metrics of the global model: closes the round and writes its row."""
+        if server_round == 0:
+            self.initial = _test_metrics(metrics)
+            return
+        rnd = self._current(server_round)
+        examples = sum(m["num-examples"] for m in rnd.train if _finite(m["train-loss"]))
+        train_loss = (sum(m["train-loss"] * m["num-examples"] for m in rnd.train if _finite(m["train-loss"]))
+                      / examples) if examples else None
+        eps = [m["epsilon"] for m in rnd.train if "epsilon" in m]
+        row: dict[str, Any] = {
+            "round": server_round, "train_loss": train_loss, **_test_metrics(metrics),
+            "num_replies": len(rnd.train), "num_failures": len(rnd.failures),
+            "seconds": round(time.time() - rnd.started, 3),
+            "epsilon_max": max(eps) if eps else None,
+        }
+        self.folder.append_round(row)
+        row["failures"] = rnd.failures
+        row["owner_epsilon"] = [{"owner": int(m["owner"]), "epsilon": m["epsilon"]}
+                                for m in sorted(rnd.train, key=lambda m: m["owner"]) if "epsilon" in m]
+        self.rows.append(row)
+        self.folder.event("round", **{k: v for k, v in row.items() if k not in ("failures", "owner_epsilon")})
+        self._round = None
+
+    # ------------------------------------------------------------------ report
+    def report(self, status: str, reason: str | None = None) -> dict[str, Any]:
+        """The report.json content (NaN written as null)."""
+        c = self.config
+        last = self.rows[-1] if self.rows else None
+        final = {k: last[k] for k in ("accuracy", "precision", "recall", "f1", "test_loss")} if last else None
+        owners = [
+            {"owner": o, "num_examples": int(m["num-examples"]), 
+             "train_loss": self.owner_train.get(o, {}).get("train-loss"),
+             **{k: m.get(k) for k in ("accuracy", "precision", "recall", "f1")}, "loss": m.get("loss")}
+            for o, m in sorted(self.owner_eval.items())
+        ]
+        privacy: dict[str, Any] = {"mode": "dp-sgd" if c.dp else "none"}
+        if c.dp:
+            privacy.update({
+                "delta": c.delta, "accountant": ACCOUNTANT, "budget_epsilon": c.epsilon,
+                "level": "sample-level (DP-SGD at each owner, per-example adjacency)",
+                "max_epsilon": max((m["epsilon"] for m in self.owner_privacy.values()), default=None),
+                "owners": [
+                    {"owner": o, "epsilon": m["epsilon"], "budget_epsilon": m["budget-epsilon"],
+                     "noise_multiplier": m["noise-multiplier"], "sample_rate": m["sample-rate"],
+                     "steps": int(m["steps"]), "max_grad_norm": m["max-grad-norm"],
+                     "num_examples": int(m["num-examples"])}
+                    for o, m in sorted(self.owner_privacy.items())
+                ],
+            })
+        else:
+            privacy.update({"delta": None, "accountant": None, "budget_epsilon": None, "max_epsilon": None,
+                            "owners": []})
+        return _nan_to_none({
+            "status": status, "reason": reason, "dataset": c.dataset_label, "num_clients": c.clients,
+            "num_rounds": c.rounds, "strategy": c.strategy, "model": c.model, "partition": str(c.partition),
+            "initial": self.initial, "rounds": self.rows, "final": final, "owners": owners, "privacy": privacy,
+            "timing": {"serverapp_seconds": round(time.time() - self.started, 3)},
+            "versions": _versions(), "config": c.to_mapping(),
+            "notes": [
+                "Per-owner metrics are computed by each owner on its own shard and released as plain "
+                "aggregate numbers, outside the DP guarantee.",
+            ],
+        })
+
+    def _current(self, server_round: int) -> _Round:
+        if self._round is None or self._round.number != server_round:
+            self._round = _Round(server_round, time.time())
+        return self._round
+
+
+def _metrics(msg: Message) -> Any:
+    return next(iter(msg.content.metric_records.values()))
+
+
+def _owner_in(reason: str) -> int | None:
+    """The owner id a ClientApp error reply names ("owner 3: ..."), if any."""
+    head = reason.split(":", 1)[0].strip()
+    if head.startswith("owner ") and head[6:].isdigit():
+        return int(head[6:])
+    return None
+
+
+def _test_metrics(m: dict[str, float]) -> dict[str, float]:
+    return {"test_loss": m["loss"], "accuracy": m["accuracy"], "precision": m["precision"],
+            "recall": m["recall"], "f1": m["f1"]}
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
+
+
+def _nan_to_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("fedmodel", "flwr", "torch", "opacus", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out

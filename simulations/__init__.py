@@ -1,0 +1,1 @@
+"""Local multi-owner simulations on Flower's simulation engine (Ray)."""
