@@ -110,12 +110,12 @@ class RunConfig:
         for key, raw in values.items():
             f = known.get(key)
             if f is None:
-                problems.append(f"{source}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+                problems.append(f"{_at(source)}unknown key {key!r} (known: {', '.join(sorted(known))})")
                 continue
             try:
                 kwargs[f.name] = _coerce(f.name, raw)
             except ValueError as exc:
-                problems.append(f"{source}: {key} = {raw!r}: {exc}")
+                problems.append(f"{_at(source)}{key} = {raw!r}: {exc}")
         if problems:
             raise ConfigError(problems)
         config = cls(**kwargs)
@@ -200,6 +200,10 @@ class RunConfig:
     def dataset_label(self) -> str:
         """Human name of the data set: the bundled name or the file name."""
         return Path(self.data_path).name if self.dataset == "file" else self.dataset
+
+
+def _at(source: str) -> str:
+    return f"{source}: " if source else ""
 
 
 def _finite(x: float) -> bool:

@@ -405,7 +405,7 @@ def _draw_epsilon(fig: Figure, report: Mapping[str, Any]) -> None:
     ax.set_ylabel("epsilon")
     _integer_rounds(ax)
     columns = max(1, math.ceil(min(len(curves), MANY_OWNERS) / 10))
-    ax.legend(loc="upper left", fontsize="small", ncol=columns)
+    ax.legend(loc="lower right", fontsize="small", ncol=columns)
 
 
 def _draw_many_owners(ax: Axes, curves: Mapping[str, tuple[list[float], list[float]]]) -> None:

@@ -1,0 +1,25 @@
+"""The ``fedmodel`` command: typer + rich, one module per command, thin over library functions."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from fedmodel.cli.simulate import simulate
+
+app = typer.Typer(
+    name="fedmodel", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Federated, privacy-preserving model training on Flower with Opacus DP-SGD.",
+)
+app.command(name="simulate")(simulate)
+
+
+@app.callback()
+def _root() -> None:
+    """Federated, privacy-preserving model training on Flower with Opacus DP-SGD."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(app())

@@ -1,0 +1,5 @@
+"""``python -m fedmodel.cli``."""
+
+from fedmodel.cli import main
+
+main()

@@ -1,0 +1,81 @@
+"""End-to-end simulations through Flower's real engine (SuperLink + Ray). About 50 s each."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+from opacus.accountants.rdp import RDPAccountant
+from safetensors.torch import load_file
+
+from fedmodel.config import RunConfig
+from simulations.runner import run_simulation
+
+pytestmark = pytest.mark.integration
+
+RUN_FILES = ("config.toml", "report.json", "metrics.csv", "plots/accuracy.png", "plots/loss.png",
+             "plots/epsilon.png", "report.html", "model.safetensors")
+
+
+def _flower_processes() -> list[str]:
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    return [line for line in ps.splitlines()
+            if ("flower-superlink" in line or "flwr-simulation" in line) and "<defunct>" not in line]
+
+
+def test_three_owners_two_rounds_with_one_failing_owner(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    config = RunConfig(clients=3, rounds=2, out=str(out), inject_failure_owners=(1,))
+    before = _flower_processes()
+    result = run_simulation(config)
+    report = result.report
+
+    for name in RUN_FILES:
+        assert (out / name).is_file(), name
+    assert report["status"] == "completed"
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    for r in report["rounds"]:
+        assert (r["num_replies"], r["num_failures"]) == (2, 1)
+        assert r["failures"][0]["owner"] == 1
+        assert "injected failure" in r["failures"][0]["reason"]
+    assert 0.5 <= report["final"]["accuracy"] <= 1.0  # digits, 2 owners, 2 DP rounds: a band, not a value
+
+    owners = {o["owner"]: o for o in report["privacy"]["owners"]}
+    assert set(owners) == {0, 2}
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    for o in owners.values():
+        rdp = compute_rdp(q=o["sample_rate"], noise_multiplier=o["noise_multiplier"], steps=o["steps"], orders=orders)
+        expected, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=report["privacy"]["delta"])
+        assert o["epsilon"] == pytest.approx(expected, rel=1e-9)
+        assert o["epsilon"] <= o["budget_epsilon"] == 3.0
+    round_eps = [[e["epsilon"] for e in r["owner_epsilon"]] for r in report["rounds"]]
+    assert all(b > a for a, b in zip(round_eps[0], round_eps[1], strict=True))  # cumulative across rounds
+
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [int(r["round"]) for r in rows] == [1, 2]
+    assert float(rows[-1]["accuracy"]) == pytest.approx(report["final"]["accuracy"], rel=1e-5)
+    weights = load_file(str(out / "model.safetensors"))
+    assert weights["0.weight"].shape == (10, 64)
+    assert report["timing"]["total_seconds"] > report["timing"]["startup_seconds"] > 0
+    assert json.loads((out / "report.json").read_text())["status"] == "completed"
+    assert _flower_processes() == before  # the SuperLink and its children were stopped
+
+
+def test_run_where_every_owner_fails_exits_non_zero_with_the_reason(tmp_path: Path) -> None:
+    out = tmp_path / "failed"
+    cmd = [sys.executable, "-m", "fedmodel.cli", "simulate", "--clients", "2", "--rounds", "1", "--no-dp",
+           "--inject-failure-owners", "0,1", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "all 2 owners failed" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "failed"
+    assert "injected failure" in report["reason"]
+    assert report["privacy"]["mode"] == "none" and report["privacy"]["owners"] == []
