@@ -61,7 +61,7 @@ class PartitionSpec:
 
     def __str__(self) -> str:
         if self.kind == "dirichlet":
-            return f"dirichlet:{self.alpha:g}"
+            return f"dirichlet:{self.alpha!r}"
         if self.kind == "pathological":
             return f"pathological:{self.classes_per_owner}"
         return "iid"
@@ -116,10 +116,13 @@ class RunConfig:
                 kwargs[f.name] = _coerce(f.name, raw)
             except ValueError as exc:
                 problems.append(f"{_at(source)}{key} = {raw!r}: {exc}")
+        config = cls(**kwargs)
+        try:
+            config.validate()
+        except ConfigError as exc:
+            problems.extend(exc.problems)
         if problems:
             raise ConfigError(problems)
-        config = cls(**kwargs)
-        config.validate()
         return config
 
     @classmethod

@@ -4,8 +4,8 @@ Both files come with scikit-learn (``sklearn/datasets/data``); they are read dir
 importing scikit-learn, so loading costs milliseconds.
 
 * ``digits``: UCI optical recognition of handwritten digits, 1797 images of 8x8 pixels (64
-  features, values 0..16), 10 classes. Scaled to [0, 1] by the fixed factor 1/16 (no statistic of
-  the data is used).
+  features, values 0..16), 10 classes. Mapped to [-1, 1] by the fixed map ``pixel / 8 - 1`` (no
+  statistic of the data is used; centred inputs train markedly better under DP noise).
 * ``breast-cancer``: Wisconsin diagnostic breast cancer, 569 x 30, classes malignant/benign.
   Features span four orders of magnitude, so they are log1p-transformed and standardised with the
   mean and deviation of the whole public data set: a fixed preprocessing of public reference data,
@@ -51,7 +51,7 @@ def _digits(path: Path) -> Dataset:
     return Dataset(
         name="digits", x=x, y=y, classes=tuple(str(i) for i in range(10)),
         feature_names=tuple(f"pixel_{r}_{c}" for r in range(8) for c in range(8)),
-        preprocessing="pixel / 16 (fixed, data-independent)",
+        preprocessing="pixel / 8 - 1 (fixed, data-independent)",
     )
 
 

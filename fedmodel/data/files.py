@@ -103,8 +103,10 @@ def _read_npz(path: Path, label: str) -> Dataset:
             raw_y = np.asarray(npz[label])
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise DataValidationError(f"{path}: not a readable .npz file ({exc})") from None
-    except ValueError as exc:  # object arrays need pickle, which is refused
-        raise DataValidationError(f"{path}: cannot read safely ({exc})") from None
+    except ValueError:  # not a zip of plain arrays: numpy would need pickle, which is never used
+        raise DataValidationError(
+            f"{path}: not a readable .npz file of plain numeric arrays (fedmodel never unpickles data)"
+        ) from None
     if x.ndim != 2:
         raise DataValidationError(f"{path}: array {fkey!r} has shape {x.shape}; expected 2-D (rows x features)")
     if raw_y.ndim != 1 or raw_y.shape[0] != x.shape[0]:
@@ -116,7 +118,9 @@ def _read_npz(path: Path, label: str) -> Dataset:
     bad = np.argwhere(~np.isfinite(x.astype(np.float64)))
     if len(bad):
         r, c = (int(v) for v in bad[0])
-        raise DataValidationError(f"{path}: row {r}, column {c} of {fkey!r}: {x[r, c]} is not a finite number")
+        raise DataValidationError(
+            f"{path}: row {r}, column {c} (0-based) of {fkey!r}: {x[r, c]} is not a finite number"
+        )
     if x.shape[0] == 0:
         raise DataValidationError(f"{path}: no rows")
     classes, y = _encode_labels([str(v) for v in raw_y.tolist()])

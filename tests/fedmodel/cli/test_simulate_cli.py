@@ -1,0 +1,95 @@
+"""``fedmodel simulate`` rejects bad input during validation: exit code 2, one clear line, no traceback.
+
+None of these may start a simulation: ``_run`` is replaced by a function that fails the test.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fedmodel.cli import app
+
+# ``fedmodel.cli.simulate`` is shadowed by the command function of the same name on the package.
+simulate_module = importlib.import_module("fedmodel.cli.simulate")
+
+
+@pytest.fixture
+def invoke(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    def no_simulation(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("validation passed and a simulation was started")
+
+    monkeypatch.setattr(simulate_module, "_run", no_simulation)
+    monkeypatch.chdir(tmp_path)
+
+    def run(args: list[str]) -> Any:
+        start = time.perf_counter()
+        result = CliRunner().invoke(app, ["simulate", *args])
+        elapsed = time.perf_counter() - start
+        assert elapsed < 5, f"validation took {elapsed:.1f} s"
+        return result
+
+    return run
+
+
+def check_rejected(result: Any, needles: list[str]) -> None:
+    # click >= 8.2: result.output interleaves stdout and stderr; result.stderr holds stderr alone.
+    assert "Traceback" not in result.output
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit)
+    assert "error:" in result.stderr
+    assert "error:" in result.output
+    for needle in needles:
+        assert needle in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--clients", "0"], ["clients = 0"]),
+        (["--epsilon", "-1"], ["epsilon = -1"]),
+        (["--partition", "dirichlet:0"], ["partition = 'dirichlet:0'"]),
+        (["--dataset", "mnist"], ["dataset = 'mnist'"]),
+        (["--format", "xml"], ["--format 'xml'"]),
+        (["--strategy", "foo"], ["strategy = 'foo'"]),
+    ],
+    ids=["clients", "epsilon", "partition", "dataset", "format", "strategy"],
+)
+def test_bad_option_value(invoke: Any, args: list[str], needles: list[str]) -> None:
+    check_rejected(invoke(args), needles)
+
+
+def test_missing_data_file(invoke: Any, tmp_path: Path) -> None:
+    path = tmp_path / "missing.csv"
+    check_rejected(invoke(["--dataset", str(path), "--label", "y"]), [str(path), "file not found"])
+
+
+def test_csv_without_label_column(invoke: Any, tmp_path: Path) -> None:
+    path = tmp_path / "shard.csv"
+    path.write_text("a,b,target\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n", encoding="utf-8")
+    check_rejected(invoke(["--dataset", str(path), "--label", "y"]),
+                   [str(path), "no label column 'y'", "a, b, target"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is usable here, so --device cuda is valid")
+def test_cuda_without_gpu(invoke: Any) -> None:
+    check_rejected(invoke(["--device", "cuda"]), ["device = 'cuda'", "no CUDA GPU"])
+
+
+def test_config_file_with_unknown_key(invoke: Any, tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text("clients = 4\nepochs = 3\n", encoding="utf-8")
+    check_rejected(invoke(["--config", str(path)]), [str(path), "unknown key 'epochs'"])
+
+
+def test_error_text_is_not_parsed_as_markup(invoke: Any, tmp_path: Path) -> None:
+    path = tmp_path / "shard.csv"
+    path.write_text("a,[/x],[bold]c\n1,2,0\n3,4,1\n", encoding="utf-8")
+    check_rejected(invoke(["--dataset", str(path), "--label", "y"]),
+                   ["no label column 'y'", "a, [/x], [bold]c"])
