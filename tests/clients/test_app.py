@@ -1,0 +1,78 @@
+"""The ClientApp's handlers called in memory with real Flower Messages and Contexts."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
+from flwr.app.message.message import make_message
+
+import clients.app as client_app
+from fedmodel.config import RunConfig
+from fedmodel.models import build_model
+from fedmodel.privacy import epsilon_spent
+
+
+def instruction(server_round: int, message_type: str = MessageType.TRAIN) -> Message:
+    model = build_model("logreg", 64, 10, seed=42)
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                          "config": ConfigRecord({"server-round": server_round})})
+    meta = Metadata(run_id=1, message_id=f"m{server_round}", src_node_id=0, dst_node_id=7, reply_to_message_id="",
+                    group_id=str(server_round), created_at=time.time(), ttl=600.0, message_type=message_type)
+    return make_message(metadata=meta, content=content)
+
+
+def context(config: RunConfig, partition: int = 0) -> Context:
+    return Context(run_id=1, node_id=7, node_config={"partition-id": partition, "num-partitions": config.clients},
+                   state=RecordDict(), run_config=config.to_mapping())
+
+
+def test_privacy_state_accumulates_across_calls_in_the_context() -> None:
+    config = RunConfig(clients=2, rounds=3)
+    ctx = context(config)
+    eps = []
+    for server_round in (1, 2):
+        reply = client_app.train(instruction(server_round), ctx)
+        assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+        metrics = reply.content["metrics"]
+        eps.append(float(metrics["epsilon"]))
+        assert set(reply.content.keys()) == {"arrays", "metrics"}
+    assert eps[1] > eps[0] > 0
+    state = client_app.load_privacy(ctx)
+    assert eps[1] == pytest.approx(epsilon_spent(state.history, config.delta))
+    assert state.steps == 2 * state.plan.steps_per_round  # type: ignore[union-attr]
+
+
+def test_a_fresh_context_would_restart_accounting_so_state_must_persist() -> None:
+    """Guards the pitfall of a new PrivacyEngine per round: round 2 must not report round 1's epsilon."""
+    config = RunConfig(clients=2, rounds=3)
+    ctx = context(config)
+    first = float(client_app.train(instruction(1), ctx).content["metrics"]["epsilon"])
+    second_same = float(client_app.train(instruction(2), ctx).content["metrics"]["epsilon"])
+    second_fresh = float(client_app.train(instruction(2), context(config)).content["metrics"]["epsilon"])
+    assert second_fresh == pytest.approx(first)
+    assert second_same > first
+
+
+def test_failure_becomes_an_error_reply_naming_the_owner() -> None:
+    config = RunConfig(clients=2, rounds=1, inject_failure_owners=(1,))
+    reply = client_app.train(instruction(1), context(config, partition=1))
+    assert reply.has_error()
+    assert reply.error.reason.startswith("owner 1: injected failure")
+
+
+def test_node_count_mismatch_is_refused() -> None:
+    config = RunConfig(clients=3, rounds=1)
+    ctx = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(),
+                  run_config=config.to_mapping())
+    reply = client_app.train(instruction(1), ctx)
+    assert reply.has_error() and "the run expects 3" in reply.error.reason
+
+
+def test_evaluate_reports_metrics_of_the_owner_shard() -> None:
+    config = RunConfig(clients=2, rounds=1)
+    reply = client_app.evaluate(instruction(1, MessageType.EVALUATE), context(config))
+    metrics = reply.content["metrics"]
+    assert 0.0 <= float(metrics["accuracy"]) <= 1.0
+    assert int(metrics["num-examples"]) > 600  # half of digits' 80% training split

@@ -1,0 +1,72 @@
+"""The run recorder fed with real ClientApp replies: counts, failures, report and the all-failed stop."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
+from flwr.app.message.message import make_message
+
+import clients.app as client_app
+from fedmodel.config import RunConfig
+from fedmodel.errors import AllClientsFailedError
+from fedmodel.models import build_model
+from fedmodel.report.run_folder import RunFolder
+from server.recorder import RunRecorder
+
+
+def replies(config: RunConfig, server_round: int) -> list[Message]:
+    model = build_model(config.model, 64, 10, seed=config.seed)
+    out = []
+    for owner in range(config.clients):
+        meta = Metadata(run_id=1, message_id=f"m{owner}", src_node_id=0, dst_node_id=100 + owner,
+                        reply_to_message_id="", group_id="1", created_at=time.time(), ttl=600.0,
+                        message_type=MessageType.TRAIN)
+        msg = make_message(metadata=meta, content=RecordDict({
+            "arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": server_round})}))
+        ctx = Context(run_id=1, node_id=100 + owner, state=RecordDict(), run_config=config.to_mapping(),
+                      node_config={"partition-id": owner, "num-partitions": config.clients})
+        out.append(client_app.train(msg, ctx))
+    return out
+
+
+def test_failures_are_counted_and_named_per_round(tmp_path: Path) -> None:
+    config = RunConfig(clients=3, rounds=1, inject_failure_owners=(2,), out=str(tmp_path))
+    folder = RunFolder(tmp_path)
+    folder.create(config.to_mapping())
+    recorder = RunRecorder(config, folder)
+    recorder.round_started(1)
+    recorder.train_replies(1, replies(config, 1))
+    recorder.central_evaluation(1, {"loss": 1.0, "accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5})
+    report = recorder.report("completed")
+    row = report["rounds"][0]
+    assert (row["num_replies"], row["num_failures"]) == (2, 1)
+    assert row["failures"][0]["owner"] == 2
+    assert [o["owner"] for o in report["privacy"]["owners"]] == [0, 1]
+    assert all(0 < o["epsilon"] <= 3.0 for o in report["privacy"]["owners"])
+    with (tmp_path / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[0]["num_failures"] == "1" and rows[0]["num_replies"] == "2"
+
+
+def test_a_round_where_every_owner_failed_stops_the_run(tmp_path: Path) -> None:
+    config = RunConfig(clients=2, rounds=1, inject_failure_owners=(0, 1), out=str(tmp_path))
+    folder = RunFolder(tmp_path)
+    folder.create(config.to_mapping())
+    recorder = RunRecorder(config, folder)
+    with pytest.raises(AllClientsFailedError, match="all 2 owners failed.*injected failure"):
+        recorder.train_replies(1, replies(config, 1))
+
+
+def test_report_has_no_nan(tmp_path: Path) -> None:
+    config = RunConfig(clients=1, rounds=1, out=str(tmp_path))
+    folder = RunFolder(tmp_path)
+    folder.create(config.to_mapping())
+    recorder = RunRecorder(config, folder)
+    recorder.central_evaluation(0, {"loss": float("nan"), "accuracy": 0.1, "precision": 0.0, "recall": 0.1, "f1": 0.0})
+    report = recorder.report("failed", "stopped early")
+    assert report["initial"]["test_loss"] is None
+    assert report["final"] is None and report["status"] == "failed"
