@@ -139,8 +139,8 @@ class RunRecorder:
             "timing": {"serverapp_seconds": round(time.time() - self.started, 3)},
             "versions": _versions(), "config": c.to_mapping(),
             "notes": [
-                "Per-owner metrics are computed by each owner on its own shard and released as plain "
-                "aggregate numbers, outside the DP guarantee.",
+                "The DP guarantee covers the model updates. Each owner's shard size, mean training loss and "
+                "the metrics of the global model on its shard are released as plain numbers, outside it.",
             ],
         })
 

@@ -6,6 +6,8 @@ import sys
 
 import typer
 
+from fedmodel.cli.certs import certs_app
+from fedmodel.cli.node import node_app
 from fedmodel.cli.simulate import simulate
 
 app = typer.Typer(
@@ -13,6 +15,8 @@ app = typer.Typer(
     help="Federated, privacy-preserving model training on Flower with Opacus DP-SGD.",
 )
 app.command(name="simulate")(simulate)
+app.add_typer(certs_app, name="certs")
+app.add_typer(node_app, name="node")
 
 
 @app.callback()

@@ -1,0 +1,50 @@
+"""``fedmodel certs``: make the coordinator's CA and TLS server certificate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from fedmodel.errors import FedModelError
+from fedmodel.security.certs import MAX_DAYS, init_certs, subject_alt_names
+
+err = Console(stderr=True)
+out = Console()
+
+certs_app = typer.Typer(
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="TLS certificates of the coordinator (a private CA and the SuperLink's server certificate).",
+)
+
+
+@certs_app.command("init")
+def init(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder of ca.crt, ca.key, server.pem, server.key")],
+    hosts: Annotated[list[str] | None, typer.Option(
+        "--host", metavar="NAME_OR_IP",
+        help="Name or IP address the sites use to reach the coordinator; repeat for each (the first is the CN)",
+    )] = None,
+    days: Annotated[int, typer.Option(help=f"Validity of the certificates in days (1 to {MAX_DAYS})")] = 365,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing files in --out")] = False,
+) -> None:
+    """Make a private CA and a server certificate for the coordinator, signed by it."""
+    try:
+        paths = init_certs(out_dir, hosts or [], days=days, overwrite=force)
+        sans = subject_alt_names(paths.server_cert)
+    except FedModelError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    rows = [
+        ("CA certificate", paths.ca_cert, "give to every site; flwr root-certificates"),
+        ("CA private key", paths.ca_key, "secret: keep offline"),
+        ("server certificate", paths.server_cert, "flower-superlink --ssl-certfile"),
+        ("server private key", paths.server_key, "secret: flower-superlink --ssl-keyfile"),
+    ]
+    for label, path, note in rows:
+        out.print(f"{label:<19} {escape(str(path.absolute()))}  [dim]({escape(note)})[/]", highlight=False,
+                  soft_wrap=True)
+    out.print(f"{'names (SAN)':<19} {escape(', '.join(sans))}", highlight=False, soft_wrap=True)

@@ -1,0 +1,1 @@
+"""TLS certificates and SuperNode authentication keys for a deployed federation."""
