@@ -83,7 +83,7 @@ def test_csv_without_label_name(tmp_path: Path) -> None:
 def test_unsupported_suffix(tmp_path: Path, name: str) -> None:
     message = read_error(write(tmp_path / name, "a,y\n1,0\n2,1\n"), "y")
     assert "unsupported file type" in message
-    assert ".csv or .npz" in message
+    assert ".csv, .parquet or .npz" in message
 
 
 def test_missing_file(tmp_path: Path) -> None:
