@@ -261,3 +261,68 @@ def _coerce(name: str, raw: Any) -> Any:
             raise ValueError("expected a string")
         return raw.strip()
     raise ValueError("unsupported key")  # pragma: no cover - every field is listed above
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """A data owner's own settings, from its SuperNode's ``node_config``; the coordinator cannot change them.
+
+    The owner's budget and delta cap what a run may spend (a run may ask for less, never more), the
+    data path and the device are the owner's, and DP is required.
+    """
+
+    data_path: str
+    label: str = ""
+    owner_name: str = "owner"
+    budget_epsilon: float = 3.0
+    delta: float = 1e-5
+    device: str = "auto"
+    state_dir: str = ""
+
+    KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir")
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, Any]) -> NodeSettings | None:
+        """The settings of a deployed node; None for a simulated node (no ``data-path``)."""
+        if "data-path" not in node_config:
+            return None
+        p: list[str] = []
+        values: dict[str, Any] = {}
+        for key in cls.KEYS:
+            if key not in node_config:
+                continue
+            raw = node_config[key]
+            name = key.replace("-", "_")
+            if key in ("budget-epsilon", "delta"):
+                try:
+                    values[name] = float(raw)
+                except (TypeError, ValueError):
+                    p.append(f"node-config {key} = {raw!r}: expected a number")
+            else:
+                values[name] = str(raw)
+        if p:
+            raise ConfigError(p)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """ConfigError listing every invalid setting."""
+        p: list[str] = []
+        if not Path(self.data_path).is_absolute():
+            p.append(f"node-config data-path = {self.data_path!r}: expected an absolute path")
+        if not (_finite(self.budget_epsilon) and self.budget_epsilon > 0):
+            p.append(f"node-config budget-epsilon = {self.budget_epsilon!r}: expected a number > 0")
+        if not (_finite(self.delta) and 0 < self.delta < 1):
+            p.append(f"node-config delta = {self.delta!r}: expected a number in (0, 1)")
+        if not _DEVICE_RE.match(self.device):
+            p.append(f"node-config device = {self.device!r}: expected auto | cpu | cuda | cuda:N")
+        if p:
+            raise ConfigError(p)
+
+    def apply(self, run: RunConfig) -> RunConfig:
+        """The run as this owner trains it: the stricter of run and owner privacy, the owner's device."""
+        return dataclasses.replace(
+            run, epsilon=min(run.epsilon, self.budget_epsilon), delta=min(run.delta, self.delta),
+            device=self.device, data_path=self.data_path, label=self.label,
+        )

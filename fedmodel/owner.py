@@ -69,18 +69,18 @@ def train_owner_round(
         train_model, train_optimizer, train_loader, epochs=config.local_epochs, device=device,
         proximal_mu=proximal_mu, anchor=anchor, lr=config.lr,
     )
-    metrics: dict[str, float] = {"owner": float(owner), "num-examples": float(len(shard)), "train-loss": loss}
+    metrics: dict[str, float] = {"num-examples": float(len(shard)), "train-loss": loss}
     metrics.update(mechanism.finish())
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return OwnerUpdate(weights, metrics)
 
 
 def evaluate_owner(
-    config: RunConfig, owner: int, shard: Dataset, global_weights: Mapping[str, torch.Tensor], *, device: torch.device,
+    config: RunConfig, shard: Dataset, global_weights: Mapping[str, torch.Tensor], *, device: torch.device,
 ) -> dict[str, float]:
     """Metrics of the global model on the owner's own shard (released as aggregate numbers only)."""
     model = build_model(config.model, shard.num_features, shard.num_classes)
     model.load_state_dict(global_weights)
     model.to(device)
     metrics = evaluate(model, shard, device=device)
-    return {"owner": float(owner), "num-examples": float(len(shard)), **metrics}
+    return {"num-examples": float(len(shard)), **metrics}

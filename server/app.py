@@ -57,7 +57,8 @@ def main(grid: Grid, context: Context) -> None:
         strategy = build_strategy(config, recorder)
         result = strategy.start(
             grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=config.rounds,
-            train_config=ConfigRecord({"lr": config.lr}), evaluate_fn=central_eval,
+            train_config=ConfigRecord({"lr": config.lr, **split.schema.to_config()}),
+            evaluate_config=ConfigRecord(split.schema.to_config()), evaluate_fn=central_eval,
         )
         folder.write_model(result.arrays.to_torch_state_dict())
         folder.write_report(recorder.report("completed"))

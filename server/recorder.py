@@ -11,17 +11,21 @@ from typing import Any
 
 from flwr.app import Message
 
+from fedmodel.protocol import OWNER_RECORD_KEY
 from fedmodel.config import RunConfig
 from fedmodel.errors import AllClientsFailedError
 from fedmodel.privacy import ACCOUNTANT
 from fedmodel.report.run_folder import RunFolder
 
 
+OwnerId = int | str
+
+
 @dataclass
 class _Round:
     number: int
     started: float
-    train: list[dict[str, float]] = field(default_factory=list)
+    train: list[dict[str, Any]] = field(default_factory=list)
     evaluate: list[dict[str, float]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
 
@@ -35,9 +39,9 @@ class RunRecorder:
         self.started = time.time()
         self.initial: dict[str, float] | None = None
         self.rows: list[dict[str, Any]] = []
-        self.owner_privacy: dict[int, dict[str, float]] = {}
-        self.owner_eval: dict[int, dict[str, float]] = {}
-        self.owner_train: dict[int, dict[str, float]] = {}
+        self.owner_privacy: dict[OwnerId, dict[str, float]] = {}
+        self.owner_eval: dict[OwnerId, dict[str, float]] = {}
+        self.owner_train: dict[OwnerId, dict[str, float]] = {}
         self._round: _Round | None = None
 
     # ------------------------------------------------------------------ strategy hooks
@@ -56,9 +60,9 @@ class RunRecorder:
                     "reason": msg.error.reason,
                 })
             else:
+                owner = owner_of(msg)
                 metrics = {k: float(v) for k, v in _metrics(msg).items()}  # type: ignore[arg-type]
-                rnd.train.append(metrics)
-                owner = int(metrics["owner"])
+                rnd.train.append({**metrics, "owner": owner})
                 self.owner_train[owner] = metrics
                 if "epsilon" in metrics:
                     self.owner_privacy[owner] = metrics
@@ -77,7 +81,7 @@ class RunRecorder:
             if not msg.has_error():
                 metrics = {k: float(v) for k, v in _metrics(msg).items()}  # type: ignore[arg-type]
                 rnd.evaluate.append(metrics)
-                self.owner_eval[int(metrics["owner"])] = metrics
+                self.owner_eval[owner_of(msg)] = metrics
 
     def central_evaluation(self, server_round: int, metrics: dict[str, float]) -> None:
         """Server-side test metrics of the global model: closes the round and writes its row."""
@@ -97,8 +101,8 @@ class RunRecorder:
         }
         self.folder.append_round(row)
         row["failures"] = rnd.failures
-        row["owner_epsilon"] = [{"owner": int(m["owner"]), "epsilon": m["epsilon"]}
-                                for m in sorted(rnd.train, key=lambda m: m["owner"]) if "epsilon" in m]
+        row["owner_epsilon"] = [{"owner": m["owner"], "epsilon": m["epsilon"]}
+                                for m in sorted(rnd.train, key=lambda m: _sort_key(m["owner"])) if "epsilon" in m]
         self.rows.append(row)
         self.folder.event("round", **{k: v for k, v in row.items() if k not in ("failures", "owner_epsilon")})
         self._round = None
@@ -113,7 +117,7 @@ class RunRecorder:
             {"owner": o, "num_examples": int(m["num-examples"]), 
              "train_loss": self.owner_train.get(o, {}).get("train-loss"),
              **{k: m.get(k) for k in ("accuracy", "precision", "recall", "f1")}, "loss": m.get("loss")}
-            for o, m in sorted(self.owner_eval.items())
+            for o, m in sorted(self.owner_eval.items(), key=lambda item: _sort_key(item[0]))
         ]
         privacy: dict[str, Any] = {"mode": "dp-sgd" if c.dp else "none"}
         if c.dp:
@@ -126,7 +130,7 @@ class RunRecorder:
                      "noise_multiplier": m["noise-multiplier"], "sample_rate": m["sample-rate"],
                      "steps": int(m["steps"]), "max_grad_norm": m["max-grad-norm"],
                      "num_examples": int(m["num-examples"])}
-                    for o, m in sorted(self.owner_privacy.items())
+                    for o, m in sorted(self.owner_privacy.items(), key=lambda item: _sort_key(item[0]))
                 ],
             })
         else:
@@ -154,12 +158,25 @@ def _metrics(msg: Message) -> Any:
     return next(iter(msg.content.metric_records.values()))
 
 
-def _owner_in(reason: str) -> int | None:
-    """The owner id a ClientApp error reply names ("owner 3: ..."), if any."""
+def owner_of(msg: Message) -> OwnerId:
+    """A reply's owner: the deployed owner's name, or the simulated owner's number."""
+    record = msg.content.config_records.get(OWNER_RECORD_KEY)
+    if record is not None:
+        return str(record["name"])
+    return int(_metrics(msg)["owner"])
+
+
+def _owner_in(reason: str) -> OwnerId | None:
+    """The owner a ClientApp error reply names ("owner 3: ..." or "owner site-a: ..."), if any."""
     head = reason.split(":", 1)[0].strip()
-    if head.startswith("owner ") and head[6:].isdigit():
-        return int(head[6:])
-    return None
+    if not head.startswith("owner ") or not head[6:]:
+        return None
+    name = head[6:]
+    return int(name) if name.isdigit() else name
+
+
+def _sort_key(owner: OwnerId) -> tuple[int, str]:
+    return (owner, "") if isinstance(owner, int) else (0, owner)
 
 
 def _test_metrics(m: dict[str, float]) -> dict[str, float]:

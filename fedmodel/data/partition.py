@@ -9,6 +9,7 @@ import numpy as np
 
 from fedmodel.config import PartitionSpec, RunConfig
 from fedmodel.data.dataset import Dataset, load_dataset, train_test_split
+from fedmodel.data.schema import Schema
 from fedmodel.errors import ConfigError
 
 
@@ -62,6 +63,7 @@ class FederatedSplit:
     data: Dataset
     test_rows: np.ndarray
     owner_rows: tuple[np.ndarray, ...]
+    schema: Schema
 
     def owner(self, owner: int) -> Dataset:
         """The shard of one owner."""
@@ -86,4 +88,6 @@ def _split_cached(dataset: str, data_path: str, label: str, test_fraction: float
     data = load_dataset(config)
     train_rows, test_rows = train_test_split(data, test_fraction, seed)
     parts = partition_indices(data.y[train_rows], clients, partition, seed)
-    return FederatedSplit(data, test_rows, tuple(train_rows[p] for p in parts))
+    # bundled data sets have their label codes written in files; a user's file its own label values
+    labels = data.classes if dataset == "file" else tuple(str(i) for i in range(data.num_classes))
+    return FederatedSplit(data, test_rows, tuple(train_rows[p] for p in parts), Schema(data.num_features, labels))

@@ -76,3 +76,56 @@ def test_evaluate_reports_metrics_of_the_owner_shard() -> None:
     metrics = reply.content["metrics"]
     assert 0.0 <= float(metrics["accuracy"]) <= 1.0
     assert int(metrics["num-examples"]) > 600  # half of digits' 80% training split
+
+
+# ---------------------------------------------------------------- deployment: the owner's own settings
+
+def deployed_instruction(server_round: int, schema_features: int = 64) -> Message:
+    msg = instruction(server_round)
+    msg.content["config"] = ConfigRecord({"server-round": server_round, "schema-features": schema_features,
+                                          "schema-labels": "\x1f".join(str(i) for i in range(10))})
+    return msg
+
+
+def shard_csv(path, rows: int = 60, features: int = 64):  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    header = ",".join([f"f{i}" for i in range(features)] + ["digit"])
+    lines = [header] + [",".join([f"{v:.3f}" for v in rng.random(features)] + [str(i % 10)]) for i in range(rows)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def deployed_context(config: RunConfig, data, budget: float = 1.0) -> Context:  # type: ignore[no-untyped-def]
+    node = {"data-path": str(data), "label": "digit", "owner-name": "site-a", "budget-epsilon": budget,
+            "delta": 1e-6, "device": "cpu", "state-dir": str(data.parent)}
+    return Context(run_id=1, node_id=7, node_config=node, state=RecordDict(), run_config=config.to_mapping())
+
+
+def test_deployed_owner_budget_caps_what_the_run_asks_for(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = RunConfig(clients=3, rounds=2, epsilon=8.0)  # the coordinator asks for 8
+    ctx = deployed_context(config, shard_csv(tmp_path / "site-a.csv"), budget=1.0)
+    reply = client_app.train(deployed_instruction(1), ctx)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    metrics = reply.content["metrics"]
+    assert float(metrics["budget-epsilon"]) == 1.0 and float(metrics["delta"]) == 1e-6
+    assert 0 < float(metrics["epsilon"]) <= 1.0
+    assert reply.content.config_records["owner-info"]["name"] == "site-a"
+    assert "owner" not in metrics
+    second = client_app.train(deployed_instruction(2), ctx).content["metrics"]
+    assert float(metrics["epsilon"]) < float(second["epsilon"]) <= 1.0
+
+
+def test_deployed_shard_with_wrong_columns_replies_an_error_naming_the_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data = shard_csv(tmp_path / "bad.csv", features=5)
+    reply = client_app.train(deployed_instruction(1), deployed_context(RunConfig(clients=3, rounds=1), data))
+    assert reply.has_error()
+    assert reply.error.reason.startswith("owner site-a:")
+    assert f"{data}: 5 feature columns" in reply.error.reason and "the run expects 64" in reply.error.reason
+
+
+def test_deployed_node_refuses_a_run_without_dp(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ctx = deployed_context(RunConfig(clients=3, rounds=1, dp=False), shard_csv(tmp_path / "s.csv"))
+    reply = client_app.train(deployed_instruction(1), ctx)
+    assert reply.has_error() and "trains only with DP" in reply.error.reason

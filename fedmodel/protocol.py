@@ -1,0 +1,4 @@
+"""Names both Flower apps agree on in their messages (no Flower import here)."""
+
+OWNER_RECORD_KEY = "owner-info"
+"""ConfigRecord of a deployed owner's reply holding its ``name`` (a simulated owner sends ``owner`` as a metric)."""
