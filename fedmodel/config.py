@@ -153,10 +153,10 @@ class RunConfig:
         if self.dataset not in BUNDLED_DATASETS and self.dataset != "file":
             p.append(
                 f"dataset = {self.dataset!r}: unknown data set; expected one of "
-                f"{', '.join(BUNDLED_DATASETS)} or a path to a .csv or .npz file"
+                f"{', '.join(BUNDLED_DATASETS)} or a path to a .csv, .parquet or .npz file"
             )
         if self.dataset == "file":
-            need(bool(self.data_path), "data-path", self.data_path, "a path to a .csv or .npz file")
+            need(bool(self.data_path), "data-path", self.data_path, "a path to a .csv, .parquet or .npz file")
             need(bool(self.label), "label", self.label, "the name of the label column (--label)")
         need(self.clients >= 1, "clients", self.clients, "an integer >= 1")
         need(self.rounds >= 1, "rounds", self.rounds, "an integer >= 1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,51 +14,52 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedmodel.cli import options as opt
 from fedmodel.config import BUNDLED_DATASETS, RunConfig
 from fedmodel.errors import ConfigError, FedModelError
+from fedmodel.runs import ProgressFn
 
 err = Console(stderr=True)
 out = Console()
 
 
 def simulate(
-    dataset: Annotated[str | None, typer.Option(help=f"{' | '.join(BUNDLED_DATASETS)} or a .csv/.npz file")] = None,
-    label: Annotated[str | None, typer.Option(help="Label column of a CSV file (label array key of an NPZ)")] = None,
+    dataset: opt.Dataset = None,
+    label: opt.Label = None,
     clients: Annotated[int | None, typer.Option(help="Number of simulated data owners [default: 10]")] = None,
-    rounds: Annotated[int | None, typer.Option(help="Federated rounds [default: 10]")] = None,
+    rounds: opt.Rounds = None,
     partition: Annotated[str | None, typer.Option(help="iid | dirichlet:ALPHA | pathological:K [default: iid]")] = None,
-    epsilon: Annotated[float | None, typer.Option(help="Each owner's DP budget for the whole run [default: 3]")] = None,
-    delta: Annotated[float | None, typer.Option(help="DP delta [default: 1e-5]")] = None,
+    epsilon: opt.Epsilon = None,
+    delta: opt.Delta = None,
     no_dp: Annotated[bool, typer.Option("--no-dp", help="Train without differential privacy (ablation)")] = False,
-    max_grad_norm: Annotated[float | None, typer.Option(help="DP-SGD per-example clipping norm [default: 1]")] = None,
-    strategy: Annotated[str | None, typer.Option(help="fedavg | fedprox | fedadam [default: fedavg]")] = None,
-    proximal_mu: Annotated[float | None, typer.Option(help="FedProx proximal weight [default: 0.01]")] = None,
-    server_lr: Annotated[float | None, typer.Option(help="FedAdam server learning rate [default: 0.1]")] = None,
-    model: Annotated[str | None, typer.Option(help="logreg | mlp [default: logreg]")] = None,
-    local_epochs: Annotated[int | None, typer.Option(help="Local epochs per round [default: 1]")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Expected batch size (Poisson sampling) [default: 32]")] = None,
-    lr: Annotated[float | None, typer.Option(help="Local SGD learning rate [default: 2.0]")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the split, partition, sampling and noise [default: 42]")] = None,
+    max_grad_norm: opt.MaxGradNorm = None,
+    strategy: opt.Strategy = None,
+    proximal_mu: opt.ProximalMu = None,
+    server_lr: opt.ServerLr = None,
+    model: opt.Model = None,
+    local_epochs: opt.LocalEpochs = None,
+    batch_size: opt.BatchSize = None,
+    lr: opt.Lr = None,
+    seed: opt.Seed = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N [default: auto]")] = None,
-    test_fraction: Annotated[float | None, typer.Option(help="Held-out test share [default: 0.2]")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="TOML file of the same keys (CLI wins)")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder [default: runs/<timestamp>]")] = None,
-    output_format: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+    test_fraction: opt.TestFraction = None,
+    config: opt.ConfigFile = None,
+    out_dir: opt.OutDir = None,
+    output_format: opt.Format = "table",
     inject_failure_owners: Annotated[str | None, typer.Option(hidden=True, help="Testing aid: owners that fail")] = None,
 ) -> None:
     """Split a real data set across simulated owners and train with per-owner DP-SGD on Flower."""
-    given = {
-        "dataset": dataset, "label": label, "clients": clients, "rounds": rounds, "partition": partition,
-        "epsilon": epsilon, "delta": delta, "dp": False if no_dp else None, "max-grad-norm": max_grad_norm,
-        "strategy": strategy, "proximal-mu": proximal_mu, "server-lr": server_lr, "model": model,
-        "local-epochs": local_epochs, "batch-size": batch_size, "lr": lr, "seed": seed, "device": device,
-        "test-fraction": test_fraction, "out": str(out_dir) if out_dir is not None else None,
-        "inject-failure-owners": inject_failure_owners,
-    }
+    values = opt.given(
+        dataset=dataset, label=label, clients=clients, rounds=rounds, partition=partition, epsilon=epsilon,
+        delta=delta, dp=False if no_dp else None, max_grad_norm=max_grad_norm, strategy=strategy,
+        proximal_mu=proximal_mu, server_lr=server_lr, model=model, local_epochs=local_epochs,
+        batch_size=batch_size, lr=lr, seed=seed, device=device, test_fraction=test_fraction, out=out_dir,
+        inject_failure_owners=inject_failure_owners,
+    )
     try:
         if output_format not in ("table", "json"):
             raise ConfigError([f"--format {output_format!r}: expected table | json"])
-        run_config = resolve_config(config, {k: v for k, v in given.items() if v is not None})
+        run_config = resolve_config(config, values)
         check_inputs(run_config)
         result = _run(run_config, show_progress=output_format == "table")
     except FedModelError as exc:
@@ -76,7 +78,7 @@ def resolve_config(config_file: Path | None, given: dict[str, Any]) -> RunConfig
     name = values.get("dataset")
     if isinstance(name, str) and name not in BUNDLED_DATASETS and name != "file":
         path = Path(name).expanduser()
-        if path.suffix.lower() in (".csv", ".npz") or path.exists():
+        if path.suffix.lower() in (".csv", ".parquet", ".npz") or path.exists():
             values["dataset"], values["data-path"] = "file", str(path.absolute())
     if values.get("data-path"):
         values["data-path"] = str(Path(values["data-path"]).expanduser().absolute())
@@ -109,10 +111,16 @@ def _run(config: RunConfig, *, show_progress: bool) -> Any:
     dp = f"epsilon {config.epsilon:g} per owner" if config.dp else "no DP"
     err.print(f"fedmodel: {config.dataset_label}, {config.clients} owners, {config.rounds} rounds, {dp}, "
               f"{config.strategy}; run folder {config.out}", highlight=False)
+    return with_progress(config.rounds, "starting Flower's simulation engine (Ray)",
+                         lambda on_event: run_simulation(config, on_event=on_event))
+
+
+def with_progress(rounds: int, first: str, run: Callable[[ProgressFn], Any]) -> Any:
+    """Call ``run(on_event)`` under a progress bar over rounds fed by the run's progress events."""
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, console=err, transient=False) as progress:
-        task = progress.add_task("starting Flower's simulation engine (Ray)", total=config.rounds)
+        task = progress.add_task(first, total=rounds)
 
         def on_event(event: dict[str, Any]) -> None:
             if event["event"] == "round-start":
@@ -123,7 +131,7 @@ def _run(config: RunConfig, *, show_progress: bool) -> Any:
                 progress.update(task, completed=event["round"],
                                 description=f"round {event['round']}: accuracy {event['accuracy']:.3f}{eps_text}")
 
-        return run_simulation(config, on_event=on_event)
+        return run(on_event)
 
 
 def print_summary(report: dict[str, Any], run_dir: Path) -> None:

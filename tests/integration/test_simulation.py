@@ -25,8 +25,9 @@ RUN_FILES = ("config.toml", "report.json", "metrics.csv", "plots/accuracy.png", 
 
 def _flower_processes() -> list[str]:
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
-    return [line for line in ps.splitlines()
-            if ("flower-superlink" in line or "flwr-simulation" in line) and "<defunct>" not in line]
+    return [line for line in ps.splitlines()  # simulation processes only: other tests may run deployments
+            if ("flower-superlink" in line and "--simulation" in line or "flwr-simulation" in line)
+            and "<defunct>" not in line]
 
 
 def test_three_owners_two_rounds_with_one_failing_owner(tmp_path: Path) -> None:

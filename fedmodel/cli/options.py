@@ -1,0 +1,34 @@
+"""Command-line options shared by ``fedmodel simulate`` and ``fedmodel train`` (one definition each)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fedmodel.config import BUNDLED_DATASETS
+
+Dataset = Annotated[str | None, typer.Option(help=f"{' | '.join(BUNDLED_DATASETS)} or a .csv/.parquet/.npz file")]
+Label = Annotated[str | None, typer.Option(help="Label column of a CSV/Parquet file (label array key of an NPZ)")]
+Rounds = Annotated[int | None, typer.Option(help="Federated rounds [default: 10]")]
+Epsilon = Annotated[float | None, typer.Option(help="Each owner's DP budget for the whole run [default: 3]")]
+Delta = Annotated[float | None, typer.Option(help="DP delta [default: 1e-5]")]
+MaxGradNorm = Annotated[float | None, typer.Option(help="DP-SGD per-example clipping norm [default: 1]")]
+Strategy = Annotated[str | None, typer.Option(help="fedavg | fedprox | fedadam [default: fedavg]")]
+ProximalMu = Annotated[float | None, typer.Option(help="FedProx proximal weight [default: 0.01]")]
+ServerLr = Annotated[float | None, typer.Option(help="FedAdam server learning rate [default: 0.1]")]
+Model = Annotated[str | None, typer.Option(help="logreg | mlp [default: logreg]")]
+LocalEpochs = Annotated[int | None, typer.Option(help="Local epochs per round [default: 1]")]
+BatchSize = Annotated[int | None, typer.Option(help="Expected batch size (Poisson sampling) [default: 32]")]
+Lr = Annotated[float | None, typer.Option(help="Local SGD learning rate [default: 2.0]")]
+Seed = Annotated[int | None, typer.Option(help="Seed of the split, partition, sampling and noise [default: 42]")]
+TestFraction = Annotated[float | None, typer.Option(help="Held-out test share [default: 0.2]")]
+ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML file of the same keys (options win)")]
+OutDir = Annotated[Path | None, typer.Option("--out", help="Run folder [default: runs/<timestamp>]")]
+Format = Annotated[str, typer.Option("--format", help="table | json")]
+
+
+def given(**options: Any) -> dict[str, Any]:
+    """The options the user actually gave, under their config keys (``batch_size`` -> ``batch-size``)."""
+    return {k.replace("_", "-"): (str(v) if isinstance(v, Path) else v) for k, v in options.items() if v is not None}

@@ -1,0 +1,86 @@
+"""``fedmodel train``: submit a training run to a deployed coordinator and follow it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from fedmodel.cli import options as opt
+from fedmodel.cli.simulate import err, out, print_summary, resolve_config, with_progress
+from fedmodel.config import RunConfig
+from fedmodel.errors import ConfigError, FedModelError
+
+
+def train(
+    coordinator: Annotated[str, typer.Option(help="HOST:PORT of the coordinator's SuperLink")],
+    ca: Annotated[Path | None, typer.Option(help="The coordinator's CA certificate (ca.crt)")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Plain HTTP, for a coordinator started --insecure")] = False,
+    dataset: opt.Dataset = None,
+    label: opt.Label = None,
+    clients: Annotated[int | None, typer.Option(help="Data-owner nodes that must take part [default: 10]")] = None,
+    rounds: opt.Rounds = None,
+    epsilon: opt.Epsilon = None,
+    delta: opt.Delta = None,
+    max_grad_norm: opt.MaxGradNorm = None,
+    strategy: opt.Strategy = None,
+    proximal_mu: opt.ProximalMu = None,
+    server_lr: opt.ServerLr = None,
+    model: opt.Model = None,
+    local_epochs: opt.LocalEpochs = None,
+    batch_size: opt.BatchSize = None,
+    lr: opt.Lr = None,
+    seed: opt.Seed = None,
+    test_fraction: opt.TestFraction = None,
+    config: opt.ConfigFile = None,
+    out_dir: opt.OutDir = None,
+    output_format: opt.Format = "table",
+) -> None:
+    """Train across deployed data-owner nodes; the coordinator evaluates on --dataset's test split.
+
+    Each node trains on its own file with its own budget: --epsilon and --delta are what the run
+    asks for, and a node spends at most its own budget.
+    """
+    values = opt.given(
+        dataset=dataset, label=label, clients=clients, rounds=rounds, epsilon=epsilon, delta=delta,
+        max_grad_norm=max_grad_norm, strategy=strategy, proximal_mu=proximal_mu, server_lr=server_lr,
+        model=model, local_epochs=local_epochs, batch_size=batch_size, lr=lr, seed=seed,
+        test_fraction=test_fraction, out=out_dir,
+    )
+    try:
+        if output_format not in ("table", "json"):
+            raise ConfigError([f"--format {output_format!r}: expected table | json"])
+        run_config = resolve_config(config, values)
+        _check(run_config, coordinator, ca, insecure)
+        result = _run(run_config, coordinator, ca, insecure, show_progress=output_format == "table")
+    except FedModelError as exc:
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    if output_format == "json":
+        out.print_json(json.dumps(result.report))
+    else:
+        print_summary(result.report, result.run_dir)
+
+
+def _check(config: RunConfig, coordinator: str, ca: Path | None, insecure: bool) -> None:
+    """Fail before submitting: the connection settings and the coordinator's evaluation data."""
+    from fedmodel.data import load_dataset
+    from fedmodel.deployment.train import connection
+
+    connection(coordinator, ca, insecure=insecure)
+    load_dataset(config)
+
+
+def _run(config: RunConfig, coordinator: str, ca: Path | None, insecure: bool, *, show_progress: bool) -> Any:
+    from fedmodel.deployment.train import run_training
+
+    if not show_progress:
+        return run_training(config, coordinator, ca, insecure=insecure)
+    err.print(f"fedmodel train: {config.clients} nodes, {config.rounds} rounds, epsilon up to {config.epsilon:g} "
+              f"per owner, {config.strategy}; coordinator {coordinator}; run folder {config.out}", highlight=False)
+    return with_progress(config.rounds, f"waiting for {config.clients} nodes",
+                         lambda on_event: run_training(config, coordinator, ca, insecure=insecure, on_event=on_event))

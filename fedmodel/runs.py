@@ -1,0 +1,227 @@
+"""Submitting a run with Flower's ``flwr`` CLI and following it to its real end.
+
+Shared by the local simulation and by ``fedmodel train`` against a deployed coordinator. The run
+itself is Flower's; this module writes the Flower App declaration, submits it, relays the run
+folder's progress events, asks Flower for the final status (``flwr run`` exits 0 even when a run
+failed) and completes the report with command-level timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedmodel import __version__
+from fedmodel.config import RunConfig
+from fedmodel.errors import SimulationError
+from fedmodel.report.run_folder import RunFolder, read_events
+
+ProgressFn = Callable[[dict[str, Any]], None]
+POLL_INTERVAL_S = 0.5
+STATUS_INTERVAL_S = 2.0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where the run folder is and what its report says."""
+
+    run_dir: Path
+    report: dict[str, Any]
+
+
+def app_pyproject(config: RunConfig) -> dict[str, Any]:
+    """The Flower App declaration of a run: fedmodel's components, the run's resolved config.
+
+    The components are imported from the installed packages, so the app needs no source files.
+    """
+    return {
+        "project": {
+            "name": "fedmodel-run", "version": __version__, "license": "Apache-2.0",
+            "description": "A fedmodel run", "dependencies": [],
+        },
+        "tool": {"flwr": {"app": {
+            "publisher": "fedmodel",
+            "components": {"serverapp": "server.app:app", "clientapp": "clients.app:app"},
+            "config": config.to_mapping(),
+        }}},
+    }
+
+
+def write_app(app_dir: Path, config: RunConfig) -> Path:
+    """Write the run's Flower App (a pyproject.toml only) into ``app_dir``."""
+    app_dir.mkdir(parents=True, exist_ok=True)
+    (app_dir / "pyproject.toml").write_text(tomli_w.dumps(app_pyproject(config)), encoding="utf-8")
+    return app_dir
+
+
+def flower_env(home: Path, connections: dict[str, Any], **extra: str) -> dict[str, str]:
+    """Environment for Flower's tools with a private FLWR_HOME holding ``connections``.
+
+    Runtime dependency installation is off (it would install the app's dependencies, Ray
+    included, into a throwaway environment on every run) and no stray Ray cluster is joined.
+    """
+    env = dict(os.environ)
+    env.update({
+        "FLWR_HOME": str(home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
+        **extra,
+    })
+    env.pop("RAY_ADDRESS", None)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(tomli_w.dumps({"superlink": connections}), encoding="utf-8")
+    return env
+
+
+def submit(app_dir: Path, env: dict[str, str], connection: str, extra_args: list[str] | None = None) -> int:
+    """``flwr run`` the app on ``connection``; the run id, or SimulationError with Flower's reason."""
+    proc = subprocess.run(
+        [tool("flwr"), "run", str(app_dir), connection, "--format", "json", *(extra_args or [])],
+        env=env, cwd=app_dir.parent, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
+    )
+    try:
+        answer = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise SimulationError(f"flwr run did not start the run:\n{proc.stdout}{proc.stderr}") from None
+    if not answer.get("success", False) or "run-id" not in answer:
+        raise SimulationError(f"flwr run refused the run: {answer.get('error-message', answer)}")
+    return int(answer["run-id"])
+
+
+def run_status(run_id: int, env: dict[str, str], connection: str) -> tuple[str, str]:
+    """(status, details) of a run, e.g. ``finished:completed``; ``unknown`` if Flower cannot say."""
+    proc = subprocess.run(
+        [tool("flwr"), "list", connection, "--run-id", str(run_id), "--format", "json"],
+        env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
+    )
+    try:
+        runs = json.loads(proc.stdout).get("runs", [])
+    except json.JSONDecodeError:
+        return "unknown", proc.stdout + proc.stderr
+    if not runs:
+        return "unknown", ""
+    return str(runs[0].get("status", "unknown")), str(runs[0].get("status-details", ""))
+
+
+def stream_log(run_id: int, env: dict[str, str], connection: str, path: Path) -> subprocess.Popen[bytes]:
+    """Copy the run's Flower log into ``path`` in the background (``flwr log --stream``)."""
+    with path.open("wb") as log_file:
+        return subprocess.Popen([tool("flwr"), "log", str(run_id), connection, "--stream"], env=env,
+                                stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def follow(run_id: int, env: dict[str, str], connection: str, folder: RunFolder, *,
+           on_event: ProgressFn | None, broken: Callable[[], str | None] = lambda: None) -> tuple[str, str]:
+    """Relay progress events until Flower says the run finished; return (status, details).
+
+    ``broken`` is polled too: a non-empty answer (e.g. "the SuperLink exited") ends the wait.
+    """
+    offset, last_check = 0, 0.0
+
+    def relay() -> None:
+        nonlocal offset
+        events, offset = read_events(folder.progress_path, offset)
+        for event in events:
+            if on_event is not None:
+                on_event(event)
+
+    while True:
+        relay()
+        problem = broken()
+        if problem:
+            return "broken", problem
+        if time.monotonic() - last_check > STATUS_INTERVAL_S:
+            last_check = time.monotonic()
+            status, details = run_status(run_id, env, connection)
+            if status.startswith("finished"):
+                relay()
+                return status, details
+        time.sleep(POLL_INTERVAL_S)
+
+
+def finish(folder: RunFolder, status: str, details: str, started: float, logs: str) -> RunResult:
+    """Check the real outcome, add command-level timing to the report and re-render it.
+
+    Raises SimulationError naming the reason when the run did not complete.
+    """
+    if not folder.report_path.exists():
+        raise SimulationError(
+            f"the run ended ({status}{': ' + details if details else ''}) without writing "
+            f"{folder.report_path}; see {logs}"
+        )
+    report = folder.read_report()
+    events, _ = read_events(folder.progress_path)
+    first_round = next((e["time"] for e in events if e["event"] == "round-start"), None)
+    report["timing"] = {
+        **report.get("timing", {}),
+        "total_seconds": round(time.time() - started, 3),
+        "startup_seconds": round(first_round - started, 3) if first_round else None,
+    }
+    report["flower_status"] = status
+    if status != "finished:completed" and report.get("status") == "completed":
+        report["status"], report["reason"] = "failed", f"Flower reports the run as {status}: {details}"
+    folder.write_report(report)
+    if report.get("status") != "completed":
+        raise SimulationError(f"the run failed: {report.get('reason') or status}\nrun folder: {folder.path}")
+    return RunResult(folder.path, report)
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, grace_s: float = 10.0) -> None:
+    """Stop a process and, if it leads its own process group, the whole group: SIGTERM, then SIGKILL."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        pgid = os.getpgid(proc.pid)
+        own_group = pgid == os.getpgid(0)
+        if own_group:
+            proc.terminate()
+        else:
+            os.killpg(pgid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            if own_group:
+                proc.kill()
+            else:
+                os.killpg(pgid, signal.SIGKILL)
+            proc.wait(timeout=grace_s)
+        if not own_group:  # children (superexec, flwr-simulation, Ray workers) may outlive the leader
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    except ProcessLookupError:
+        pass
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tool(name: str) -> str:
+    """A Flower console script from this interpreter's environment (works without an activated venv)."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if found is None:
+        raise SimulationError(f"{name} not found; is flwr[simulation] installed in this environment?")
+    return found
