@@ -39,6 +39,12 @@ class DeviceError(FedModelError):
     exit_code = 2
 
 
+class DeploymentError(FedModelError):
+    """The coordinator or a site cannot be started or changed; the message names the file, value or command."""
+
+    exit_code = 2
+
+
 class PrivacyBudgetExceeded(FedModelError):
     """Training would take an owner past its privacy budget; nothing was trained."""
 

@@ -128,7 +128,7 @@ class RunRecorder:
                 "owners": [
                     {"owner": o, "epsilon": m["epsilon"], "budget_epsilon": m["budget-epsilon"],
                      "noise_multiplier": m["noise-multiplier"], "sample_rate": m["sample-rate"],
-                     "steps": int(m["steps"]), "max_grad_norm": m["max-grad-norm"],
+                     "steps": int(m["steps"]), "max_grad_norm": m["max-grad-norm"], "delta": m["delta"],
                      "num_examples": int(m["num-examples"])}
                     for o, m in sorted(self.owner_privacy.items(), key=lambda item: _sort_key(item[0]))
                 ],

@@ -33,9 +33,6 @@ from fedmodel.runs import (
     write_app,
 )
 
-# Temporary aliases for modules written against the runner's earlier private helpers.
-_stop, _tool, _free_port = stop_process, tool, free_port
-
 LOCAL = "local"
 SUPERLINK_START_TIMEOUT_S = 60.0
 

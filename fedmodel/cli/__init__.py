@@ -7,16 +7,20 @@ import sys
 import typer
 
 from fedmodel.cli.certs import certs_app
+from fedmodel.cli.coordinator import coordinator_app
 from fedmodel.cli.node import node_app
 from fedmodel.cli.simulate import simulate
+from fedmodel.cli.train import train
 
 app = typer.Typer(
     name="fedmodel", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="Federated, privacy-preserving model training on Flower with Opacus DP-SGD.",
 )
 app.command(name="simulate")(simulate)
+app.command(name="train")(train)
 app.add_typer(certs_app, name="certs")
 app.add_typer(node_app, name="node")
+app.add_typer(coordinator_app, name="coordinator")
 
 
 @app.callback()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 from typing import Annotated
 
@@ -9,6 +10,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from fedmodel.deployment.coordinator import flwr_env
+from fedmodel.deployment.process import run_foreground
+from fedmodel.deployment.node import exit_hint, supernode_command
 from fedmodel.errors import FedModelError
 from fedmodel.security.certs import fingerprint, generate_node_keys
 
@@ -17,7 +21,7 @@ out = Console()
 
 node_app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-    help="A data site's SuperNode: its authentication keys.",
+    help="A data site's SuperNode: its authentication keys, and running it.",
 )
 
 
@@ -44,3 +48,72 @@ def keygen(
     out.print(f"next: send {escape(public.name)} to the coordinator, who runs "
               f"[bold]fedmodel coordinator allow-node {escape(public.name)}[/] (compare the fingerprint)",
               highlight=False, soft_wrap=True)
+
+
+@node_app.command("start")
+def start(
+    coordinator: Annotated[str, typer.Option(help="The coordinator's SuperLink, HOST:PORT")],
+    data: Annotated[Path, typer.Option(help="This site's data file (.csv, .parquet or .npz)")],
+    ca: Annotated[Path | None, typer.Option("--ca", help="The coordinator's CA certificate ca.crt")] = None,
+    key: Annotated[Path | None, typer.Option("--key", help="This node's private key NAME.key (keygen)")] = None,
+    label: Annotated[str, typer.Option(help="Label column of a table (default: the reader's)")] = "",
+    name: Annotated[str | None, typer.Option(help="Data owner's name (default: the key file's stem)")] = None,
+    budget_epsilon: Annotated[float, typer.Option(help="This site's total privacy budget, epsilon > 0")] = 3.0,
+    delta: Annotated[float, typer.Option(help="DP delta, 0 < delta < 1")] = 1e-5,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    state_dir: Annotated[Path, typer.Option(help="This site's state folder (privacy accounting, log)")] = Path(
+        "~/.fedmodel/node"),
+    port: Annotated[int | None, typer.Option(help="Local Runtime API port (default: a free one)")] = None,
+    insecure: Annotated[bool, typer.Option(
+        "--insecure", help="No TLS, no authentication (a coordinator started with --insecure)")] = False,
+) -> None:
+    """Run this site's SuperNode in the foreground until Ctrl-C or until the coordinator revokes it."""
+    owner = name if name is not None else (key.stem if key is not None else "node")
+    try:
+        cmd = supernode_command(
+            coordinator=coordinator, ca_cert=ca, key=key, data=data, label=label, name=owner,
+            budget_epsilon=budget_epsilon, delta=delta, device=device, state_dir=state_dir, port=port,
+            insecure=insecure,
+        )
+        state = state_dir.expanduser().absolute()
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except FedModelError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:
+        err.print(f"[bold red]error:[/] cannot create {escape(str(state_dir))}: {escape(str(exc))}",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if insecure:
+        err.print("[bold red]WARNING: --insecure: traffic to the coordinator is NOT encrypted and the "
+                  "coordinator is not authenticated. Use it only for tests on a trusted network.[/]",
+                  highlight=False, soft_wrap=True)
+    _print_node(owner, coordinator, ca, data, budget_epsilon, delta, device, state, cmd)
+    lines: deque[str] = deque(maxlen=400)
+    result = run_foreground(cmd, env=flwr_env(state), cwd=state, log_path=state / "supernode.log",
+                            on_line=lines.append)
+    if result.interrupted:
+        out.print(f"node stopped (flower-supernode exit code {result.code})", highlight=False)
+    elif result.code != 0:
+        hint = exit_hint("\n".join(lines), ca_cert=ca.absolute() if ca else None, coordinator=coordinator)
+        err.print(f"[bold red]error:[/] flower-supernode exited with code {result.code}"
+                  f"{': ' + escape(hint) if hint else ''}", highlight=False, soft_wrap=True)
+    else:
+        out.print("node stopped: the SuperNode ended by itself (the coordinator may have revoked this node)",
+                  highlight=False)
+    raise typer.Exit(result.code)
+
+
+def _print_node(owner: str, coordinator: str, ca: Path | None, data: Path, budget_epsilon: float,
+                delta: float, device: str, state: Path, cmd: list[str]) -> None:
+    trust = f"TLS, CA {ca.absolute()}" if ca is not None else "INSECURE"
+    port = cmd[cmd.index("--port") + 1]
+    rows = [
+        ("node", f"{owner} -> coordinator {coordinator} ({trust})"),
+        ("data", str(data.expanduser().absolute())),
+        ("privacy", f"budget epsilon {budget_epsilon:g}, delta {delta:g}"),
+        ("device", device),
+        ("state", f"{state} (log {state / 'supernode.log'}, local port {port})"),
+    ]
+    for label, value in rows:
+        out.print(f"{label:<8} {escape(value)}", highlight=False, soft_wrap=True)

@@ -1,0 +1,260 @@
+"""A data site's side of a deployment: check its settings and build its ``flower-supernode`` command.
+
+The SuperNode hands its ``--node-config`` to every ClientApp it runs, as ``context.node_config``. The keys
+are the contract with fedmodel's ClientApp: ``data-path`` and ``state-dir`` (absolute paths), ``label``,
+``owner-name``, ``budget-epsilon``, ``delta`` and ``device``. Flower parses the value with
+``flwr.common.config.parse_config_args``: space-separated ``key=value`` pairs whose values are TOML
+values, where a quoted string may not contain its own quote character.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from fedmodel.deployment.coordinator import DeploymentError, split_address
+from fedmodel.device import resolve_device
+from fedmodel.errors import ConfigError, FedModelError
+from fedmodel.runs import free_port as _free_port
+from fedmodel.runs import tool as _tool
+
+__all__ = ["DATA_SUFFIXES", "NODE_CONFIG_KEYS", "exit_hint", "format_node_config", "supernode_command",
+           "toml_string"]
+
+DATA_SUFFIXES = (".csv", ".parquet", ".npz")
+NODE_CONFIG_KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir")
+_DEVICE = re.compile(r"auto|cpu|cuda(?::\d+)?")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_KEYGEN = "`fedmodel node keygen --out DIR --name NAME`"
+
+NodeConfig = Mapping[str, str | float]
+
+
+def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | None, data: Path, label: str,
+                      name: str, budget_epsilon: float, delta: float, device: str, state_dir: Path,
+                      port: int | None, insecure: bool) -> list[str]:
+    """The ``flower-supernode`` command of a site, after checking every setting.
+
+    Parameters
+    ----------
+    coordinator : str
+        The coordinator's SuperLink as ``HOST:PORT``.
+    ca_cert : Path or None
+        The coordinator's CA certificate (``ca.crt``); required unless ``insecure``.
+    key : Path or None
+        This site's OpenSSH EC private key (``fedmodel node keygen``); required unless ``insecure``.
+    data : Path
+        The site's data file: ``.csv``, ``.parquet`` or ``.npz``.
+    label : str
+        The label column of a table ("" for the data reader's default).
+    name : str
+        The data owner's name, as the coordinator's reports show it.
+    budget_epsilon, delta : float
+        This site's total privacy budget (epsilon > 0) and delta (0 < delta < 1).
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; checked against this machine.
+    state_dir : Path
+        The site's state folder (privacy accounting, the SuperNode's working directory).
+    port : int or None
+        The SuperNode's local Runtime API port; None picks a free one (two nodes on one machine need
+        different ports).
+    insecure : bool
+        Plain HTTP and no authentication (a coordinator started with ``--insecure``).
+
+    Returns
+    -------
+    list[str]
+        The command line, with absolute paths.
+
+    Raises
+    ------
+    ConfigError
+        Every invalid setting, each named with its value.
+    """
+    problems = _check(coordinator, ca_cert, key, data, label, name, budget_epsilon, delta, device, state_dir,
+                      port, insecure)
+    if problems:
+        raise ConfigError(problems)
+    config: dict[str, str | float] = {
+        "data-path": str(_absolute(data)), "label": label, "owner-name": name,
+        "budget-epsilon": float(budget_epsilon), "delta": float(delta), "device": device,
+        "state-dir": str(_absolute(state_dir)),
+    }
+    cmd = [_tool("flower-supernode"), "--superlink", coordinator.strip()]
+    if insecure:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--root-certificates", str(_absolute(ca_cert)), "--auth-supernode-private-key",
+                str(_absolute(key))]
+    return cmd + ["--port", str(port if port is not None else _free_port()),
+                  "--node-config", format_node_config(config)]
+
+
+def format_node_config(config: NodeConfig) -> str:
+    """``key=value`` pairs, space-separated, as ``flower-supernode --node-config`` reads them."""
+    return " ".join(f"{k}={_toml_value(v)}" for k, v in config.items())
+
+
+def toml_string(value: str) -> str:
+    """``value`` as a TOML string that Flower's ``--node-config`` parser keeps whole.
+
+    A basic string (``"..."``, JSON escapes) unless the value holds ``"``; then a literal string
+    (``'...'``), which cannot hold ``'`` or control characters.
+
+    Raises
+    ------
+    ValueError
+        The value holds both quote characters, or ``"`` and a control character.
+    """
+    if '"' not in value:
+        return json.dumps(value, ensure_ascii=False)
+    if "'" not in value and not _CONTROL.search(value):
+        return f"'{value}'"
+    raise ValueError(f"{value!r} cannot be passed in --node-config: it holds both ' and \" (or \" and a "
+                     "control character)")
+
+
+def exit_hint(output: str, *, ca_cert: Path | None, coordinator: str) -> str | None:
+    """A one-line hint for a SuperNode that exited with an error, from the known messages in its output."""
+    hints = [
+        ("Hostname mismatch", f"the coordinator's certificate does not name the host of {coordinator}: use an "
+                              "address listed in its certificate (fedmodel certs init --host)"),
+        ("CERTIFICATE_VERIFY_FAILED", f"the coordinator's certificate is not signed by {ca_cert}: ask the "
+                                      "coordinator for its ca.crt"),
+        ("SSL/TLS handshake error", f"the coordinator's certificate is not signed by {ca_cert}: ask the "
+                                    "coordinator for its ca.crt"),
+        ("[code: 2004]", "this node's key is not admitted: ask the coordinator to run fedmodel coordinator "
+                         "allow-node with this node's .pub (a revoked key stays refused: make a new one with "
+                         "fedmodel node keygen)"),
+        ("[code: 2001]", "the coordinator requires node authentication: pass --key NODE_KEY (make one with "
+                         "fedmodel node keygen) and ask the coordinator to run fedmodel coordinator allow-node"),
+        ("address already in use", "the local --port is taken (by another node?): pass another --port or "
+                                   "leave it out to pick a free one"),
+        ("TLS is not enabled", "--insecure cannot be combined with a node key"),
+    ]
+    return next((hint for marker, hint in hints if marker in output), None)
+
+
+def _check(coordinator: str, ca_cert: Path | None, key: Path | None, data: Path, label: str, name: str,
+           budget_epsilon: float, delta: float, device: str, state_dir: Path, port: int | None,
+           insecure: bool) -> list[str]:
+    problems = [
+        *_check_coordinator(coordinator), *_check_data(data),
+        *(_check_insecure(ca_cert, key) if insecure else _check_credentials(ca_cert, key)),
+        *_check_privacy(budget_epsilon, delta), *_check_device(device), *_check_state_dir(state_dir),
+        *_check_port(port), *_check_strings({"--label": label, "--name": name, "--data": str(_absolute(data)),
+                                             "--state-dir": str(_absolute(state_dir))}),
+    ]
+    if not name.strip():
+        problems.append("--name '': give the data owner's name")
+    return problems
+
+
+def _check_coordinator(coordinator: str) -> list[str]:
+    try:
+        split_address(coordinator)
+    except DeploymentError as exc:
+        return [f"--coordinator: {exc}"]
+    return []
+
+
+def _check_data(data: Path) -> list[str]:
+    path = _absolute(data)
+    if not path.is_file():
+        return [f"--data {path}: no such file"]
+    if path.suffix.lower() not in DATA_SUFFIXES:
+        return [f"--data {path}: unsupported file type {path.suffix!r}, expected {', '.join(DATA_SUFFIXES)}"]
+    return []
+
+
+def _check_credentials(ca_cert: Path | None, key: Path | None) -> list[str]:
+    problems = []
+    if ca_cert is None:
+        problems.append("--ca is required: the coordinator's CA certificate ca.crt (or --insecure for a test "
+                        "coordinator started with --insecure)")
+    else:
+        problems += _check_pem(ca_cert, "--ca", b"-----BEGIN CERTIFICATE-----", "a PEM CA certificate (ca.crt)")
+    if key is None:
+        problems.append(f"--key is required: this node's private key NAME.key, made with {_KEYGEN}")
+    elif _absolute(key).suffix == ".pub":
+        problems.append(f"--key {_absolute(key)}: this is the public key; pass the private key (NAME.key)")
+    else:
+        problems += _check_pem(key, "--key", b"-----BEGIN OPENSSH PRIVATE KEY-----",
+                               f"an OpenSSH private key made with {_KEYGEN}")
+    return problems
+
+
+def _check_pem(path: Path, option: str, marker: bytes, expected: str) -> list[str]:
+    full = _absolute(path)
+    try:
+        head = full.read_bytes()[:65536]
+    except FileNotFoundError:
+        return [f"{option} {full}: no such file"]
+    except OSError as exc:
+        return [f"{option} {full}: cannot read it ({exc.strerror or exc})"]
+    return [] if marker in head else [f"{option} {full}: not {expected}"]
+
+
+def _check_insecure(ca_cert: Path | None, key: Path | None) -> list[str]:
+    given = [opt for opt, value in (("--ca", ca_cert), ("--key", key)) if value is not None]
+    if given:
+        return [f"--insecure cannot be combined with {' and '.join(given)}: an insecure coordinator has no "
+                "TLS and no node authentication"]
+    return []
+
+
+def _check_privacy(budget_epsilon: float, delta: float) -> list[str]:
+    problems = []
+    if not _is_number(budget_epsilon) or not (math.isfinite(budget_epsilon) and budget_epsilon > 0):
+        problems.append(f"--budget-epsilon {budget_epsilon!r}: expected a finite number > 0")
+    if not _is_number(delta) or not 0 < delta < 1:
+        problems.append(f"--delta {delta!r}: expected a number with 0 < delta < 1")
+    return problems
+
+
+def _check_device(device: str) -> list[str]:
+    if not _DEVICE.fullmatch(device):
+        return [f"--device {device!r}: expected auto | cpu | cuda | cuda:N"]
+    try:
+        resolve_device(device)
+    except FedModelError as exc:
+        return [f"--device: {exc}"]
+    return []
+
+
+def _check_state_dir(state_dir: Path) -> list[str]:
+    path = _absolute(state_dir)
+    if path.exists() and not path.is_dir():
+        return [f"--state-dir {path}: exists and is not a folder"]
+    return []
+
+
+def _check_port(port: int | None) -> list[str]:
+    if port is not None and not 1 <= port <= 65535:
+        return [f"--port {port}: expected 1 to 65535 (or leave it out to pick a free port)"]
+    return []
+
+
+def _check_strings(values: Mapping[str, str]) -> Iterable[str]:
+    for option, value in values.items():
+        try:
+            toml_string(value)
+        except ValueError as exc:
+            yield f"{option}: {exc}"
+
+
+def _toml_value(value: str | float) -> str:
+    if isinstance(value, str):
+        return toml_string(value)
+    return repr(float(value))
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _absolute(path: Path | None) -> Path:
+    return Path(path or "").expanduser().absolute()

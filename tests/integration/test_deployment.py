@@ -1,0 +1,154 @@
+"""A real deployment on loopback: coordinator, admitted nodes over TLS, one broken shard, `fedmodel train`.
+
+Everything runs through the documented commands as a user types them (`fedmodel certs init`,
+`coordinator start`, `coordinator allow-node`, `node keygen`, `node start`, `train`), on
+127.0.0.1 only, and every process started is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+from opacus.accountants.rdp import RDPAccountant
+from safetensors.torch import load_file
+
+from fedmodel.config import RunConfig
+from fedmodel.data import federated_split
+from fedmodel.runs import free_port
+
+pytestmark = pytest.mark.integration
+GOOD_SITES = ("site-0", "site-1", "site-2")
+BAD_SITE = "site-bad"
+NODE_BUDGET = 2.0
+
+
+def fedmodel(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fedmodel.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "COLUMNS": "200"})
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as fh:
+        return subprocess.Popen([sys.executable, "-m", "fedmodel.cli", *args], stdout=fh, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # children left behind in the group
+    except ProcessLookupError:
+        pass
+
+
+def write_shards(folder: Path) -> dict[str, Path]:
+    """Breast-cancer training rows of three owners as CSV files, and one shard with a column missing."""
+    split = federated_split(RunConfig(dataset="breast-cancer", clients=3))
+    paths: dict[str, Path] = {}
+    for i, site in enumerate(GOOD_SITES):
+        shard = split.owner(i)
+        paths[site] = folder / f"{site}.csv"
+        write_csv(paths[site], shard.x, shard.y)
+    bad = split.owner(0)
+    paths[BAD_SITE] = folder / f"{BAD_SITE}.csv"
+    write_csv(paths[BAD_SITE], bad.x[:, :-1], bad.y)
+    return paths
+
+
+def write_csv(path: Path, x: np.ndarray, y: np.ndarray) -> None:
+    header = ",".join([f"f{j}" for j in range(x.shape[1])] + ["diagnosis"])
+    rows = [",".join([f"{v:.6f}" for v in row] + [str(int(label))]) for row, label in zip(x, y, strict=True)]
+    path.write_text(header + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
+
+
+def wait_for_superlink(address: str, ca: Path, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    context = ssl.create_default_context(cafile=str(ca))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the coordinator exited at start-up"
+        try:
+            with urllib.request.urlopen(f"https://{address}/health", context=context, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"the coordinator did not answer on {address}")
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> Iterator[dict[str, object]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    address = f"127.0.0.1:{free_port()}"
+    certs, state, keys = tmp_path / "certs", tmp_path / "coordinator", tmp_path / "keys"
+    try:
+        assert fedmodel("certs", "init", "--out", str(certs), "--host", "localhost", "--host", "127.0.0.1").returncode == 0
+        coordinator = start(["coordinator", "start", "--certs", str(certs), "--state-dir", str(state),
+                             "--address", address], tmp_path / "coordinator.log")
+        procs.append(coordinator)
+        wait_for_superlink(address, certs / "ca.crt", coordinator)
+        shards = write_shards(tmp_path)
+        for site, data in shards.items():
+            made = fedmodel("node", "keygen", "--out", str(keys), "--name", site)
+            assert made.returncode == 0, made.stderr
+            allowed = fedmodel("coordinator", "allow-node", str(keys / f"{site}.pub"), "--state-dir", str(state),
+                               "--name", site)
+            assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+            procs.append(start(["node", "start", "--coordinator", address, "--ca", str(certs / "ca.crt"),
+                                "--key", str(keys / f"{site}.key"), "--data", str(data), "--label", "diagnosis",
+                                "--name", site, "--budget-epsilon", str(NODE_BUDGET), "--device", "cpu",
+                                "--state-dir", str(tmp_path / "nodes" / site)], tmp_path / f"{site}.log"))
+        yield {"address": address, "ca": certs / "ca.crt", "tmp": tmp_path, "shards": shards}
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+
+
+def test_three_sites_train_with_dp_while_a_broken_shard_fails_alone(federation: dict[str, object]) -> None:
+    tmp = federation["tmp"]
+    assert isinstance(tmp, Path)
+    out = tmp / "run"
+    started = time.monotonic()
+    run = fedmodel("train", "--coordinator", str(federation["address"]), "--ca", str(federation["ca"]),
+                   "--dataset", "breast-cancer", "--clients", "4", "--rounds", "2", "--epsilon", "3",
+                   "--out", str(out), "--format", "json", timeout=500)
+    print(f"fedmodel train took {time.monotonic() - started:.1f} s")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    assert report["status"] == "completed"
+    assert (out / "model.safetensors").is_file() and (out / "report.html").is_file()
+    assert load_file(str(out / "model.safetensors"))["0.weight"].shape == (2, 30)
+
+    bad_file = federation["shards"][BAD_SITE]  # type: ignore[index]
+    for row in report["rounds"]:
+        assert (row["num_replies"], row["num_failures"]) == (3, 1)
+        failure = row["failures"][0]
+        assert failure["owner"] == BAD_SITE
+        assert f"{bad_file}: 29 feature columns" in failure["reason"] and "the run expects 30" in failure["reason"]
+
+    owners = {o["owner"]: o for o in report["privacy"]["owners"]}
+    assert set(owners) == set(GOOD_SITES)
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    for o in owners.values():
+        assert o["budget_epsilon"] == NODE_BUDGET  # the node's budget, below the run's 3
+        rdp = compute_rdp(q=o["sample_rate"], noise_multiplier=o["noise_multiplier"], steps=o["steps"], orders=orders)
+        expected, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=1e-5)
+        assert o["epsilon"] == pytest.approx(expected, rel=1e-9)
+        assert 0 < o["epsilon"] <= NODE_BUDGET
+    assert 0.6 <= report["final"]["accuracy"] <= 1.0
