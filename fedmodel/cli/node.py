@@ -58,7 +58,7 @@ def start(
     key: Annotated[Path | None, typer.Option("--key", help="This node's private key NAME.key (keygen)")] = None,
     label: Annotated[str, typer.Option(help="Label column of a table (default: the reader's)")] = "",
     name: Annotated[str | None, typer.Option(help="Data owner's name (default: the key file's stem)")] = None,
-    budget_epsilon: Annotated[float, typer.Option(help="This site's total privacy budget, epsilon > 0")] = 3.0,
+    budget_epsilon: Annotated[float, typer.Option(help="The most epsilon one run may spend on this site's data (> 0)")] = 3.0,
     delta: Annotated[float, typer.Option(help="DP delta, 0 < delta < 1")] = 1e-5,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     state_dir: Annotated[Path, typer.Option(help="This site's state folder (privacy accounting, log)")] = Path(

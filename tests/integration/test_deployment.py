@@ -118,6 +118,18 @@ def federation(tmp_path: Path) -> Iterator[dict[str, object]]:
     finally:
         for proc in reversed(procs):
             stop(proc)
+    assert left_running(tmp_path) == []  # every process of this federation is gone
+
+
+def left_running(tmp_path: Path, wait_s: float = 15.0) -> list[str]:
+    """Live processes whose command line mentions this test's folder (Flower's watchers need a moment)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+        alive = [line for line in ps.splitlines() if str(tmp_path) in line and "<defunct>" not in line]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(1)
 
 
 def test_three_sites_train_with_dp_while_a_broken_shard_fails_alone(federation: dict[str, object]) -> None:
