@@ -152,7 +152,7 @@ def test_from_toml_missing_file_names_the_file(tmp_path: Path) -> None:
         RunConfig(),
         RunConfig(dataset="breast-cancer", clients=3, rounds=2, partition=PartitionSpec("dirichlet", alpha=0.5),
                   epsilon=1.5, delta=1e-6, dp=False, strategy="fedadam", model="mlp", local_epochs=2,
-                  batch_size=8, lr=0.05, seed=7, device="cpu", test_fraction=0.3, out="/tmp/run",
+                  batch_size=8, lr=0.05, seed=7, device="cpu", test_fraction=0.3, out="runs/roundtrip",
                   inject_failure_owners=(0, 2)),
         RunConfig(dataset="file", data_path="/data/x.csv", label="y",
                   partition=PartitionSpec("pathological", classes_per_owner=2), device="cuda:1"),
