@@ -10,11 +10,12 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from fedmodel.report.plots import finite_number
 
 __all__ = ["render_html", "write_html"]
 
@@ -141,28 +142,6 @@ def _text(value: Any) -> str:
     return MISSING if value is None else html.escape(str(value))
 
 
-def _finite(value: Any) -> float | None:
-    """Return a finite float, or ``None`` for missing / NaN / non-numeric.
-
-    Parameters
-    ----------
-    value : Any
-        A value from the report.
-
-    Returns
-    -------
-    float | None
-        The value as a finite float, else ``None``.
-    """
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _num(value: Any, spec: str = ".4g") -> str:
     """Format a number; non-numbers are escaped as text.
 
@@ -178,7 +157,7 @@ def _num(value: Any, spec: str = ".4g") -> str:
     str
         Escaped text.
     """
-    number = _finite(value)
+    number = finite_number(value)
     if number is None:
         if isinstance(value, float):
             return MISSING
@@ -199,7 +178,7 @@ def _pct(value: Any) -> str:
     str
         E.g. ``"90.0%"``, or a dash when unknown.
     """
-    number = _finite(value)
+    number = finite_number(value)
     return MISSING if number is None else f"{number * 100:.1f}%"
 
 
@@ -216,7 +195,7 @@ def _int(value: Any) -> str:
     str
         The integer, or the escaped value when it is not integral.
     """
-    number = _finite(value)
+    number = finite_number(value)
     if number is not None and number.is_integer():
         return str(int(number))
     return _num(value)
@@ -664,7 +643,7 @@ def _seconds(value: Any) -> str:
     str
         E.g. ``"60.2 s"``, or the escaped value.
     """
-    number = _finite(value)
+    number = finite_number(value)
     return _text(value) if number is None else f"{number:.1f} s"
 
 

@@ -169,7 +169,7 @@ def _centered_text(ax: Axes, text: str) -> None:
 # report access
 
 
-def _number(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
     """Return a finite float, or ``None`` for missing / NaN / non-numeric.
 
     Parameters
@@ -232,15 +232,15 @@ def _series(report: Mapping[str, Any], key: str,
     ys: list[float] = []
     initial = report.get("initial")
     if with_initial and isinstance(initial, Mapping):
-        value = _number(initial.get(key))
+        value = finite_number(initial.get(key))
         if value is not None:
             xs.append(0.0)
             ys.append(value)
     for position, entry in enumerate(_rounds(report), start=1):
-        value = _number(entry.get(key))
+        value = finite_number(entry.get(key))
         if value is None:
             continue
-        round_number = _number(entry.get("round"))
+        round_number = finite_number(entry.get("round"))
         xs.append(float(position) if round_number is None else round_number)
         ys.append(value)
     return xs, ys
@@ -261,7 +261,7 @@ def _owner_epsilons(report: Mapping[str, Any]) -> dict[str, tuple[list[float], l
     """
     curves: dict[str, tuple[list[float], list[float]]] = {}
     for position, entry in enumerate(_rounds(report), start=1):
-        round_number = _number(entry.get("round"))
+        round_number = finite_number(entry.get("round"))
         x = float(position) if round_number is None else round_number
         spent = entry.get("owner_epsilon")
         if not isinstance(spent, Sequence) or isinstance(spent, str):
@@ -269,7 +269,7 @@ def _owner_epsilons(report: Mapping[str, Any]) -> dict[str, tuple[list[float], l
         for item in spent:
             if not isinstance(item, Mapping):
                 continue
-            epsilon = _number(item.get("epsilon"))
+            epsilon = finite_number(item.get("epsilon"))
             if epsilon is None:
                 continue
             xs, ys = curves.setdefault(_plain(item.get("owner")), ([], []))
@@ -291,13 +291,13 @@ def _budget(privacy: Mapping[str, Any]) -> float | None:
     float | None
         The budget, or ``None`` when unknown.
     """
-    budget = _number(privacy.get("budget_epsilon"))
+    budget = finite_number(privacy.get("budget_epsilon"))
     if budget is not None:
         return budget
     owners = privacy.get("owners")
     if not isinstance(owners, Sequence) or isinstance(owners, str):
         return None
-    budgets = [_number(o.get("budget_epsilon")) for o in owners if isinstance(o, Mapping)]
+    budgets = [finite_number(o.get("budget_epsilon")) for o in owners if isinstance(o, Mapping)]
     known = [b for b in budgets if b is not None]
     return max(known) if known else None
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import tomli_w
 
+from fedmodel.fsio import atomic_write
+
 METRICS_COLUMNS: tuple[str, ...] = (
     "round", "train_loss", "test_loss", "accuracy", "precision", "recall", "f1",
     "num_replies", "num_failures", "seconds", "epsilon_max",
@@ -41,8 +43,8 @@ class RunFolder:
     def create(self, config: Mapping[str, Any]) -> None:
         """Create the folder, write config.toml and an empty metrics.csv with its header."""
         self.path.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.config_path, tomli_w.dumps({"fedmodel": dict(config)}).encode())
-        _atomic_write(self.metrics_path, (",".join(METRICS_COLUMNS) + "\n").encode())
+        atomic_write(self.config_path, tomli_w.dumps({"fedmodel": dict(config)}).encode())
+        atomic_write(self.metrics_path, (",".join(METRICS_COLUMNS) + "\n").encode())
 
     def event(self, kind: str, **data: Any) -> None:
         """Append one progress event (a JSON line with the wall-clock time)."""
@@ -72,7 +74,7 @@ class RunFolder:
         from fedmodel.report.html import write_html
         from fedmodel.report.plots import write_plots
 
-        _atomic_write(self.report_path, json.dumps(report, indent=2, default=_json_default).encode())
+        atomic_write(self.report_path, json.dumps(report, indent=2, default=_json_default).encode())
         plots = write_plots(report, self.plots_dir)
         write_html(report, plots, self.html_path)
 
@@ -92,15 +94,6 @@ def read_events(path: Path, offset: int = 0) -> tuple[list[dict[str, Any]], int]
     end = chunk.rfind(b"\n") + 1
     events = [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
     return events, offset + end
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _csv_cell(value: Any) -> str:
