@@ -8,6 +8,7 @@ import typer
 
 from fedmodel.cli.certs import certs_app
 from fedmodel.cli.coordinator import coordinator_app
+from fedmodel.cli.data import data_app
 from fedmodel.cli.node import node_app
 from fedmodel.cli.simulate import simulate
 from fedmodel.cli.train import train
@@ -21,6 +22,7 @@ app.command(name="train")(train)
 app.add_typer(certs_app, name="certs")
 app.add_typer(node_app, name="node")
 app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(data_app, name="data")
 
 
 @app.callback()
