@@ -14,6 +14,7 @@ federation goes on with the others.
 from __future__ import annotations
 
 import logging
+import sys
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,11 +33,12 @@ from fedmodel.device import resolve_device
 from fedmodel.errors import ConfigError, FedModelError
 from fedmodel.owner import evaluate_owner, train_owner_round
 from fedmodel.privacy import OwnerPrivacyState
-from fedmodel.protocol import OWNER_RECORD_KEY
+from fedmodel.protocol import OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY
 
 app = ClientApp()
 log = logging.getLogger("fedmodel.client")
 PRIVACY_STATE_KEY = "fedmodel-privacy"
+"""ConfigRecord of a reply saying where it was computed: ``ray-node`` when the ClientApp ran in a Ray worker."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,24 @@ def _reply(msg: Message, owner: Owner, metrics: dict[str, float], arrays: ArrayR
     else:
         content[OWNER_RECORD_KEY] = ConfigRecord({"name": owner.name})
     content["metrics"] = MetricRecord(metrics)  # type: ignore[arg-type]
+    node = ray_node_id()
+    if node is not None:
+        content[PLACEMENT_RECORD_KEY] = ConfigRecord({"ray-node": node})
     return Message(content=content, reply_to=msg)
+
+
+def ray_node_id() -> str | None:
+    """The Ray node this ClientApp runs on (a simulation worker); None outside Ray.
+
+    Ray is imported already in a Ray worker; a deployed node never pays for importing it.
+    """
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    try:
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:  # a placement we cannot tell must not fail the owner's reply
+        return None
 
 
 def _error_reply(msg: Message, context: Context, exc: BaseException) -> Message:

@@ -25,6 +25,7 @@ MODELS: tuple[str, ...] = ("logreg", "mlp")
 PartitionKind = Literal["iid", "dirichlet", "pathological"]
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+_RAY_ADDRESS_RE = re.compile(r"^(ray://)?[A-Za-z0-9.\-]+:\d{1,5}$")
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,9 @@ class RunConfig:
     device: str = "auto"
     test_fraction: float = 0.2
     out: str = ""
+    ray_address: str = ""  # "" = a private local Ray; HOST:PORT (GCS) or ray://HOST:PORT = an existing cluster
+    cpus_per_worker: int = 1
+    gpus_per_worker: float = 0.0
     inject_failure_owners: tuple[int, ...] = ()  # testing aid: these owners raise during training
 
     # ------------------------------------------------------------------ construction
@@ -175,6 +179,14 @@ class RunConfig:
         need(bool(_DEVICE_RE.match(self.device)), "device", self.device, "auto | cpu | cuda | cuda:N")
         need(_finite(self.test_fraction) and 0 < self.test_fraction < 1, "test-fraction", self.test_fraction,
              "a number in (0, 1)")
+        need(not self.ray_address or bool(_RAY_ADDRESS_RE.match(self.ray_address)), "ray-address",
+             self.ray_address, "HOST:PORT (the head's GCS port, 6379 by default) or ray://HOST:PORT")
+        need(self.cpus_per_worker >= 1, "cpus-per-worker", self.cpus_per_worker, "an integer >= 1")
+        need(_finite(self.gpus_per_worker) and self.gpus_per_worker >= 0, "gpus-per-worker", self.gpus_per_worker,
+             "a number >= 0 (fractions such as 0.25 let workers share a GPU)")
+        if _finite(self.gpus_per_worker) and self.gpus_per_worker > 0 and self.device == "cpu":
+            p.append(f"gpus-per-worker = {self.gpus_per_worker!r} with device = 'cpu': the GPU share would go "
+                     "unused; use --device auto or cuda, or --gpus-per-worker 0")
         bad = [o for o in self.inject_failure_owners if not 0 <= o < max(self.clients, 1)]
         need(not bad, "inject-failure-owners", bad, f"owner ids in [0, {self.clients - 1}]")
         if p:
@@ -213,9 +225,10 @@ def _finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-_INT_FIELDS = {"clients", "rounds", "local_epochs", "batch_size", "seed"}
-_FLOAT_FIELDS = {"epsilon", "delta", "max_grad_norm", "proximal_mu", "server_lr", "lr", "test_fraction"}
-_STR_FIELDS = {"dataset", "data_path", "label", "strategy", "model", "device", "out"}
+_INT_FIELDS = {"clients", "rounds", "local_epochs", "batch_size", "seed", "cpus_per_worker"}
+_FLOAT_FIELDS = {"epsilon", "delta", "max_grad_norm", "proximal_mu", "server_lr", "lr", "test_fraction",
+                 "gpus_per_worker"}
+_STR_FIELDS = {"dataset", "data_path", "label", "strategy", "model", "device", "out", "ray_address"}
 
 
 def _coerce(name: str, raw: Any) -> Any:

@@ -2,3 +2,6 @@
 
 OWNER_RECORD_KEY = "owner-info"
 """ConfigRecord of a deployed owner's reply holding its ``name`` (a simulated owner sends ``owner`` as a metric)."""
+
+PLACEMENT_RECORD_KEY = "placement"
+"""ConfigRecord of a reply saying where the ClientApp ran: ``{"ray-node": ID}`` inside a Ray worker."""

@@ -66,11 +66,14 @@ def write_app(app_dir: Path, config: RunConfig) -> Path:
     return app_dir
 
 
-def flower_env(home: Path, connections: dict[str, Any], **extra: str) -> dict[str, str]:
+def flower_env(home: Path, connections: dict[str, Any], *, ray_address: str | None = None,
+               **extra: str) -> dict[str, str]:
     """Environment for Flower's tools with a private FLWR_HOME holding ``connections``.
 
     Runtime dependency installation is off (it would install the app's dependencies, Ray
-    included, into a throwaway environment on every run) and no stray Ray cluster is joined.
+    included, into a throwaway environment on every run). ``RAY_ADDRESS`` is the only way to point
+    Flower's ``ray.init`` at a cluster, and it must be there when the SuperLink starts: it is
+    ``ray_address`` when given (``"local"`` makes Ray start a new private instance), never the caller's.
     """
     env = dict(os.environ)
     env.update({
@@ -83,6 +86,8 @@ def flower_env(home: Path, connections: dict[str, Any], **extra: str) -> dict[st
         **extra,
     })
     env.pop("RAY_ADDRESS", None)
+    if ray_address:
+        env["RAY_ADDRESS"] = ray_address
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.toml").write_text(tomli_w.dumps({"superlink": connections}), encoding="utf-8")
     return env

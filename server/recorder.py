@@ -11,7 +11,7 @@ from typing import Any
 
 from flwr.app import Message
 
-from fedmodel.protocol import OWNER_RECORD_KEY
+from fedmodel.protocol import OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY
 from fedmodel.config import RunConfig
 from fedmodel.errors import AllClientsFailedError
 from fedmodel.privacy import ACCOUNTANT
@@ -42,6 +42,8 @@ class RunRecorder:
         self.owner_privacy: dict[OwnerId, dict[str, float]] = {}
         self.owner_eval: dict[OwnerId, dict[str, float]] = {}
         self.owner_train: dict[OwnerId, dict[str, float]] = {}
+        self.owner_node: dict[OwnerId, str] = {}
+        self.ray_nodes: set[str] = set()
         self._round: _Round | None = None
 
     # ------------------------------------------------------------------ strategy hooks
@@ -64,6 +66,10 @@ class RunRecorder:
                 metrics = {k: float(v) for k, v in _metrics(msg).items()}  # type: ignore[arg-type]
                 rnd.train.append({**metrics, "owner": owner})
                 self.owner_train[owner] = metrics
+                node = ray_node_of(msg)
+                if node is not None:
+                    self.owner_node[owner] = node
+                    self.ray_nodes.add(node)
                 if "epsilon" in metrics:
                     self.owner_privacy[owner] = metrics
         if replies and not rnd.train:
@@ -116,7 +122,8 @@ class RunRecorder:
         owners = [
             {"owner": o, "num_examples": int(m["num-examples"]), 
              "train_loss": self.owner_train.get(o, {}).get("train-loss"),
-             **{k: m.get(k) for k in ("accuracy", "precision", "recall", "f1")}, "loss": m.get("loss")}
+             **{k: m.get(k) for k in ("accuracy", "precision", "recall", "f1")}, "loss": m.get("loss"),
+             "ray_node": self.owner_node.get(o)}
             for o, m in sorted(self.owner_eval.items(), key=lambda item: _sort_key(item[0]))
         ]
         privacy: dict[str, Any] = {"mode": "dp-sgd" if c.dp else "none"}
@@ -140,6 +147,10 @@ class RunRecorder:
             "status": status, "reason": reason, "dataset": c.dataset_label, "num_clients": c.clients,
             "num_rounds": c.rounds, "strategy": c.strategy, "model": c.model, "partition": str(c.partition),
             "initial": self.initial, "rounds": self.rows, "final": final, "owners": owners, "privacy": privacy,
+            "resources": {
+                "ray_address": c.ray_address or None, "cpus_per_worker": c.cpus_per_worker,
+                "gpus_per_worker": c.gpus_per_worker, "ray_nodes": sorted(self.ray_nodes),
+            },
             "timing": {"serverapp_seconds": round(time.time() - self.started, 3)},
             "versions": _versions(), "config": c.to_mapping(),
             "notes": [
@@ -164,6 +175,13 @@ def owner_of(msg: Message) -> OwnerId:
     if record is not None:
         return str(record["name"])
     return int(_metrics(msg)["owner"])
+
+
+def ray_node_of(msg: Message) -> str | None:
+    """The Ray node a reply was computed on, if the ClientApp ran in a Ray worker."""
+    record = msg.content.config_records.get(PLACEMENT_RECORD_KEY)
+    node = record.get("ray-node") if record is not None else None
+    return str(node) if node else None
 
 
 def _owner_in(reason: str) -> OwnerId | None:

@@ -27,6 +27,12 @@ TestFraction = Annotated[float | None, typer.Option(help="Held-out test share [d
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML file of the same keys (options win)")]
 OutDir = Annotated[Path | None, typer.Option("--out", help="Run folder [default: runs/<timestamp>]")]
 Format = Annotated[str, typer.Option("--format", help="table | json")]
+RayAddress = Annotated[str | None, typer.Option(
+    "--ray-address", help="Run the workers on this existing Ray cluster: HOST:PORT of its head (GCS, 6379 by "
+                          "default) or ray://HOST:10001 [default: a private local Ray]")]
+CpusPerWorker = Annotated[int | None, typer.Option(help="Whole CPUs each simulation worker reserves [default: 1]")]
+GpusPerWorker = Annotated[float | None, typer.Option(
+    help="GPUs each simulation worker reserves; 0.25 lets 4 workers share a GPU [default: 0]")]
 
 
 def given(**options: Any) -> dict[str, Any]:

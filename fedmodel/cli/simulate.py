@@ -43,6 +43,9 @@ def simulate(
     seed: opt.Seed = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N [default: auto]")] = None,
     test_fraction: opt.TestFraction = None,
+    ray_address: opt.RayAddress = None,
+    cpus_per_worker: opt.CpusPerWorker = None,
+    gpus_per_worker: opt.GpusPerWorker = None,
     config: opt.ConfigFile = None,
     out_dir: opt.OutDir = None,
     output_format: opt.Format = "table",
@@ -54,6 +57,7 @@ def simulate(
         delta=delta, dp=False if no_dp else None, max_grad_norm=max_grad_norm, strategy=strategy,
         proximal_mu=proximal_mu, server_lr=server_lr, model=model, local_epochs=local_epochs,
         batch_size=batch_size, lr=lr, seed=seed, device=device, test_fraction=test_fraction, out=out_dir,
+        ray_address=ray_address, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
         inject_failure_owners=inject_failure_owners,
     )
     try:
@@ -89,11 +93,16 @@ def resolve_config(config_file: Path | None, given: dict[str, Any]) -> RunConfig
 
 
 def check_inputs(config: RunConfig) -> None:
-    """Fail before Flower starts: the data file, the label, the partition and the device must work."""
+    """Fail before Flower starts: the data file, the label, the partition and the device must work.
+
+    On a Ray cluster the device is the worker hosts', not this machine's; the cluster itself is
+    checked when the simulation starts (:func:`simulations.runner.check_workers`).
+    """
     from fedmodel.data import federated_split
     from fedmodel.device import resolve_device
 
-    resolve_device(config.device)
+    if not config.ray_address:
+        resolve_device(config.device)
     split = federated_split(config)
     empty = [i for i, rows in enumerate(split.owner_rows) if len(rows) == 0]
     if empty:
@@ -110,9 +119,16 @@ def _run(config: RunConfig, *, show_progress: bool) -> Any:
         return run_simulation(config)
     dp = f"epsilon {config.epsilon:g} per owner" if config.dp else "no DP"
     err.print(f"fedmodel: {config.dataset_label}, {config.clients} owners, {config.rounds} rounds, {dp}, "
-              f"{config.strategy}; run folder {config.out}", highlight=False)
+              f"{config.strategy}{_where(config)}; run folder {config.out}", highlight=False)
     return with_progress(config.rounds, "starting Flower's simulation engine (Ray)",
                          lambda on_event: run_simulation(config, on_event=on_event))
+
+
+def _where(config: RunConfig) -> str:
+    if not config.ray_address:
+        return ""
+    gpus = f", {config.gpus_per_worker:g} GPU" if config.gpus_per_worker else ""
+    return f", on the Ray cluster at {config.ray_address} ({config.cpus_per_worker} CPU{gpus} per worker)"
 
 
 def with_progress(rounds: int, first: str, run: Callable[[ProgressFn], Any]) -> Any:
@@ -154,6 +170,12 @@ def print_summary(report: dict[str, Any], run_dir: Path) -> None:
                                                f"(budget {privacy['budget_epsilon']:g})")
     failures = sum(r["num_failures"] for r in report["rounds"])
     table.add_row("owner failures", str(failures))
+    resources = report.get("resources")
+    if resources:
+        where = resources.get("ray_address") or "private local Ray"
+        nodes = len(resources.get("ray_nodes") or [])
+        table.add_row("workers", f"{where}: {resources['cpus_per_worker']} CPU, {resources['gpus_per_worker']:g} GPU "
+                                 f"each; owners trained on {nodes} Ray node{'s' if nodes != 1 else ''}")
     timing = report.get("timing", {})
     table.add_row("time", f"{timing.get('total_seconds', 0):.1f} s (start-up {timing.get('startup_seconds') or 0:.1f} s)")
     table.add_row("run folder", str(run_dir))
