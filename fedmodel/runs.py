@@ -59,6 +59,15 @@ def app_pyproject(config: RunConfig) -> dict[str, Any]:
     }
 
 
+def new_run_folder(config: RunConfig) -> tuple[RunConfig, RunFolder]:
+    """The run's folder made absolute (the ServerApp runs elsewhere) and created; a finished run is never overwritten."""
+    run_dir = Path(config.out).absolute()
+    if (run_dir / "report.json").exists():
+        raise SimulationError(f"{run_dir} already holds a run (report.json); choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return config.replace(out=str(run_dir)), RunFolder(run_dir)
+
+
 def write_app(app_dir: Path, config: RunConfig) -> Path:
     """Write the run's Flower App (a pyproject.toml only) into ``app_dir``."""
     app_dir.mkdir(parents=True, exist_ok=True)

@@ -24,12 +24,12 @@ from pathlib import Path
 
 from fedmodel.config import RunConfig
 from fedmodel.errors import SimulationError
-from fedmodel.report.run_folder import RunFolder
 from fedmodel.runs import (
     ProgressFn,
     RunResult,
     finish,
     flower_env,
+    new_run_folder,
     follow,
     free_port,
     stop_process,
@@ -53,12 +53,8 @@ def run_simulation(config: RunConfig, *, on_event: ProgressFn | None = None) -> 
     """
     started = time.time()
     check_workers(config)
-    run_dir = Path(config.out).absolute()
-    config = config.replace(out=str(run_dir))
-    if (run_dir / "report.json").exists():
-        raise SimulationError(f"{run_dir} already holds a run (report.json); choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    folder = RunFolder(run_dir)
+    config, folder = new_run_folder(config)
+    run_dir = folder.path
     home = Path(tempfile.mkdtemp(prefix="fedmodel-flwr-"))
     superlink: subprocess.Popen[bytes] | None = None
     log_proc: subprocess.Popen[bytes] | None = None

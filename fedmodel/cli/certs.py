@@ -6,14 +6,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from fedmodel.cli.console import fail, out
 from fedmodel.errors import FedModelError
 from fedmodel.security.certs import MAX_DAYS, init_certs, subject_alt_names
 
-err = Console(stderr=True)
-out = Console()
 
 certs_app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -36,8 +34,7 @@ def init(
         paths = init_certs(out_dir, hosts or [], days=days, overwrite=force)
         sans = subject_alt_names(paths.server_cert)
     except FedModelError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
+        fail(exc, exc.exit_code)
     rows = [
         ("CA certificate", paths.ca_cert, "give to every site; flwr root-certificates"),
         ("CA private key", paths.ca_key, "secret: keep offline"),

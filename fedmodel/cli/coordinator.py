@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fedmodel.cli.console import err, fail, out
 from fedmodel.deployment.coordinator import (
     NodeEntry,
     allow_node,
@@ -27,8 +27,6 @@ from fedmodel.deployment.process import run_foreground
 from fedmodel.errors import FedModelError
 from fedmodel.security.certs import subject_alt_names
 
-err = Console(stderr=True)
-out = Console()
 
 coordinator_app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -187,5 +185,4 @@ def _print_table(entries: list[NodeEntry]) -> None:
 
 
 def _fail(exc: FedModelError, code: int | None = None) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(exc.exit_code if code is None else code) from None
+    fail(exc, exc.exit_code if code is None else code)

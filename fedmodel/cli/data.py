@@ -7,17 +7,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fedmodel.cli.console import fail, out
 from fedmodel.cli import options as opt
 from fedmodel.data.quality import QualityReport, check_shard
 from fedmodel.data.schema_file import load_schema_file
 from fedmodel.errors import ConfigError, FedModelError
 
-err = Console(stderr=True)
-out = Console()
 
 EXIT_MAY_TRAIN, EXIT_MAY_NOT_TRAIN = 0, 1
 
@@ -43,8 +41,7 @@ def check(
         shard_schema = load_schema_file(schema) if schema is not None else None
         report = check_shard(path, label=label, schema=shard_schema, iqr_k=iqr_k, z=z)
     except FedModelError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
+        fail(exc, exc.exit_code)
     if output_format == "json":
         typer.echo(json.dumps(report.to_dict(), indent=2))  # plain: rich's JSON highlighting is slow on wide files
     else:

@@ -7,17 +7,15 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from fedmodel.cli.console import err, fail, out
 from fedmodel.deployment.coordinator import flwr_env
 from fedmodel.deployment.process import run_foreground
 from fedmodel.deployment.node import exit_hint, supernode_command
 from fedmodel.errors import FedModelError
 from fedmodel.security.certs import fingerprint, generate_node_keys
 
-err = Console(stderr=True)
-out = Console()
 
 node_app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -35,8 +33,7 @@ def keygen(
         paths = generate_node_keys(out_dir, name)
         digest = fingerprint(paths.public.read_bytes())
     except FedModelError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
+        fail(exc, exc.exit_code)
     except OSError as exc:
         err.print(f"[bold red]error:[/] cannot read {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
@@ -78,8 +75,7 @@ def start(
         state = state_dir.expanduser().absolute()
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
     except FedModelError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
+        fail(exc, exc.exit_code)
     except OSError as exc:
         err.print(f"[bold red]error:[/] cannot create {escape(str(state_dir))}: {escape(str(exc))}",
                   highlight=False, soft_wrap=True)

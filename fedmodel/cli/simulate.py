@@ -9,18 +9,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedmodel.cli import options as opt
+from fedmodel.cli.console import err, fail, out
 from fedmodel.config import BUNDLED_DATASETS, RunConfig
 from fedmodel.errors import ConfigError, FedModelError
 from fedmodel.runs import ProgressFn
 
-err = Console(stderr=True)
-out = Console()
 
 
 def simulate(
@@ -67,8 +64,7 @@ def simulate(
         check_inputs(run_config)
         result = _run(run_config, show_progress=output_format == "table")
     except FedModelError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
+        fail(exc, exc.exit_code)
     if output_format == "json":
         out.print_json(json.dumps(result.report))
     else:

@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from fedmodel.cli import options as opt
-from fedmodel.cli.simulate import err, out, print_summary, resolve_config, with_progress
+from fedmodel.cli.console import err, fail, out
+from fedmodel.cli.simulate import print_summary, resolve_config, with_progress
 from fedmodel.config import RunConfig
 from fedmodel.errors import ConfigError, FedModelError
 
@@ -56,10 +57,7 @@ def train(
         _check(run_config, coordinator, ca, insecure)
         result = _run(run_config, coordinator, ca, insecure, show_progress=output_format == "table")
     except FedModelError as exc:
-        from rich.markup import escape
-
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
+        fail(exc, exc.exit_code)
     if output_format == "json":
         out.print_json(json.dumps(result.report))
     else:

@@ -15,9 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from fedmodel.config import RunConfig
-from fedmodel.errors import ConfigError, SimulationError
-from fedmodel.report.run_folder import RunFolder
-from fedmodel.runs import ProgressFn, RunResult, finish, flower_env, follow, stop_process, stream_log, submit, write_app
+from fedmodel.errors import ConfigError
+from fedmodel.runs import (
+    ProgressFn,
+    RunResult,
+    finish,
+    flower_env,
+    follow,
+    new_run_folder,
+    stop_process,
+    stream_log,
+    submit,
+    write_app,
+)
 
 CONNECTION = "fedmodel"
 _ADDRESS_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
@@ -48,12 +58,8 @@ def run_training(config: RunConfig, coordinator: str, ca_cert: Path | None, *, i
     """Submit ``config`` to the coordinator, follow it, and raise SimulationError if it did not complete."""
     started = time.time()
     entry = connection(coordinator, ca_cert, insecure=insecure)
-    run_dir = Path(config.out).absolute()
-    config = config.replace(out=str(run_dir))
-    if (run_dir / "report.json").exists():
-        raise SimulationError(f"{run_dir} already holds a run (report.json); choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    folder = RunFolder(run_dir)
+    config, folder = new_run_folder(config)
+    run_dir = folder.path
     home = Path(tempfile.mkdtemp(prefix="fedmodel-train-"))
     log_proc: subprocess.Popen[bytes] | None = None
     try:
