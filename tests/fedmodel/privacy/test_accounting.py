@@ -128,3 +128,16 @@ def test_no_dp_reports_no_epsilon() -> None:
     assert "epsilon" not in update.metrics
     assert "noise-multiplier" not in update.metrics
     assert update.metrics["num-examples"] == 40
+
+
+def test_calibration_is_shared_by_owners_with_the_same_schedule_and_stays_within_budget() -> None:
+    from fedmodel.privacy.accounting import calibrate_noise
+
+    calibrate_noise.cache_clear()
+    a = plan_for_owner(num_examples=144, batch_size=32, local_epochs=1, rounds=10, epsilon=3.0, delta=1e-5,
+                       max_grad_norm=1.0)
+    b = plan_for_owner(num_examples=143, batch_size=32, local_epochs=1, rounds=10, epsilon=3.0, delta=1e-5,
+                       max_grad_norm=1.0)
+    assert a.noise_multiplier == b.noise_multiplier
+    assert calibrate_noise.cache_info().hits == 1  # 143 and 144 rows give the same sample rate and steps
+    assert oracle_epsilon(a.sample_rate, a.noise_multiplier, a.total_steps, 1e-5) <= 3.0
