@@ -24,7 +24,8 @@ STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox", "fedadam")
 MODELS: tuple[str, ...] = ("logreg", "mlp")
 PartitionKind = Literal["iid", "dirichlet", "pathological"]
 
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+"""Accepted ``device`` values; checked against this machine by :func:`fedmodel.device.resolve_device`."""
 _RAY_ADDRESS_RE = re.compile(r"^(ray://)?[A-Za-z0-9.\-]+:\d{1,5}$")
 
 
@@ -176,7 +177,7 @@ class RunConfig:
         need(self.batch_size >= 1, "batch-size", self.batch_size, "an integer >= 1")
         need(_finite(self.lr) and self.lr > 0, "lr", self.lr, "a number > 0")
         need(self.seed >= 0, "seed", self.seed, "an integer >= 0")
-        need(bool(_DEVICE_RE.match(self.device)), "device", self.device, "auto | cpu | cuda | cuda:N")
+        need(bool(DEVICE_PATTERN.match(self.device)), "device", self.device, "auto | cpu | cuda | cuda:N")
         need(_finite(self.test_fraction) and 0 < self.test_fraction < 1, "test-fraction", self.test_fraction,
              "a number in (0, 1)")
         need(not self.ray_address or bool(_RAY_ADDRESS_RE.match(self.ray_address)), "ray-address",
@@ -328,7 +329,7 @@ class NodeSettings:
             p.append(f"node-config budget-epsilon = {self.budget_epsilon!r}: expected a number > 0")
         if not (_finite(self.delta) and 0 < self.delta < 1):
             p.append(f"node-config delta = {self.delta!r}: expected a number in (0, 1)")
-        if not _DEVICE_RE.match(self.device):
+        if not DEVICE_PATTERN.match(self.device):
             p.append(f"node-config device = {self.device!r}: expected auto | cpu | cuda | cuda:N")
         if p:
             raise ConfigError(p)

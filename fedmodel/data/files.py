@@ -32,22 +32,28 @@ _NPZ_FEATURE_KEYS: tuple[str, ...] = ("x", "X", "features")
 _OTHER_DELIMITERS: tuple[tuple[str, str], ...] = ((";", "semicolons"), ("\t", "tabs"), ("|", "vertical bars"))
 
 
-def read_table(path: Path, label: str, schema: Schema | None = None) -> Dataset:
-    """Read a CSV, Parquet or NPZ file into a :class:`Dataset`, or raise DataValidationError."""
+def shard_suffix(path: Path) -> str:
+    """The file type of a shard (``.csv``, ``.parquet`` or ``.npz``); DataValidationError if it is none of them."""
     if not path.exists():
         raise DataValidationError(f"{path}: file not found")
     if not path.is_file():
         raise DataValidationError(f"{path}: not a file")
     suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise DataValidationError(
+            f"{path}: unsupported file type {suffix or '(none)'!r}; expected .csv, .parquet or .npz"
+        )
+    return suffix
+
+
+def read_table(path: Path, label: str, schema: Schema | None = None) -> Dataset:
+    """Read a CSV, Parquet or NPZ file into a :class:`Dataset`, or raise DataValidationError."""
+    suffix = shard_suffix(path)
     if suffix == ".csv":
         return _read_csv(path, label, schema)
     if suffix == ".parquet":
         return _read_parquet(path, label, schema)
-    if suffix == ".npz":
-        return _read_npz(path, label or "y", schema)
-    raise DataValidationError(
-        f"{path}: unsupported file type {suffix or '(none)'!r}; expected .csv, .parquet or .npz"
-    )
+    return _read_npz(path, label or "y", schema)
 
 
 def _read_csv(path: Path, label: str, schema: Schema | None) -> Dataset:

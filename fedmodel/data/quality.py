@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 
 from fedmodel.data.files import (
-    SUPPORTED_SUFFIXES,
     check_header,
     load_npz_arrays,
     missing_label_message,
     ragged_row_message,
     read_csv_rows,
     read_parquet_table,
+    shard_suffix,
 )
 from fedmodel.data.schema import Schema, normalise_label
 from fedmodel.data.schema_file import SchemaFile
@@ -229,20 +229,12 @@ def _expectations(schema: SchemaFile | Schema | None) -> _Expect:
 
 # -------------------------------------------------------------------------------------------- reading
 def _read(path: Path, label: str) -> _Table:
-    if not path.exists():
-        raise DataValidationError(f"{path}: file not found")
-    if not path.is_file():
-        raise DataValidationError(f"{path}: not a file")
-    suffix = path.suffix.lower()
+    suffix = shard_suffix(path)
     if suffix == ".csv":
         return _read_csv(path, label)
     if suffix == ".parquet":
         return _read_parquet(path, label)
-    if suffix == ".npz":
-        return _read_npz(path, label)
-    raise DataValidationError(
-        f"{path}: unsupported file type {suffix or '(none)'!r}; expected {', '.join(SUPPORTED_SUFFIXES)}"
-    )
+    return _read_npz(path, label)
 
 
 def _read_csv(path: Path, label: str) -> _Table:

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from fedmodel.config import DEVICE_PATTERN
 from fedmodel.deployment.coordinator import DeploymentError, split_address
 from fedmodel.device import resolve_device
 from fedmodel.errors import ConfigError, FedModelError
@@ -26,7 +27,6 @@ __all__ = ["DATA_SUFFIXES", "NODE_CONFIG_KEYS", "exit_hint", "format_node_config
 
 DATA_SUFFIXES = (".csv", ".parquet", ".npz")
 NODE_CONFIG_KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir")
-_DEVICE = re.compile(r"auto|cpu|cuda(?::\d+)?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KEYGEN = "`fedmodel node keygen --out DIR --name NAME`"
 
@@ -216,7 +216,7 @@ def _check_privacy(budget_epsilon: float, delta: float) -> list[str]:
 
 
 def _check_device(device: str) -> list[str]:
-    if not _DEVICE.fullmatch(device):
+    if not DEVICE_PATTERN.match(device):
         return [f"--device {device!r}: expected auto | cpu | cuda | cuda:N"]
     try:
         resolve_device(device)

@@ -161,7 +161,7 @@ def test_the_superlink_environment_never_inherits_a_ray_address(tmp_path: Path,
 
 
 def test_a_private_ray_keeps_its_files_under_the_run_home(tmp_path: Path) -> None:
-    home = Path("/tmp/fedmodel-flwr-abcdefgh")
+    home = Path("/run/fedmodel-flwr-abcdefgh")  # only its length matters
     assert _private_ray_dir(RunConfig(), home) == {"RAY_TMPDIR": str(home)}
     assert _private_ray_dir(RunConfig(ray_address="127.0.0.1:6379"), home) == {}
     assert _private_ray_dir(RunConfig(), Path("/" + "x" * MAX_RAY_TMPDIR_CHARS)) == {}  # socket paths too long
