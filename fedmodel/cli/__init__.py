@@ -6,9 +6,11 @@ import sys
 
 import typer
 
+from fedmodel.cli.audit_log import audit_log_app
 from fedmodel.cli.certs import certs_app
 from fedmodel.cli.coordinator import coordinator_app
 from fedmodel.cli.data import data_app
+from fedmodel.cli.ledger import ledger_app
 from fedmodel.cli.node import node_app
 from fedmodel.cli.simulate import simulate
 from fedmodel.cli.train import train
@@ -23,6 +25,8 @@ app.add_typer(certs_app, name="certs")
 app.add_typer(node_app, name="node")
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(data_app, name="data")
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(audit_log_app, name="audit-log")
 
 
 @app.callback()
