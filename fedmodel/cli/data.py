@@ -1,4 +1,4 @@
-"""``fedmodel data check``: describe a shard at its owner and say whether it may train (no values shown)."""
+"""``fedmodel data check`` describes a shard at its owner (no values shown); ``fedmodel data clean`` cleans it."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from rich.table import Table
 
 from fedmodel.cli.console import fail, out
 from fedmodel.cli import options as opt
+from fedmodel.data.cleaning import (
+    CleaningSpec, CleaningSummary, clean, load_or_create_hmac_key, read_raw_table, write_clean_table,
+)
 from fedmodel.data.quality import QualityReport, check_shard
 from fedmodel.data.schema_file import load_schema_file
 from fedmodel.errors import ConfigError, FedModelError
@@ -113,4 +116,78 @@ def _verdict(report: QualityReport) -> Table:
         table.add_row("[red]reason[/]", escape(reason))
     for warning in report.warnings:
         table.add_row("[yellow]warning[/]", escape(warning))
+    return table
+
+
+@data_app.command("clean")
+def clean_shard(
+    path: Annotated[Path, typer.Argument(help="A .csv, .parquet or .npz shard (never changed)")],
+    out_path: Annotated[Path, typer.Option("--out", help="The cleaned CSV file to write")],
+    label: opt.Label = None,
+    schema: Annotated[Path | None, typer.Option(help="TOML schema file: its label and identifier columns")] = None,
+    missing: Annotated[str, typer.Option(help="error | drop | mean | median | mode")] = "error",
+    duplicates: Annotated[str, typer.Option(help="keep | drop exact duplicate rows")] = "keep",
+    outliers: Annotated[str, typer.Option(help="keep | clip | drop values beyond the IQR fences")] = "keep",
+    outlier_k: Annotated[float, typer.Option("--outlier-k", help="IQR fences: K interquartile ranges")] = 3.0,
+    scaling: Annotated[str, typer.Option(help="none | zscore | minmax")] = "none",
+    id_column: Annotated[list[str] | None, typer.Option(
+        "--id-column", help="An identifier column (repeatable), besides the schema file's")] = None,
+    ids: Annotated[str, typer.Option(help="drop | hash (HMAC-SHA256 under --key-file) identifier columns")] = "drop",
+    key_file: Annotated[Path | None, typer.Option(
+        help="Secret key for --ids hash (made, mode 0600, if absent)")] = None,
+    output_format: opt.Format = "table",
+) -> None:
+    """Drop or hash identifiers, fix missing values, duplicates, outliers, scale; write a CSV (exit 0; 2 unusable)."""
+    try:
+        shard_schema = load_schema_file(schema) if schema is not None else None
+        declared = shard_schema.id_columns if shard_schema is not None else ()
+        spec = CleaningSpec(missing, duplicates, outliers, outlier_k, scaling,  # type: ignore[arg-type]
+                            tuple(dict.fromkeys([*declared, *(id_column or [])])), ids)  # type: ignore[arg-type]
+        _check_clean_options(spec, path, out_path, key_file, output_format)
+        label = _clean_label(label, shard_schema.label if shard_schema is not None else "")
+        table = read_raw_table(path, label or "", spec.id_columns)
+        key = load_or_create_hmac_key(key_file) if spec.ids == "hash" and key_file is not None else None
+        result = clean(table, spec, hmac_key=key)
+        write_clean_table(result, table.feature_names, label or "y", out_path)
+    except FedModelError as exc:
+        fail(exc, exc.exit_code)
+    if output_format == "json":
+        typer.echo(json.dumps(result.summary.to_dict(), indent=2))
+    else:
+        out.print(_clean_summary(result.summary, path, out_path))
+
+
+def _check_clean_options(spec: CleaningSpec, path: Path, out_path: Path, key_file: Path | None,
+                         output_format: str) -> None:
+    """ConfigError listing every bad option: the spec's values, the output file, the key file, the format."""
+    problems: list[str] = []
+    try:
+        spec.validate()
+    except ConfigError as exc:
+        problems += [f"--{p}" for p in exc.problems]
+    if output_format not in ("table", "json"):
+        problems.append(f"--format {output_format!r}: expected table | json")
+    if out_path.suffix.lower() != ".csv":
+        problems.append(f"--out {out_path}: expected a .csv file")
+    for other, what in ((path, "the input file"), (key_file, "the key file")):
+        if other is not None and out_path.resolve() == other.resolve():
+            problems.append(f"--out {out_path}: is {what}; expected another file (the input is never overwritten)")
+    if spec.ids == "hash" and key_file is None:
+        problems.append("--ids hash: needs --key-file, the owner's secret key (created if absent)")
+    if problems:
+        raise ConfigError(problems)
+
+
+def _clean_label(label: str | None, declared: str) -> str | None:
+    if label and declared and label != declared:
+        raise ConfigError([f"--label {label!r}, but the schema file says label = {declared!r}"])
+    return label or declared or None
+
+
+def _clean_summary(summary: CleaningSummary, path: Path, out_path: Path) -> Table:
+    table = Table(title=f"fedmodel data clean: {escape(str(path))} -> {escape(str(out_path))}", show_header=False)
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for what, value in summary.to_dict().items():
+        table.add_row(what.replace("_", " "), str(value))
     return table

@@ -228,6 +228,35 @@ def _expectations(schema: SchemaFile | Schema | None) -> _Expect:
 
 
 # -------------------------------------------------------------------------------------------- reading
+TolerantTable = _Table
+"""A shard read tolerantly: per column, numbers (NaN where none), missing and text masks, label texts."""
+
+
+def read_tolerant(path: Path, label: str) -> TolerantTable:
+    """Read a shard as :func:`check_shard` does: problems in cells are marked, not refused.
+
+    Parameters
+    ----------
+    path
+        A ``.csv``, ``.parquet`` or ``.npz`` file.
+    label
+        The label column (the label array's key for NPZ).
+
+    Returns
+    -------
+    TolerantTable
+        Columns in file order (for NPZ, ``feature_0`` ... then the label), each with ``numbers``,
+        ``missing`` and ``text`` masks and, for the label column, ``labels`` (normalised, None when
+        missing); ``row_numbers`` numbered as in :mod:`fedmodel.data.files`.
+
+    Raises
+    ------
+    DataValidationError
+        The file cannot be read at all: the message names the file, row and column.
+    """
+    return _read(Path(path), label)
+
+
 def _read(path: Path, label: str) -> _Table:
     suffix = shard_suffix(path)
     if suffix == ".csv":
@@ -545,12 +574,15 @@ def _label_reasons(table: _Table, column: _Column, expect: _Expect, counts: dict
         reasons.append(f"column {name!r}: {outside} row(s) with a label outside {expect.source}'s labels "
                        f"{', '.join(expect.labels or ())} (first at {_first(table, mask)})")
     classes = sum(1 for n in counts.values() if n > 0)
-    if classes < 2:
+    if classes < 2 and expect.labels is None:  # with declared labels, one class at one owner is federated life
         reasons.append(f"column {name!r}: {classes} class(es) in the shard; expected at least 2")
     return reasons
 
 
 def _class_warnings(counts: dict[str, int]) -> list[str]:
+    if sum(1 for n in counts.values() if n > 0) == 1 and len(counts) > 1:
+        return ["the shard holds one of the declared classes only; it can still train in a federation, "
+                "where other owners hold the rest"]
     if len(counts) > MAX_CLASSES_LISTED:
         return [f"the label column has {len(counts)} distinct values (not listed); is it the right column?"]
     present = [n for n in counts.values() if n > 0]
