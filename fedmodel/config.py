@@ -18,11 +18,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fedmodel.errors import ConfigError
+from fedmodel.faults import Fault, parse_faults
 
 BUNDLED_DATASETS: tuple[str, ...] = ("digits", "breast-cancer")
 STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox", "fedadam")
 MODELS: tuple[str, ...] = ("logreg", "mlp")
 PartitionKind = Literal["iid", "dirichlet", "pathological"]
+MISSING_POLICIES: tuple[str, ...] = ("error", "drop", "mean", "median", "mode")
+DUPLICATE_POLICIES: tuple[str, ...] = ("keep", "drop")
+OUTLIER_POLICIES: tuple[str, ...] = ("keep", "clip", "drop")
+SCALINGS: tuple[str, ...] = ("none", "zscore", "minmax")
+SCALING_STATS: tuple[str, ...] = ("federated", "local")
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 """Accepted ``device`` values; checked against this machine by :func:`fedmodel.device.resolve_device`."""
@@ -69,6 +75,51 @@ class PartitionSpec:
         return "iid"
 
 
+AggregationKind = Literal["fedavg", "median", "trimmed-mean", "krum", "multikrum"]
+
+
+@dataclass(frozen=True)
+class AggregationSpec:
+    """How the coordinator combines the owners' updates (Flower's strategies do the work).
+
+    ``fedavg`` (example-weighted mean); ``median`` (coordinate-wise median, FedMedian);
+    ``trimmed-mean:BETA`` (coordinate-wise mean without the BETA share of highest and of lowest values,
+    0 < BETA < 0.5, FedTrimmedAvg); ``krum:F`` (the one update closest to its neighbours) and
+    ``multikrum:F`` (the mean of the n - F closest) tolerate F Byzantine owners (Krum, MultiKrum).
+    """
+
+    kind: AggregationKind = "fedavg"
+    beta: float | None = None
+    byzantine: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> AggregationSpec:
+        """Parse ``fedavg``, ``median``, ``trimmed-mean:BETA``, ``krum:F`` or ``multikrum:F``; ValueError if bad."""
+        kind, _, arg = text.strip().partition(":")
+        if kind in ("fedavg", "median") and not arg:
+            return cls(kind)
+        if kind == "trimmed-mean":
+            try:
+                beta = float(arg)
+            except ValueError:
+                raise ValueError(f"trimmed-mean needs a fraction, as in trimmed-mean:0.2, got {text!r}") from None
+            if not (math.isfinite(beta) and 0 < beta < 0.5):
+                raise ValueError(f"trimmed-mean fraction must be in (0, 0.5), got {arg}")
+            return cls("trimmed-mean", beta=beta)
+        if kind in ("krum", "multikrum"):
+            if not arg.isdigit():
+                raise ValueError(f"{kind} needs the number of Byzantine owners F >= 0, as in {kind}:1, got {text!r}")
+            return cls(kind, byzantine=int(arg))
+        raise ValueError(f"expected fedavg, median, trimmed-mean:BETA, krum:F or multikrum:F, got {text!r}")
+
+    def __str__(self) -> str:
+        if self.kind == "trimmed-mean":
+            return f"trimmed-mean:{self.beta!r}"
+        if self.kind in ("krum", "multikrum"):
+            return f"{self.kind}:{self.byzantine}"
+        return self.kind
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything one federated run needs, identical on the coordinator and at every owner.
@@ -101,6 +152,19 @@ class RunConfig:
     cpus_per_worker: int = 1
     gpus_per_worker: float = 0.0
     inject_failure_owners: tuple[int, ...] = ()  # testing aid: these owners raise during training
+    aggregation: AggregationSpec = field(default_factory=AggregationSpec)
+    max_update_norm: float = 0.0  # reject updates farther than this (L2) from the global model; 0 = no bound
+    inject_faults: tuple[Fault, ...] = ()  # testing aid: "3:signflip,4:scale10,..." (fedmodel.faults)
+    # Cleaning at the owner (fedmodel.data.cleaning), applied to data files before training.
+    missing: str = "error"
+    duplicates: str = "keep"
+    outliers: str = "keep"
+    outlier_k: float = 3.0
+    scaling: str = "none"
+    scaling_stats: str = "federated"  # federated: DP sums from every owner; local: each owner's own statistics
+    scaling_noise: float = 5.0  # noise multiplier of the DP sums for federated scaling statistics
+    id_columns: tuple[str, ...] = ()  # identifier columns: never features, never sent
+    augment: str = "none"  # image-like data: "shift:1,noise:0.05" (fedmodel.data.augment)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -188,10 +252,57 @@ class RunConfig:
         if _finite(self.gpus_per_worker) and self.gpus_per_worker > 0 and self.device == "cpu":
             p.append(f"gpus-per-worker = {self.gpus_per_worker!r} with device = 'cpu': the GPU share would go "
                      "unused; use --device auto or cuda, or --gpus-per-worker 0")
+        need(self.missing in MISSING_POLICIES, "missing", self.missing, " | ".join(MISSING_POLICIES))
+        need(self.duplicates in DUPLICATE_POLICIES, "duplicates", self.duplicates, " | ".join(DUPLICATE_POLICIES))
+        need(self.outliers in OUTLIER_POLICIES, "outliers", self.outliers, " | ".join(OUTLIER_POLICIES))
+        need(_finite(self.outlier_k) and self.outlier_k > 0, "outlier-k", self.outlier_k, "a number > 0")
+        need(self.scaling in SCALINGS, "scaling", self.scaling, " | ".join(SCALINGS))
+        need(self.scaling_stats in SCALING_STATS, "scaling-stats", self.scaling_stats, " | ".join(SCALING_STATS))
+        need(_finite(self.scaling_noise) and self.scaling_noise > 0, "scaling-noise", self.scaling_noise,
+             "a number > 0 (the noise multiplier of the DP sums)")
+        need(all(c.strip() for c in self.id_columns), "id-columns", ",".join(self.id_columns),
+             "comma-separated column names")
+        try:
+            from fedmodel.data.augment import parse_augment
+
+            parse_augment(self.augment)
+        except ValueError as exc:
+            p.append(f"augment = {self.augment!r}: {exc}")
         bad = [o for o in self.inject_failure_owners if not 0 <= o < max(self.clients, 1)]
         need(not bad, "inject-failure-owners", bad, f"owner ids in [0, {self.clients - 1}]")
+        p.extend(self._aggregation_problems())
+        need(_finite(self.max_update_norm) and self.max_update_norm >= 0, "max-update-norm", self.max_update_norm,
+             "a number >= 0 (0 = no bound)")
+        bad = [str(f) for f in self.inject_faults if not 0 <= f.owner < max(self.clients, 1)]
+        need(not bad, "inject-faults", ",".join(bad), f"owner ids in [0, {self.clients - 1}]")
+        owners = [f.owner for f in self.inject_faults]
+        twice = sorted({o for o in owners if owners.count(o) > 1})
+        need(not twice, "inject-faults", ",".join(str(f) for f in self.inject_faults),
+             f"at most one fault per owner (owners {twice} have several)")
         if p:
             raise ConfigError(p)
+
+    def _aggregation_problems(self) -> list[str]:
+        """The combinations of aggregation with strategy and clients that cannot work."""
+        agg, p = self.aggregation, []
+        if agg.kind != "fedavg" and self.strategy in ("fedprox", "fedadam"):
+            p.append(
+                f"aggregation = '{agg}' with strategy = '{self.strategy}': only 'fedavg' aggregation works with "
+                f"{self.strategy}; Flower's FedProx and FedAdam combine updates by the example-weighted mean "
+                "(FedAdam takes its server optimiser step from it), which a robust aggregator would replace. "
+                "Use strategy = 'fedavg' with a robust aggregation, or aggregation = 'fedavg'"
+            )
+        if agg.kind in ("krum", "multikrum") and agg.byzantine is not None and self.clients <= 2 * agg.byzantine + 2:
+            p.append(
+                f"aggregation = '{agg}' with clients = {self.clients}: Krum tolerates F = {agg.byzantine} "
+                f"Byzantine owners only with more than 2F + 2 = {2 * agg.byzantine + 2} clients"
+            )
+        if agg.kind == "trimmed-mean" and agg.beta is not None and int(agg.beta * self.clients) < 1:
+            p.append(
+                f"aggregation = '{agg}' with clients = {self.clients}: trims int({agg.beta!r} * {self.clients}) = 0 "
+                "updates from each end, so it is a plain mean; use a fraction >= 1/clients"
+            )
+        return p
 
     # ------------------------------------------------------------------ serialisation
     def to_mapping(self) -> dict[str, Any]:
@@ -199,7 +310,7 @@ class RunConfig:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, PartitionSpec):
+            if isinstance(value, (PartitionSpec, AggregationSpec)):
                 value = str(value)
             elif isinstance(value, tuple):
                 value = ",".join(str(v) for v in value)
@@ -228,8 +339,9 @@ def _finite(x: float) -> bool:
 
 _INT_FIELDS = {"clients", "rounds", "local_epochs", "batch_size", "seed", "cpus_per_worker"}
 _FLOAT_FIELDS = {"epsilon", "delta", "max_grad_norm", "proximal_mu", "server_lr", "lr", "test_fraction",
-                 "gpus_per_worker"}
-_STR_FIELDS = {"dataset", "data_path", "label", "strategy", "model", "device", "out", "ray_address"}
+                 "gpus_per_worker", "outlier_k", "scaling_noise", "max_update_norm"}
+_STR_FIELDS = {"dataset", "data_path", "label", "strategy", "model", "device", "out", "ray_address", "missing",
+               "duplicates", "outliers", "scaling", "scaling_stats", "augment"}
 
 
 def _coerce(name: str, raw: Any) -> Any:
@@ -261,6 +373,17 @@ def _coerce(name: str, raw: Any) -> Any:
         if isinstance(raw, PartitionSpec):
             return raw
         return PartitionSpec.parse(str(raw))
+    if name == "aggregation":
+        if isinstance(raw, AggregationSpec):
+            return raw
+        return AggregationSpec.parse(str(raw))
+    if name == "inject_faults":
+        if isinstance(raw, (list, tuple)):
+            return tuple(f if isinstance(f, Fault) else Fault.parse(str(f)) for f in raw)
+        return parse_faults(str(raw))
+    if name == "id_columns":
+        items = [str(x) for x in raw] if isinstance(raw, (list, tuple)) else str(raw).split(",")
+        return tuple(x.strip() for x in items if x.strip())
     if name == "inject_failure_owners":
         if isinstance(raw, (list, tuple)):
             items = [str(x) for x in raw]
@@ -292,8 +415,9 @@ class NodeSettings:
     delta: float = 1e-5
     device: str = "auto"
     state_dir: str = ""
+    id_columns: tuple[str, ...] = ()  # the owner's identifier columns: dropped before anything else
 
-    KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir")
+    KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir", "id-columns")
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> NodeSettings | None:
@@ -312,6 +436,8 @@ class NodeSettings:
                     values[name] = float(raw)
                 except (TypeError, ValueError):
                     p.append(f"node-config {key} = {raw!r}: expected a number")
+            elif key == "id-columns":
+                values[name] = tuple(c.strip() for c in str(raw).split(",") if c.strip())
             else:
                 values[name] = str(raw)
         if p:

@@ -56,6 +56,18 @@ class PrivacyBudgetExceeded(FedModelError):
         )
 
 
+class CheckpointError(FedModelError):
+    """A checkpoint cannot be written or is missing, incomplete or damaged; the message names the file."""
+
+    exit_code = 2
+
+
+class LedgerError(FedModelError):
+    """The privacy ledger cannot be opened or read: missing, not a ledger, damaged, or the wrong key."""
+
+    exit_code = 2
+
+
 class SimulationError(FedModelError):
     """A simulation run did not finish successfully; the message says why."""
 

@@ -1,34 +1,63 @@
-"""Strategy choice: Flower's own FedAvg, FedProx and FedAdam, with the run recorder mixed in."""
+"""Strategy choice: Flower's own strategies, with reply screening and the run recorder mixed in.
+
+``strategy`` picks FedAvg, FedProx or FedAdam; with FedAvg, ``aggregation`` may swap the weighted
+mean for one of Flower's robust aggregators (FedMedian, FedTrimmedAvg, Krum, MultiKrum). Whatever
+aggregates, every train reply is screened first (:func:`server.validation.validate_update` against
+the arrays sent that round); a rejected reply becomes an error reply, so the recorder reports it
+as that owner's failure with the reason and it never reaches the global model.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app.message.message import make_message
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, MultiKrum
+from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedmodel.config import RunConfig
-from server.recorder import RunRecorder
+from server.recorder import RunRecorder, owner_of
+from server.validation import validate_update
+
+log = logging.getLogger("fedmodel.server")
+
+DEFAULT_MAX_EXAMPLES = 2**53
+"""The example-count bound when none is given: only non-finite, non-positive or absurd counts are rejected."""
+
+_MetricLayout = tuple[str, frozenset[str]]
 
 
 class RecordingMixin:
-    """Reports every round's replies to a :class:`RunRecorder` before the strategy aggregates them.
+    """Screens every round's train replies, reports them to a :class:`RunRecorder`, then lets Flower aggregate.
 
-    Mixed in front of any Message-API strategy, so aggregation itself stays Flower's.
+    Mixed in front of any Message-API strategy, so aggregation itself stays Flower's. Set
+    ``recorder`` (required), ``max_update_norm`` (None = no bound) and ``max_examples``.
     """
 
     recorder: RunRecorder
+    max_update_norm: float | None = None
+    max_examples: int = DEFAULT_MAX_EXAMPLES
+    _reference: dict[str, torch.Tensor] | None = None
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self.recorder.round_started(server_round)
+        self._reference = arrays.to_torch_state_dict()
         return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = self.screen_train_replies(server_round, list(replies))
         replies = self.recorder.train_replies(server_round, replies)
+        self._before_aggregation([msg for msg in replies if not msg.has_error()])
         return super().aggregate_train(server_round, replies)  # type: ignore[misc]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -36,17 +65,106 @@ class RecordingMixin:
         self.recorder.evaluate_replies(server_round, replies)
         return super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
 
+    # ------------------------------------------------------------------ screening
+    def screen_train_replies(self, server_round: int, replies: list[Message]) -> list[Message]:
+        """The replies with every invalid one replaced by an error reply saying why it was rejected."""
+        reference = self._reference
+        if reference is None:
+            raise RuntimeError("aggregate_train before configure_train: no global model to check updates against")
+        layout = _common_metric_layout(replies)
+        out = []
+        for msg in replies:
+            reason = None if msg.has_error() else self.reply_problem(msg, reference, layout)
+            if reason is None:
+                out.append(msg)
+                continue
+            who = _sender(msg)
+            log.warning("round %d: rejected the update of %s: %s", server_round, who, reason)
+            out.append(make_message(metadata=msg.metadata,
+                                    error=Error(code=ErrorCode.UNKNOWN, reason=f"{who}: update rejected: {reason}")))
+        return out
+
+    def reply_problem(self, msg: Message, reference: dict[str, torch.Tensor],
+                      layout: _MetricLayout | None) -> str | None:
+        """Why a (non-error) train reply must not be aggregated, or None.
+
+        ``reference`` is the global model sent this round; ``layout`` the metric record most replies share.
+        """
+        key: str = self.arrayrecord_key  # type: ignore[attr-defined]
+        weight_key: str = self.weighted_by_key  # type: ignore[attr-defined]
+        arrays, metrics = msg.content.array_records, msg.content.metric_records
+        if list(arrays) != [key]:
+            return f"expected one ArrayRecord named {key!r}, got {sorted(arrays)}"
+        if len(metrics) != 1:
+            return f"expected one MetricRecord, got {len(metrics)}"
+        name, record = next(iter(metrics.items()))
+        if layout is not None and (name, frozenset(record)) != layout:
+            missing, extra = sorted(layout[1] - set(record)), sorted(set(record) - layout[1])
+            return (f"its metrics differ from the other replies' ({layout[0]!r}: missing {missing}, "
+                    f"unexpected {extra}, record {name!r})")
+        lists = sorted(k for k, v in record.items() if isinstance(v, list))
+        if lists:
+            return f"metrics {lists} are lists, expected numbers"
+        if weight_key not in record:
+            return f"no {weight_key!r} metric"
+        try:
+            owner_of(msg)
+        except (KeyError, TypeError, ValueError, OverflowError):
+            return "cannot tell which owner sent it (no valid 'owner')"
+        return validate_update(reference, arrays[key], record[weight_key],  # type: ignore[arg-type]
+                               max_update_norm=self.max_update_norm, max_examples=self.max_examples)
+
+    def _before_aggregation(self, valid: list[Message]) -> None:
+        """Hook: the replies that will be aggregated are known (MultiKrum sizes its selection)."""
+
 
 class RecordingFedAvg(RecordingMixin, FedAvg):
-    """FedAvg that reports to the run recorder."""
+    """FedAvg that screens replies and reports to the run recorder."""
 
 
 class RecordingFedProx(RecordingMixin, FedProx):
-    """FedProx that reports to the run recorder."""
+    """FedProx that screens replies and reports to the run recorder."""
 
 
 class RecordingFedAdam(RecordingMixin, FedAdam):
-    """FedAdam that reports to the run recorder."""
+    """FedAdam that screens replies and reports to the run recorder."""
+
+
+class RecordingFedMedian(RecordingMixin, FedMedian):
+    """Coordinate-wise median (FedMedian) that screens replies and reports to the run recorder."""
+
+
+class RecordingFedTrimmedAvg(RecordingMixin, FedTrimmedAvg):
+    """Coordinate-wise trimmed mean (FedTrimmedAvg) that screens replies and reports to the run recorder."""
+
+
+class RecordingKrum(RecordingMixin, Krum):
+    """Krum (the one update closest to its n - F - 2 nearest others) that screens and reports."""
+
+
+class RecordingMultiKrum(RecordingMixin, MultiKrum):
+    """MultiKrum: the weighted mean of the n - F updates with the best Krum scores, n = valid replies."""
+
+    def _before_aggregation(self, valid: list[Message]) -> None:
+        self.num_nodes_to_select = max(1, len(valid) - self.num_malicious_nodes)
+
+
+def _common_metric_layout(replies: list[Message]) -> _MetricLayout | None:
+    """The MetricRecord name and key set most replies share (Flower requires one layout for all)."""
+    layouts = Counter(
+        (name, frozenset(record))
+        for msg in replies if not msg.has_error() and len(msg.content.metric_records) == 1
+        for name, record in msg.content.metric_records.items()
+    )
+    return layouts.most_common(1)[0][0] if layouts else None
+
+
+def _sender(msg: Message) -> str:
+    """``owner N`` (the recorder reads the owner back from it) or ``node ID`` if the reply does not say."""
+    try:
+        return f"owner {owner_of(msg)}"
+    except (KeyError, TypeError, ValueError, OverflowError, StopIteration):
+        return f"node {msg.metadata.src_node_id}"
 
 
 def _mean_train_loss(records: list[RecordDict], weight_key: str) -> MetricRecord:
@@ -72,19 +190,54 @@ def _mean_eval(records: list[RecordDict], weight_key: str) -> MetricRecord:
     return MetricRecord({k: v / weight for k, v in total.items()} if weight else {})
 
 
-def build_strategy(config: RunConfig, recorder: RunRecorder) -> FedAvg:
-    """The strategy the config names, expecting every one of ``config.clients`` owners each round."""
+def build_strategy(config: RunConfig, recorder: RunRecorder, *, max_examples: int | None = None) -> FedAvg:
+    """The strategy the config names, expecting every one of ``config.clients`` owners each round.
+
+    ``max_examples`` bounds the example count a reply may claim (for example the run's number of
+    training rows); None allows any finite positive count up to :data:`DEFAULT_MAX_EXAMPLES`.
+    """
     common: dict[str, Any] = {
         "fraction_train": 1.0, "fraction_evaluate": 1.0, "min_train_nodes": config.clients,
         "min_evaluate_nodes": config.clients, "min_available_nodes": config.clients,
         "train_metrics_aggr_fn": _mean_train_loss, "evaluate_metrics_aggr_fn": _mean_eval,
     }
+    agg = config.aggregation
     strategy: FedAvg
     if config.strategy == "fedprox":
         strategy = RecordingFedProx(proximal_mu=config.proximal_mu, **common)
     elif config.strategy == "fedadam":
         strategy = RecordingFedAdam(eta=config.server_lr, eta_l=config.lr, **common)
+    elif agg.kind == "median":
+        strategy = RecordingFedMedian(**common)
+    elif agg.kind == "trimmed-mean":
+        strategy = RecordingFedTrimmedAvg(beta=agg.beta, **common)
+    elif agg.kind == "krum":
+        strategy = RecordingKrum(num_malicious_nodes=agg.byzantine, **common)
+    elif agg.kind == "multikrum":
+        strategy = RecordingMultiKrum(num_malicious_nodes=agg.byzantine, **common)
     else:
         strategy = RecordingFedAvg(**common)
     strategy.recorder = recorder  # type: ignore[attr-defined]
+    bound = config.max_update_norm if config.max_update_norm > 0 else None
+    strategy.max_update_norm = bound  # type: ignore[attr-defined]
+    strategy.max_examples = DEFAULT_MAX_EXAMPLES if max_examples is None else max_examples  # type: ignore[attr-defined]
     return strategy
+
+
+def strategy_state(strategy: FedAvg) -> dict[str, torch.Tensor]:
+    """The strategy's own state between rounds as tensors (FedAdam's moments; empty for the others)."""
+    out: dict[str, torch.Tensor] = {}
+    if isinstance(strategy, FedOpt):
+        for name in ("m_t", "v_t"):
+            for key, value in (getattr(strategy, name) or {}).items():
+                out[f"{name}/{key}"] = torch.from_numpy(np.array(value, copy=True))
+    return out
+
+
+def restore_strategy_state(strategy: FedAvg, tensors: dict[str, torch.Tensor]) -> None:
+    """Put back what :func:`strategy_state` took (from a checkpoint)."""
+    if isinstance(strategy, FedOpt):
+        for name in ("m_t", "v_t"):
+            prefix = f"{name}/"
+            values = {k[len(prefix):]: v.numpy().copy() for k, v in tensors.items() if k.startswith(prefix)}
+            setattr(strategy, name, values or None)
