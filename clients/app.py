@@ -13,6 +13,7 @@ federation goes on with the others.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import zlib
@@ -20,20 +21,32 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from fedmodel.config import NodeSettings, RunConfig
-from fedmodel.data import Dataset, federated_split
-from fedmodel.data.files import read_table
+from fedmodel.data import federated_split
+from fedmodel.data.cleaning import CleaningSpec, RawTable
+from fedmodel.data.prepare import (
+    PreparedShard,
+    as_raw,
+    bounds_from_config,
+    cleaning_spec,
+    prepare_shard,
+    read_owner_file,
+    stats_from_config,
+)
+from fedmodel.data.scaling import feature_sums, noisy_feature_sums
 from fedmodel.data.schema import Schema
 from fedmodel.device import resolve_device
-from fedmodel.errors import ConfigError, FedModelError
-from fedmodel.owner import evaluate_owner, train_owner_round
+from fedmodel.errors import ConfigError, FedModelError, PrivacyBudgetExceeded
+from fedmodel.owner import evaluate_owner, round_seed, train_owner_round
 from fedmodel.privacy import OwnerPrivacyState
-from fedmodel.protocol import OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY
+from fedmodel.privacy.accounting import gaussian_sum_epsilon
+from fedmodel.protocol import FEATURE_SUMS_QUERY, OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, QUALITY_RECORD_KEY
 
 app = ClientApp()
 log = logging.getLogger("fedmodel.client")
@@ -43,13 +56,46 @@ PRIVACY_STATE_KEY = "fedmodel-privacy"
 
 @dataclass(frozen=True)
 class Owner:
-    """Who this node trains for, with the run config as this owner applies it and its shard."""
+    """Who this node trains for: the run config as this owner applies it, its raw rows and how to clean them."""
 
     name: str
     seed_id: int
     simulated: bool
     config: RunConfig
-    shard: Dataset
+    raw: RawTable
+    schema: Schema
+    spec: CleaningSpec
+
+    def prepared(self, message_config: ConfigRecord) -> PreparedShard:
+        """The shard to train or evaluate on, cleaned and scaled with the statistics the message carries."""
+        stats, impute = stats_from_config(message_config)
+        key = (self.name, id(self.raw), _digest(stats), _digest(impute))
+        if key not in _PREPARED:
+            _PREPARED.clear()  # one owner per process in practice; keep memory flat
+            _PREPARED[key] = prepare_shard(self.raw, self.spec, self.schema, name=self.config.dataset_label,
+                                           stats=stats, impute=impute)
+        return _PREPARED[key]
+
+
+    def unscaled(self) -> np.ndarray:
+        """The rows the owner trains on, cleaned but not yet scaled: what the scaling statistics describe.
+
+        With ``missing = mean`` the gaps are filled with the owner's own means here (the federated
+        means replace them for training).
+        """
+        spec = dataclasses.replace(self.spec, scaling="none")
+        return prepare_shard(self.raw, spec, self.schema, name=self.name).data.x.astype(np.float64)
+
+
+_PREPARED: dict[tuple[object, ...], PreparedShard] = {}
+
+
+def _digest(value: object) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, np.ndarray):
+        return value.tobytes()
+    return b"".join(np.asarray(getattr(value, f), np.float64).tobytes() for f in ("mean", "std", "minimum", "maximum"))
 
 
 @lru_cache(maxsize=4)
@@ -71,20 +117,23 @@ def resolve_owner(msg: Message, context: Context) -> Owner:
         partitions = int(context.node_config["num-partitions"])
         if partitions != config.clients:
             raise FedModelError(f"owner {pid}: the simulation has {partitions} nodes, the run expects {config.clients}")
-        return Owner(str(pid), pid, True, config, federated_split(config).owner(pid))
+        split = federated_split(config)
+        raw = _partition(split, pid, config.dataset_label)
+        return Owner(str(pid), pid, True, config, raw, split.schema, cleaning_spec(config))
     if not config.dp:
         raise ConfigError([f"owner {settings.owner_name}: this node trains only with DP; the run has dp = false"])
     schema = Schema.from_config(dict(msg.content["config"]))
     if schema is None:
         raise FedModelError(f"owner {settings.owner_name}: the run declared no data schema; refusing to guess it")
-    shard = _read_shard(settings.data_path, settings.label, schema)
+    spec = cleaning_spec(config, extra_id_columns=settings.id_columns)
+    raw = read_owner_file(Path(settings.data_path), settings.label, schema, spec)
     seed_id = zlib.crc32(settings.owner_name.encode())
-    return Owner(settings.owner_name, seed_id, False, settings.apply(config), shard)
+    return Owner(settings.owner_name, seed_id, False, settings.apply(config), raw, schema, spec)
 
 
 @lru_cache(maxsize=2)
-def _read_shard(path: str, label: str, schema: Schema) -> Dataset:
-    return read_table(Path(path), label, schema)
+def _partition(split: object, pid: int, name: str) -> RawTable:
+    return as_raw(split.owner(pid), f"{name} (owner {pid}'s rows)")  # type: ignore[attr-defined]
 
 
 def load_privacy(context: Context) -> OwnerPrivacyState:
@@ -98,11 +147,14 @@ def save_privacy(context: Context, state: OwnerPrivacyState) -> None:
     context.state[PRIVACY_STATE_KEY] = ConfigRecord(state.to_dict())  # type: ignore[arg-type]
 
 
-def _reply(msg: Message, owner: Owner, metrics: dict[str, float], arrays: ArrayRecord | None = None) -> Message:
+def _reply(msg: Message, owner: Owner, metrics: dict[str, float], arrays: ArrayRecord | None = None,
+           quality: dict[str, int] | None = None) -> Message:
     """Metrics carry a numeric owner id in simulation; a deployed owner's name travels in a ConfigRecord."""
     content = RecordDict()
     if arrays is not None:
         content["arrays"] = arrays
+    if quality is not None:
+        content[QUALITY_RECORD_KEY] = ConfigRecord(quality)  # type: ignore[arg-type]
     if owner.simulated:
         metrics = {**metrics, "owner": float(owner.seed_id)}
     else:
@@ -155,9 +207,10 @@ def train(msg: Message, context: Context) -> Message:
         config = owner.config
         privacy = load_privacy(context) if config.dp else None
         train_config = msg.content["config"]
+        prepared = owner.prepared(train_config)
         try:
             update = train_owner_round(
-                config, owner.seed_id, owner.shard, msg.content["arrays"].to_torch_state_dict(), privacy=privacy,
+                config, owner.seed_id, prepared.data, msg.content["arrays"].to_torch_state_dict(), privacy=privacy,
                 server_round=int(train_config["server-round"]),  # type: ignore[arg-type]
                 proximal_mu=float(train_config.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
                 device=resolve_device(config.device),
@@ -167,7 +220,7 @@ def train(msg: Message, context: Context) -> Message:
                 save_privacy(context, privacy)
     except Exception as exc:  # reported to the coordinator as this owner's failure
         return _error_reply(msg, context, exc)
-    return _reply(msg, owner, update.metrics, ArrayRecord(update.weights))
+    return _reply(msg, owner, update.metrics, ArrayRecord(update.weights), quality=prepared.summary)
 
 
 @app.evaluate()
@@ -176,8 +229,38 @@ def evaluate(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
     try:
         owner = resolve_owner(msg, context)
-        metrics = evaluate_owner(owner.config, owner.shard, msg.content["arrays"].to_torch_state_dict(),
+        metrics = evaluate_owner(owner.config, owner.prepared(msg.content["config"]).data,
+                                 msg.content["arrays"].to_torch_state_dict(),
                                  device=resolve_device(owner.config.device))
     except Exception as exc:
         return _error_reply(msg, context, exc)
     return _reply(msg, owner, metrics)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Answer the coordinator's feature-sums query with DP sums, charged to the owner before release."""
+    try:
+        owner = resolve_owner(msg, context)
+        record = msg.content["config"]
+        if record.get("query") != FEATURE_SUMS_QUERY:
+            raise FedModelError(f"owner {owner.name}: unknown query {record.get('query')!r}")
+        bounds = bounds_from_config(record)
+        noise = float(record["scaling-noise"])  # type: ignore[arg-type]
+        config = owner.config
+        if config.dp:
+            privacy = load_privacy(context)
+            cost = gaussian_sum_epsilon(noise, config.delta)
+            after = OwnerPrivacyState(other=privacy.other + [(noise, 1.0, 1)])
+            if after.epsilon(config.delta) >= config.epsilon:
+                raise PrivacyBudgetExceeded(owner.name, privacy.epsilon(config.delta), after.epsilon(config.delta),
+                                            config.epsilon)
+            privacy.charge_gaussian(noise)  # charged before the release
+            save_privacy(context, privacy)
+            rng = np.random.default_rng(round_seed(config.seed, owner.seed_id, 0))
+            sums = noisy_feature_sums(owner.unscaled(), bounds, noise, rng)
+        else:
+            cost, sums = 0.0, feature_sums(owner.unscaled(), bounds)
+    except Exception as exc:
+        return _error_reply(msg, context, exc)
+    return _reply(msg, owner, {"sums": [float(v) for v in sums.ravel()], "epsilon-stats": cost})

@@ -7,14 +7,16 @@ deployment the same code runs.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from fedmodel.config import RunConfig
 from fedmodel.data import Dataset
-from fedmodel.errors import DataValidationError, FedModelError
+from fedmodel.errors import DataValidationError, FedModelError, PrivacyBudgetExceeded
+from fedmodel.faults import apply_fault, fault_for
+from fedmodel.data.augment import parse_augment
 from fedmodel.models import build_model
 from fedmodel.privacy import NoPrivacy, OpacusDPSGD, OwnerPrivacyState, PrivacyMechanism, plan_for_owner
 from fedmodel.training import evaluate, make_loader, train_epochs
@@ -44,6 +46,13 @@ def train_owner_round(
     """
     if owner in config.inject_failure_owners:
         raise FedModelError(f"owner {owner}: injected failure (testing aid: inject-failure-owners)")
+    fault = fault_for(config.inject_faults, owner)
+    if fault is not None:  # testing aid (inject-faults): train honestly, then corrupt the update
+        honest = train_owner_round(
+            replace(config, inject_faults=()), owner, shard, global_weights, privacy=privacy,
+            server_round=server_round, proximal_mu=proximal_mu, device=device,
+        )
+        return OwnerUpdate(apply_fault(fault, honest.weights, global_weights), honest.metrics)
     if len(shard) == 0:
         raise DataValidationError(f"owner {owner}: the shard holds no training examples")
     model = build_model(config.model, shard.num_features, shard.num_classes)
@@ -59,15 +68,20 @@ def train_owner_round(
         mechanism = NoPrivacy()
     else:
         if privacy.plan is None:
-            privacy.plan = plan_for_owner(
-                num_examples=len(shard), batch_size=config.batch_size, local_epochs=config.local_epochs,
-                rounds=config.rounds, epsilon=config.epsilon, delta=config.delta, max_grad_norm=config.max_grad_norm,
-            )
+            try:
+                privacy.plan = plan_for_owner(
+                    num_examples=len(shard), batch_size=config.batch_size, local_epochs=config.local_epochs,
+                    rounds=config.rounds, epsilon=config.epsilon, delta=config.delta,
+                    max_grad_norm=config.max_grad_norm, spent_before=tuple(privacy.other),
+                )
+            except PrivacyBudgetExceeded as exc:  # the scaling statistics alone used the budget
+                raise PrivacyBudgetExceeded(owner, exc.spent, exc.planned, exc.budget) from None
         mechanism = OpacusDPSGD(privacy, owner, noise_seed=seed)
     train_model, train_optimizer, train_loader = mechanism.wrap(model, optimizer, loader)
     loss = train_epochs(
         train_model, train_optimizer, train_loader, epochs=config.local_epochs, device=device,
         proximal_mu=proximal_mu, anchor=anchor, lr=config.lr,
+        augment=parse_augment(config.augment), augment_seed=seed + 1, background=float(shard.x.min()),
     )
     metrics: dict[str, float] = {"num-examples": float(len(shard)), "train-loss": loss}
     metrics.update(mechanism.finish())

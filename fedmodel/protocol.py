@@ -5,3 +5,9 @@ OWNER_RECORD_KEY = "owner-info"
 
 PLACEMENT_RECORD_KEY = "placement"
 """ConfigRecord of a reply saying where the ClientApp ran: ``{"ray-node": ID}`` inside a Ray worker."""
+
+QUALITY_RECORD_KEY = "quality"
+"""ConfigRecord of a train reply with the owner's data counts (rows, gaps, duplicates, ... never a value)."""
+
+FEATURE_SUMS_QUERY = "feature-sums"
+"""The ``query`` a ServerApp sends before round 1 for federated scaling statistics (DP sums)."""

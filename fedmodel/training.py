@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedmodel.data import Dataset
+from fedmodel.data.augment import AugmentSpec, augment_batch
 from fedmodel.metrics import classification_metrics
 
 
@@ -25,20 +26,26 @@ def make_loader(data: Dataset, batch_size: int, *, seed: int, device: torch.devi
 def train_epochs(
     model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader[Any], *, epochs: int,
     device: torch.device, proximal_mu: float = 0.0, anchor: list[torch.Tensor] | None = None, lr: float = 0.0,
+    augment: AugmentSpec | None = None, augment_seed: int = 0, background: float = 0.0,
 ) -> float:
     """Train ``epochs`` passes and return the mean loss over non-empty batches (NaN if none).
 
     Every batch is a step, empty Poisson batches included (DP-SGD then adds pure noise and the
     accountant counts the step). FedProx's proximal term is applied as a separate, data-independent
     step ``w -= lr * mu * (w - anchor)`` after each optimiser step, so it is post-processing of
-    the private update and costs no privacy.
+    the private update and costs no privacy. Augmentation (random shifts, noise) transforms each
+    sampled example on its own, so one example still affects one per-sample gradient: DP-SGD's
+    clipping and accounting are unchanged.
     """
+    generator = torch.Generator().manual_seed(augment_seed) if augment is not None and not augment.is_noop else None
     criterion = nn.CrossEntropyLoss()
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     total, batches = 0.0, 0
     for _ in range(epochs):
         for xb, yb in loader:
+            if generator is not None and augment is not None:
+                xb = augment_batch(xb, augment, generator, background=background)
             xb, yb = xb.to(device), yb.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = criterion(model(xb), yb)

@@ -10,16 +10,21 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fedmodel.config import RunConfig
-from fedmodel.data import federated_split
+from fedmodel.data import FederatedSplit, federated_split
+from fedmodel.data.cleaning import CleaningSpec, FeatureStats
+from fedmodel.data.prepare import as_raw, cleaning_spec, coordinator_spec, prepare_shard, stats_to_config
+from fedmodel.data.scaling import public_bounds
 from fedmodel.models import build_model
 from fedmodel.report.run_folder import RunFolder
 from fedmodel.training import evaluate
 from server.recorder import RunRecorder
+from server.stats import collect_feature_stats
 from server.strategy import build_strategy
 
 app = ServerApp()
@@ -44,7 +49,11 @@ def main(grid: Grid, context: Context) -> None:
     recorder = RunRecorder(config, folder)
     try:
         split = federated_split(config)
-        test = split.test()
+        spec = cleaning_spec(config)
+        stats, impute = scaling_statistics(grid, config, split, spec, recorder)
+        test = prepare_shard(as_raw(split.test(), "the coordinator's test split"), coordinator_spec(spec),
+                             split.schema, name=config.dataset_label, stats=stats, impute=impute).data
+        shared = {**split.schema.to_config(), **stats_to_config(stats, impute)}
         model = build_model(config.model, test.num_features, test.num_classes, seed=config.seed)
         device = torch.device("cpu")
 
@@ -57,8 +66,8 @@ def main(grid: Grid, context: Context) -> None:
         strategy = build_strategy(config, recorder)
         result = strategy.start(
             grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=config.rounds,
-            train_config=ConfigRecord({"lr": config.lr, **split.schema.to_config()}),
-            evaluate_config=ConfigRecord(split.schema.to_config()), evaluate_fn=central_eval,
+            train_config=ConfigRecord({"lr": config.lr, **shared}),
+            evaluate_config=ConfigRecord(shared), evaluate_fn=central_eval,
         )
         folder.write_model(result.arrays.to_torch_state_dict())
         folder.write_report(recorder.report("completed"))
@@ -69,3 +78,23 @@ def main(grid: Grid, context: Context) -> None:
         folder.write_report(recorder.report("failed", reason))
         folder.event("done", status="failed", reason=reason)
         raise
+
+
+def scaling_statistics(grid: Grid, config: RunConfig, split: FederatedSplit, spec: CleaningSpec,
+                       recorder: RunRecorder) -> tuple[FeatureStats | None, np.ndarray | None]:
+    """The statistics every party scales (and mean-imputes) with; (None, None) when each uses its own.
+
+    Public bounds come from the coordinator's held-out rows. ``zscore`` asks the owners for DP sums
+    (their epsilon is charged to each owner); ``minmax`` scales by the public bounds themselves,
+    which costs no owner anything.
+    """
+    if spec.scaling == "none" or config.scaling_stats == "local":
+        return None, None
+    bounds = public_bounds(split.test().x.astype(np.float64))
+    if spec.scaling == "minmax":
+        return FeatureStats(count=0.0, mean=bounds.centre, std=bounds.half_width, minimum=bounds.lo,
+                            maximum=bounds.hi), None
+    fed = collect_feature_stats(grid, config, bounds, split.schema, recorder)
+    stats = FeatureStats(count=float(np.mean(fed.count)), mean=fed.mean, std=fed.std, minimum=bounds.lo,
+                         maximum=bounds.hi)
+    return stats, (fed.mean if spec.missing == "mean" else None)

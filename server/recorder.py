@@ -11,7 +11,7 @@ from typing import Any
 
 from flwr.app import Message
 
-from fedmodel.protocol import OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY
+from fedmodel.protocol import OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, QUALITY_RECORD_KEY
 from fedmodel.config import RunConfig
 from fedmodel.errors import AllClientsFailedError
 from fedmodel.privacy import ACCOUNTANT
@@ -44,6 +44,8 @@ class RunRecorder:
         self.owner_train: dict[OwnerId, dict[str, float]] = {}
         self.owner_node: dict[OwnerId, str] = {}
         self.ray_nodes: set[str] = set()
+        self.owner_quality: dict[OwnerId, dict[str, int]] = {}
+        self.scaling: dict[str, Any] | None = None
         self._round: _Round | None = None
 
     # ------------------------------------------------------------------ strategy hooks
@@ -66,6 +68,10 @@ class RunRecorder:
                 metrics = {k: float(v) for k, v in _metrics(msg).items()}  # type: ignore[arg-type]
                 rnd.train.append({**metrics, "owner": owner})
                 self.owner_train[owner] = metrics
+                quality = msg.content.config_records.get(QUALITY_RECORD_KEY)
+                if quality is not None:  # counts only: anything else in the record is ignored
+                    self.owner_quality[owner] = {str(k): int(v) for k, v in quality.items()
+                                                 if isinstance(v, int) and not isinstance(v, bool)}
                 node = ray_node_of(msg)
                 if node is not None:
                     self.owner_node[owner] = node
@@ -81,6 +87,22 @@ class RunRecorder:
             raise AllClientsFailedError(f"round {server_round}: no owner replied")
         return replies
 
+    def rejected_reply(self, msg: Message) -> None:
+        """A train reply rejected before aggregation: its owner trained, so its privacy and counts are kept."""
+        try:
+            owner = owner_of(msg)
+            metrics = {k: float(v) for k, v in _metrics(msg).items() if isinstance(v, (int, float))}
+        except Exception:  # a reply too malformed to name its owner or its numbers
+            return
+        needed = ("epsilon", "budget-epsilon", "noise-multiplier", "sample-rate", "steps", "max-grad-norm", "delta",
+                  "num-examples")
+        if all(k in metrics for k in needed):
+            self.owner_privacy[owner] = metrics
+        quality = msg.content.config_records.get(QUALITY_RECORD_KEY)
+        if quality is not None:
+            self.owner_quality[owner] = {str(k): int(v) for k, v in quality.items()
+                                         if isinstance(v, int) and not isinstance(v, bool)}
+
     def evaluate_replies(self, server_round: int, replies: Iterable[Message]) -> None:
         rnd = self._current(server_round)
         for msg in replies:
@@ -88,6 +110,24 @@ class RunRecorder:
                 metrics = {k: float(v) for k, v in _metrics(msg).items()}  # type: ignore[arg-type]
                 rnd.evaluate.append(metrics)
                 self.owner_eval[owner_of(msg)] = metrics
+
+    def scaling_statistics(self, stats: Any, bounds: Any, owners: dict[OwnerId, float],
+                           failures: list[dict[str, Any]]) -> None:
+        """The federated scaling statistics: per-feature values, their noise tolerance, each owner's epsilon."""
+        self.scaling = {
+            "method": self.config.scaling, "statistics": "federated", "owners_answered": stats.owners,
+            "noise_multiplier": stats.noise_multiplier if self.config.dp else 0.0,
+            "tolerance": "3 standard errors of the noise (first order), per feature",
+            "features": [
+                {"mean": float(m), "std": float(s), "mean_tolerance": float(3 * ms), "std_tolerance": float(3 * ss),
+                 "bounds": [float(lo), float(hi)]}
+                for m, s, ms, ss, lo, hi in zip(stats.mean, stats.std, stats.mean_se, stats.std_se, bounds.lo,
+                                                bounds.hi, strict=True)
+            ],
+            "owner_epsilon": [{"owner": o, "epsilon": e} for o, e in sorted(owners.items(), key=lambda i: _sort_key(i[0]))],
+            "failures": failures,
+        }
+        self.folder.event("scaling-statistics", owners=stats.owners, failures=len(failures))
 
     def central_evaluation(self, server_round: int, metrics: dict[str, float]) -> None:
         """Server-side test metrics of the global model: closes the round and writes its row."""
@@ -134,6 +174,7 @@ class RunRecorder:
                 "max_epsilon": max((m["epsilon"] for m in self.owner_privacy.values()), default=None),
                 "owners": [
                     {"owner": o, "epsilon": m["epsilon"], "budget_epsilon": m["budget-epsilon"],
+                     "epsilon_scaling_statistics": self._scaling_epsilon(o),
                      "noise_multiplier": m["noise-multiplier"], "sample_rate": m["sample-rate"],
                      "steps": int(m["steps"]), "max_grad_norm": m["max-grad-norm"], "delta": m["delta"],
                      "num_examples": int(m["num-examples"])}
@@ -147,6 +188,14 @@ class RunRecorder:
             "status": status, "reason": reason, "dataset": c.dataset_label, "num_clients": c.clients,
             "num_rounds": c.rounds, "strategy": c.strategy, "model": c.model, "partition": str(c.partition),
             "initial": self.initial, "rounds": self.rows, "final": final, "owners": owners, "privacy": privacy,
+            "data_quality": {
+                "note": "counts of each owner's rows before and after cleaning; no value leaves an owner",
+                "cleaning": {k: c.to_mapping()[k] for k in ("missing", "duplicates", "outliers", "outlier-k",
+                                                            "scaling", "scaling-stats", "id-columns", "augment")},
+                "owners": [{"owner": o, **q} for o, q in sorted(self.owner_quality.items(),
+                                                                 key=lambda item: _sort_key(item[0]))],
+            },
+            "scaling": self.scaling,
             "resources": {
                 "ray_address": c.ray_address or None, "cpus_per_worker": c.cpus_per_worker,
                 "gpus_per_worker": c.gpus_per_worker, "ray_nodes": sorted(self.ray_nodes),
@@ -158,6 +207,12 @@ class RunRecorder:
                 "the metrics of the global model on its shard are released as plain numbers, outside it.",
             ],
         })
+
+    def _scaling_epsilon(self, owner: OwnerId) -> float | None:
+        """The epsilon of this owner's scaling-statistics release alone (included in its total)."""
+        if self.scaling is None:
+            return None
+        return next((e["epsilon"] for e in self.scaling["owner_epsilon"] if e["owner"] == owner), None)
 
     def _current(self, server_round: int) -> _Round:
         if self._round is None or self._round.number != server_round:

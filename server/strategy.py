@@ -79,6 +79,7 @@ class RecordingMixin:
                 out.append(msg)
                 continue
             who = _sender(msg)
+            self.recorder.rejected_reply(msg)  # the owner still spent privacy training it: keep its numbers
             log.warning("round %d: rejected the update of %s: %s", server_round, who, reason)
             out.append(make_message(metadata=msg.metadata,
                                     error=Error(code=ErrorCode.UNKNOWN, reason=f"{who}: update rejected: {reason}")))

@@ -61,6 +61,8 @@ def start(
     state_dir: Annotated[Path, typer.Option(help="This site's state folder (privacy accounting, log)")] = Path(
         "~/.fedmodel/node"),
     port: Annotated[int | None, typer.Option(help="Local Runtime API port (default: a free one)")] = None,
+    id_column: Annotated[list[str] | None, typer.Option(
+        "--id-column", help="An identifier column of this site's file: never a feature, never sent (repeatable)")] = None,
     insecure: Annotated[bool, typer.Option(
         "--insecure", help="No TLS, no authentication (a coordinator started with --insecure)")] = False,
 ) -> None:
@@ -70,7 +72,7 @@ def start(
         cmd = supernode_command(
             coordinator=coordinator, ca_cert=ca, key=key, data=data, label=label, name=owner,
             budget_epsilon=budget_epsilon, delta=delta, device=device, state_dir=state_dir, port=port,
-            insecure=insecure,
+            insecure=insecure, id_columns=tuple(id_column or ()),
         )
         state = state_dir.expanduser().absolute()
         state.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -34,6 +34,32 @@ CpusPerWorker = Annotated[int | None, typer.Option(help="Whole CPUs each simulat
 GpusPerWorker = Annotated[float | None, typer.Option(
     help="GPUs each simulation worker reserves; 0.25 lets 4 workers share a GPU [default: 0]")]
 
+Missing = Annotated[str | None, typer.Option(help="Missing values at each owner: error | drop | mean | median | mode "
+                                                 "[default: error]")]
+Duplicates = Annotated[str | None, typer.Option(help="Duplicate rows at each owner: keep | drop [default: keep]")]
+Outliers = Annotated[str | None, typer.Option(help="Outliers (IQR rule) at each owner: keep | clip | drop "
+                                                   "[default: keep]")]
+OutlierK = Annotated[float | None, typer.Option(help="IQR multiplier of the outlier rule [default: 3]")]
+Scaling = Annotated[str | None, typer.Option(help="Feature scaling: none | zscore | minmax [default: none]")]
+ScalingStats = Annotated[str | None, typer.Option(
+    help="Scaling statistics: federated (DP sums from every owner, charged to each owner's epsilon) | local "
+         "[default: federated]")]
+ScalingNoise = Annotated[float | None, typer.Option(help="Noise multiplier of the DP sums for federated scaling "
+                                                         "[default: 5]")]
+IdColumn = Annotated[list[str] | None, typer.Option(
+    "--id-column", help="Identifier column: never a feature, never sent (repeat for several)")]
+Augment = Annotated[str | None, typer.Option(help="Image augmentation in training: none | shift:N,noise:STD "
+                                                  "[default: none]")]
+Aggregation = Annotated[str | None, typer.Option(
+    help="fedavg | median | trimmed-mean:BETA | krum:F | multikrum:F [default: fedavg]")]
+MaxUpdateNorm = Annotated[float | None, typer.Option(
+    help="Reject updates farther than this (L2) from the global model; 0 = no bound [default: 0]")]
+
+
+def id_columns(values: list[str] | None) -> str | None:
+    """Repeated --id-column options as the config's comma-separated value."""
+    return None if not values else ",".join(values)
+
 
 def given(**options: Any) -> dict[str, Any]:
     """The options the user actually gave, under their config keys (``batch_size`` -> ``batch-size``)."""

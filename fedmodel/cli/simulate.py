@@ -43,10 +43,22 @@ def simulate(
     ray_address: opt.RayAddress = None,
     cpus_per_worker: opt.CpusPerWorker = None,
     gpus_per_worker: opt.GpusPerWorker = None,
+    missing: opt.Missing = None,
+    duplicates: opt.Duplicates = None,
+    outliers: opt.Outliers = None,
+    outlier_k: opt.OutlierK = None,
+    scaling: opt.Scaling = None,
+    scaling_stats: opt.ScalingStats = None,
+    scaling_noise: opt.ScalingNoise = None,
+    id_column: opt.IdColumn = None,
+    augment: opt.Augment = None,
+    aggregation: opt.Aggregation = None,
+    max_update_norm: opt.MaxUpdateNorm = None,
     config: opt.ConfigFile = None,
     out_dir: opt.OutDir = None,
     output_format: opt.Format = "table",
     inject_failure_owners: Annotated[str | None, typer.Option(hidden=True, help="Testing aid: owners that fail")] = None,
+    inject_faults: Annotated[str | None, typer.Option(hidden=True, help="Testing aid: faulty owners")] = None,
 ) -> None:
     """Split a real data set across simulated owners and train with per-owner DP-SGD on Flower."""
     values = opt.given(
@@ -55,7 +67,10 @@ def simulate(
         proximal_mu=proximal_mu, server_lr=server_lr, model=model, local_epochs=local_epochs,
         batch_size=batch_size, lr=lr, seed=seed, device=device, test_fraction=test_fraction, out=out_dir,
         ray_address=ray_address, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-        inject_failure_owners=inject_failure_owners,
+        inject_failure_owners=inject_failure_owners, inject_faults=inject_faults,
+        missing=missing, duplicates=duplicates, outliers=outliers, outlier_k=outlier_k, scaling=scaling,
+        scaling_stats=scaling_stats, scaling_noise=scaling_noise, id_columns=opt.id_columns(id_column),
+        augment=augment, aggregation=aggregation, max_update_norm=max_update_norm,
     )
     try:
         if output_format not in ("table", "json"):

@@ -35,6 +35,17 @@ def train(
     lr: opt.Lr = None,
     seed: opt.Seed = None,
     test_fraction: opt.TestFraction = None,
+    missing: opt.Missing = None,
+    duplicates: opt.Duplicates = None,
+    outliers: opt.Outliers = None,
+    outlier_k: opt.OutlierK = None,
+    scaling: opt.Scaling = None,
+    scaling_stats: opt.ScalingStats = None,
+    scaling_noise: opt.ScalingNoise = None,
+    id_column: opt.IdColumn = None,
+    augment: opt.Augment = None,
+    aggregation: opt.Aggregation = None,
+    max_update_norm: opt.MaxUpdateNorm = None,
     config: opt.ConfigFile = None,
     out_dir: opt.OutDir = None,
     output_format: opt.Format = "table",
@@ -49,6 +60,9 @@ def train(
         max_grad_norm=max_grad_norm, strategy=strategy, proximal_mu=proximal_mu, server_lr=server_lr,
         model=model, local_epochs=local_epochs, batch_size=batch_size, lr=lr, seed=seed,
         test_fraction=test_fraction, out=out_dir,
+        missing=missing, duplicates=duplicates, outliers=outliers, outlier_k=outlier_k, scaling=scaling,
+        scaling_stats=scaling_stats, scaling_noise=scaling_noise, id_columns=opt.id_columns(id_column),
+        augment=augment, aggregation=aggregation, max_update_norm=max_update_norm,
     )
     try:
         if output_format not in ("table", "json"):

@@ -21,6 +21,8 @@ class Dataset:
     classes: tuple[str, ...]
     feature_names: tuple[str, ...]
     preprocessing: str = "none"
+    rows: np.ndarray | None = None  # the rows' numbers in the source file, for messages (None: bundled data)
+    zero_based: bool = False
 
     @property
     def num_features(self) -> int:
@@ -35,17 +37,33 @@ class Dataset:
 
     def subset(self, indices: np.ndarray) -> Dataset:
         """The rows at ``indices`` (same classes and features)."""
+        rows = None if self.rows is None else self.rows[indices]
         return Dataset(self.name, self.x[indices], self.y[indices], self.classes, self.feature_names,
-                       self.preprocessing)
+                       self.preprocessing, rows, self.zero_based)
 
 
 def load_dataset(config: RunConfig) -> Dataset:
-    """Load the data set a run names: a bundled one or the user's CSV/NPZ file."""
-    return _load_cached(config.dataset, config.data_path, config.label)
+    """Load the data set a run names: a bundled one or the user's CSV/Parquet/NPZ file.
+
+    A file is read strictly (any gap refused, naming file, row and column) unless the run cleans
+    missing values or names identifier columns: then it is read tolerantly (gaps as NaN, identifier
+    columns left out) and every owner cleans its own rows (:mod:`fedmodel.data.prepare`).
+    """
+    tolerant = config.missing != "error" or bool(config.id_columns)
+    return _load_cached(config.dataset, config.data_path, config.label, config.id_columns, tolerant)
 
 
 @lru_cache(maxsize=4)
-def _load_cached(dataset: str, data_path: str, label: str) -> Dataset:
+def _load_cached(dataset: str, data_path: str, label: str, id_columns: tuple[str, ...] = (),
+                 tolerant: bool = False) -> Dataset:
+    if dataset == "file" and tolerant:
+        from fedmodel.data.cleaning import read_raw_table
+        from fedmodel.data.files import encode_labels
+
+        raw = read_raw_table(Path(data_path), label, id_columns)
+        classes, y = encode_labels(list(raw.labels))
+        return Dataset(Path(data_path).name, raw.x.astype(np.float32), y, classes, raw.feature_names,
+                       rows=raw.rows, zero_based=raw.zero_based)
     if dataset == "file":
         from fedmodel.data.files import read_table
 

@@ -156,7 +156,7 @@ def _dataset(path: Path, x: np.ndarray, labels: list[str], features: tuple[str, 
     if schema is not None:
         y = np.asarray(schema.encode(labels, str(path), rows), dtype=np.int64)
         return Dataset(path.name, x, y, schema.labels, features)
-    classes, y = _encode_labels([normalise_label(v) for v in labels])
+    classes, y = encode_labels([normalise_label(v) for v in labels])
     if len(classes) < 2:
         raise DataValidationError(
             f"{path}: the label has a single value {classes[0]!r}; expected at least two classes"
@@ -164,7 +164,7 @@ def _dataset(path: Path, x: np.ndarray, labels: list[str], features: tuple[str, 
     return Dataset(path.name, x, y, classes, features)
 
 
-def _encode_labels(labels: list[str]) -> tuple[tuple[str, ...], np.ndarray]:
+def encode_labels(labels: list[str]) -> tuple[tuple[str, ...], np.ndarray]:
     """Sorted class names (numerically when all labels are numbers) and the encoded labels."""
     distinct = set(labels)
     try:

@@ -77,14 +77,15 @@ class FederatedSplit:
 def federated_split(config: RunConfig) -> FederatedSplit:
     """Load the run's data set, hold out the test split and partition the rest (cached per process)."""
     return _split_cached(config.dataset, config.data_path, config.label, config.test_fraction,
-                         config.clients, config.partition, config.seed)
+                         config.clients, config.partition, config.seed, config.missing, config.id_columns)
 
 
 @lru_cache(maxsize=4)
 def _split_cached(dataset: str, data_path: str, label: str, test_fraction: float, clients: int,
-                  partition: PartitionSpec, seed: int) -> FederatedSplit:
+                  partition: PartitionSpec, seed: int, missing: str = "error",
+                  id_columns: tuple[str, ...] = ()) -> FederatedSplit:
     config = RunConfig(dataset=dataset, data_path=data_path, label=label, test_fraction=test_fraction,
-                       clients=clients, partition=partition, seed=seed)
+                       clients=clients, partition=partition, seed=seed, missing=missing, id_columns=id_columns)
     data = load_dataset(config)
     train_rows, test_rows = train_test_split(data, test_fraction, seed)
     parts = partition_indices(data.y[train_rows], clients, partition, seed)

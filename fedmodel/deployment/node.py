@@ -26,7 +26,7 @@ __all__ = ["DATA_SUFFIXES", "NODE_CONFIG_KEYS", "exit_hint", "format_node_config
            "toml_string"]
 
 DATA_SUFFIXES = (".csv", ".parquet", ".npz")
-NODE_CONFIG_KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir")
+NODE_CONFIG_KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir", "id-columns")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KEYGEN = "`fedmodel node keygen --out DIR --name NAME`"
 
@@ -35,7 +35,7 @@ NodeConfig = Mapping[str, str | float]
 
 def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | None, data: Path, label: str,
                       name: str, budget_epsilon: float, delta: float, device: str, state_dir: Path,
-                      port: int | None, insecure: bool) -> list[str]:
+                      port: int | None, insecure: bool, id_columns: tuple[str, ...] = ()) -> list[str]:
     """The ``flower-supernode`` command of a site, after checking every setting.
 
     Parameters
@@ -63,6 +63,8 @@ def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | Non
         different ports).
     insecure : bool
         Plain HTTP and no authentication (a coordinator started with ``--insecure``).
+    id_columns : tuple of str
+        The site's identifier columns: dropped before anything else, never features, never sent.
 
     Returns
     -------
@@ -83,6 +85,12 @@ def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | Non
         "budget-epsilon": float(budget_epsilon), "delta": float(delta), "device": device,
         "state-dir": str(_absolute(state_dir)),
     }
+    bad_ids = [c for c in id_columns if not c.strip() or "," in c]
+    if bad_ids:
+        raise ConfigError([f"--id-column {c!r}: expected one column name (repeat the option for several)"
+                           for c in bad_ids])
+    if id_columns:
+        config["id-columns"] = ",".join(c.strip() for c in id_columns)
     cmd = [_tool("flower-supernode"), "--superlink", coordinator.strip()]
     if insecure:
         cmd.append("--insecure")

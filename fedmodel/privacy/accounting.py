@@ -38,18 +38,24 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 
 def plan_for_owner(
     *, num_examples: int, batch_size: int, local_epochs: int, rounds: int, epsilon: float, delta: float,
-    max_grad_norm: float,
+    max_grad_norm: float, spent_before: tuple[tuple[float, float, int], ...] = (),
 ) -> PrivacyPlan:
     """Calibrate the noise multiplier once so that all planned steps of all rounds stay within epsilon.
 
-    Opacus' ``get_noise_multiplier`` searches from above and returns the noisier end of its
-    bracket, so the planned run's epsilon is at most the budget.
+    ``spent_before`` is what the owner already spent in this run on other mechanisms (the
+    federated scaling statistics, as Gaussian-mechanism entries ``(sigma, 1.0, 1)``): DP-SGD is
+    calibrated for what remains, so the composition of both stays within ``epsilon``.
+    Calibration always returns the noisier end of its bracket, so the planned run's epsilon is
+    at most the budget.
     """
     per_epoch = steps_per_epoch(num_examples, batch_size)
     sample_rate = 1.0 / per_epoch
     per_round = per_epoch * local_epochs
     total = per_round * rounds
-    sigma = calibrate_noise(epsilon, delta, sample_rate, total)
+    if spent_before:
+        sigma = calibrate_noise_after(epsilon, delta, sample_rate, total, tuple(spent_before))
+    else:
+        sigma = calibrate_noise(epsilon, delta, sample_rate, total)
     return PrivacyPlan(sigma, sample_rate, per_round, total, max_grad_norm, delta, epsilon)
 
 
@@ -68,6 +74,65 @@ def calibrate_noise(epsilon: float, delta: float, sample_rate: float, steps: int
     ))
 
 
+@lru_cache(maxsize=256)
+def calibrate_noise_after(epsilon: float, delta: float, sample_rate: float, steps: int,
+                          spent_before: tuple[tuple[float, float, int], ...]) -> float:
+    """Smallest DP-SGD noise multiplier such that ``spent_before`` composed with ``steps`` steps stays within epsilon.
+
+    Bisection on the noise multiplier over the composed RDP curve (Opacus' analysis functions),
+    to within 0.01 of the budget, always keeping the noisier end. Raises PrivacyBudgetExceeded
+    when ``spent_before`` alone already uses the whole budget.
+    """
+    from fedmodel.errors import PrivacyBudgetExceeded
+
+    prefix = rdp_curve(spent_before)
+    alone = _epsilon_of_rdp(prefix, delta)
+    if alone >= epsilon:
+        raise PrivacyBudgetExceeded("(this owner)", alone, alone, epsilon)
+
+    def eps(sigma: float) -> float:
+        return _epsilon_of_rdp(prefix + rdp_curve(((sigma, sample_rate, steps),)), delta)
+
+    low, high = 0.0, 1.0
+    while eps(high) > epsilon:
+        low, high = high, high * 2
+        if high > 1e6:
+            raise PrivacyBudgetExceeded("(this owner)", alone, eps(high), epsilon)
+    while eps(high) < epsilon - 0.01 and high - low > 1e-6:
+        mid = (low + high) / 2
+        if eps(mid) > epsilon:
+            low = mid
+        else:
+            high = mid
+    return high
+
+
+def rdp_curve(history: tuple[tuple[float, float, int], ...] | list[tuple[float, float, int]]) -> Any:
+    """The composed RDP curve of (noise_multiplier, sample_rate, steps) entries over Opacus' default orders."""
+    import numpy as np
+    from opacus.accountants.analysis.rdp import compute_rdp
+    from opacus.accountants.rdp import RDPAccountant
+
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    total = np.zeros(len(orders))
+    for sigma, q, steps in history:
+        total = total + np.asarray(compute_rdp(q=q, noise_multiplier=sigma, steps=steps, orders=orders))
+    return total
+
+
+def _epsilon_of_rdp(rdp: Any, delta: float) -> float:
+    from opacus.accountants.analysis.rdp import get_privacy_spent
+    from opacus.accountants.rdp import RDPAccountant
+
+    eps, _ = get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+    return float(eps)
+
+
+def gaussian_sum_epsilon(noise_multiplier: float, delta: float) -> float:
+    """Epsilon of one release of a sum with Gaussian noise ``noise_multiplier`` x its L2 sensitivity."""
+    return epsilon_spent([(noise_multiplier, 1.0, 1)], delta)
+
+
 def epsilon_spent(history: list[tuple[float, float, int]], delta: float) -> float:
     """Cumulative epsilon of a history of (noise_multiplier, sample_rate, steps) at ``delta``."""
     if not history:
@@ -81,14 +146,34 @@ def epsilon_spent(history: list[tuple[float, float, int]], delta: float) -> floa
 
 @dataclass
 class OwnerPrivacyState:
-    """One owner's privacy state within a run: the plan (once calibrated) and the history so far."""
+    """One owner's privacy state within a run: the plan (once calibrated) and what was spent so far.
+
+    ``history`` holds the DP-SGD steps; ``other`` holds every other release charged to the owner
+    (the federated scaling statistics, one Gaussian-mechanism entry ``(sigma, 1.0, 1)`` each).
+    Epsilon is always the composition of both.
+    """
 
     plan: PrivacyPlan | None = None
     history: list[tuple[float, float, int]] = field(default_factory=list)
+    other: list[tuple[float, float, int]] = field(default_factory=list)
 
     @property
     def steps(self) -> int:
+        """DP-SGD steps taken (or reserved) so far."""
         return sum(int(s) for _, _, s in self.history)
+
+    @property
+    def everything(self) -> list[tuple[float, float, int]]:
+        """Every release charged to the owner, for epsilon: other mechanisms, then DP-SGD."""
+        return list(self.other) + list(self.history)
+
+    def epsilon(self, delta: float) -> float:
+        """Total epsilon spent by this owner in the run so far."""
+        return epsilon_spent(self.everything, delta)
+
+    def charge_gaussian(self, noise_multiplier: float) -> None:
+        """Charge one Gaussian-mechanism release (a noisy sum) before it is made."""
+        self.other.append((float(noise_multiplier), 1.0, 1))
 
     def record(self, noise_multiplier: float, sample_rate: float, steps: int) -> None:
         """Add ``steps`` steps of DP-SGD to the history (merged with an identical last entry)."""
@@ -104,6 +189,9 @@ class OwnerPrivacyState:
             "sigma": [float(h[0]) for h in self.history],
             "q": [float(h[1]) for h in self.history],
             "steps": [int(h[2]) for h in self.history],
+            "other-sigma": [float(h[0]) for h in self.other],
+            "other-q": [float(h[1]) for h in self.other],
+            "other-steps": [int(h[2]) for h in self.other],
         }
         if self.plan is not None:
             p = self.plan
@@ -119,6 +207,8 @@ class OwnerPrivacyState:
         """Inverse of :meth:`to_dict`."""
         history = [(float(a), float(b), int(c)) for a, b, c in
                    zip(data.get("sigma", []), data.get("q", []), data.get("steps", []), strict=True)]
+        other = [(float(a), float(b), int(c)) for a, b, c in
+                 zip(data.get("other-sigma", []), data.get("other-q", []), data.get("other-steps", []), strict=True)]
         plan = None
         if "plan-noise-multiplier" in data:
             plan = PrivacyPlan(
@@ -126,4 +216,4 @@ class OwnerPrivacyState:
                 int(data["plan-steps-per-round"]), int(data["plan-total-steps"]),
                 float(data["plan-max-grad-norm"]), float(data["plan-delta"]), float(data["plan-budget-epsilon"]),
             )
-        return cls(plan=plan, history=history)
+        return cls(plan=plan, history=history, other=other)

@@ -71,11 +71,10 @@ class OpacusDPSGD:
         assert plan is not None
         if self.state.steps + plan.steps_per_round <= plan.total_steps:
             return  # within the calibrated plan, whose epsilon is at most the budget
-        planned = list(self.state.history) + [(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)]
+        planned = self.state.everything + [(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)]
         projected = epsilon_spent(planned, plan.delta)
         if projected > plan.budget_epsilon:
-            raise PrivacyBudgetExceeded(self.owner, epsilon_spent(self.state.history, plan.delta), projected,
-                                        plan.budget_epsilon)
+            raise PrivacyBudgetExceeded(self.owner, self.state.epsilon(plan.delta), projected, plan.budget_epsilon)
 
     def wrap(
         self, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader[Any]
@@ -113,7 +112,7 @@ class OpacusDPSGD:
             raise RuntimeError(
                 f"owner {self.owner}: Opacus accounted {done} steps, the plan reserved {plan.steps_per_round}"
             )
-        epsilon = epsilon_spent(self.state.history, plan.delta)
+        epsilon = self.state.epsilon(plan.delta)
         self._engine = None
         return {
             "epsilon": epsilon,

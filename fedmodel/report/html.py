@@ -77,6 +77,8 @@ def render_html(report: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
         _section("Rounds", _rounds_table(report)),
         _section("Failures", _failures(report)),
         _section("Owners", _owners(report)),
+        _section("Data quality", _data_quality(report)) if _as_map(report.get("data_quality")) else "",
+        _section("Scaling statistics", _scaling(report)) if _as_map(report.get("scaling")) else "",
         _section("Timing", _timing(report)),
         _section("Versions", _versions(report)),
         _section("Notes", _notes(report)) if _as_list(report.get("notes")) else "",
@@ -501,9 +503,11 @@ def _privacy(report: Mapping[str, Any]) -> str:
     parts = [_key_value_table(facts, "privacy", fmt=str)]
     owners = _maps(privacy.get("owners"))
     if owners:
-        headers = ("Owner", "Epsilon spent", "Budget", "Noise multiplier", "Sample rate",
-                   "Steps", "Max grad norm", "Examples")
+        headers = ("Owner", "Epsilon spent", "of it: scaling statistics", "Budget", "Noise multiplier",
+                   "Sample rate", "Steps", "Max grad norm", "Examples")
         rows = [(_text(o.get("owner")), _num(o.get("epsilon"), ".3f"),
+                 _num(o.get("epsilon_scaling_statistics"), ".3f") if o.get("epsilon_scaling_statistics") is not None
+                 else "&ndash;",
                  _num(o.get("budget_epsilon"), ".3f"), _num(o.get("noise_multiplier")),
                  _num(o.get("sample_rate")), _int(o.get("steps")),
                  _num(o.get("max_grad_norm")), _int(o.get("num_examples")))
@@ -764,3 +768,46 @@ def _config(report: Mapping[str, Any]) -> str:
     if not config:
         return '<p class="note">Not recorded.</p>'
     return f'<pre class="config">{html.escape(chr(10).join(_config_lines(config)))}</pre>'
+
+
+_QUALITY_COLUMNS = (
+    ("rows", "Rows"), ("missing-cells", "Missing cells"), ("not-numbers", "Not numbers"),
+    ("infinite-values", "Infinite"), ("duplicate-rows", "Duplicate rows"), ("outlier-cells-iqr", "Outlier cells (IQR 1.5)"),
+    ("constant-columns", "Constant columns"), ("id-columns", "Id columns dropped"),
+    ("clean-cells-imputed", "Imputed"), ("clean-rows-dropped-missing", "Rows dropped: gaps"),
+    ("clean-duplicates-dropped", "Rows dropped: duplicates"), ("clean-outliers-clipped", "Cells clipped"),
+    ("clean-rows-dropped-outliers", "Rows dropped: outliers"), ("clean-rows-out", "Rows trained on"),
+)
+
+
+def _data_quality(report: Mapping[str, Any]) -> str:
+    """Each owner's counts before and after cleaning (never a value), and the cleaning settings."""
+    quality = _as_map(report.get("data_quality"))
+    parts = [_key_value_table(_as_map(quality.get("cleaning")), "cleaning")]
+    owners = _maps(quality.get("owners"))
+    if owners:
+        headers = ("Owner",) + tuple(title for _, title in _QUALITY_COLUMNS)
+        rows = [(_text(o.get("owner")),) + tuple(_int(o.get(key)) for key, _ in _QUALITY_COLUMNS) for o in owners]
+        parts.append(_table(headers, rows, "data-quality"))
+    parts.append(f'<p class="note">{_text(quality.get("note"))}</p>')
+    return "\n".join(parts)
+
+
+def _scaling(report: Mapping[str, Any]) -> str:
+    """The federated scaling statistics: per feature, the value, its noise tolerance and the public bounds."""
+    scaling = _as_map(report.get("scaling"))
+    facts = {
+        "Method": _text(scaling.get("method")), "Statistics": _text(scaling.get("statistics")),
+        "Owners answered": _int(scaling.get("owners_answered")),
+        "Noise multiplier of the sums": _num(scaling.get("noise_multiplier")),
+        "Tolerance": _text(scaling.get("tolerance")),
+    }
+    parts = [_key_value_table(facts, "scaling", fmt=str)]
+    features = _maps(scaling.get("features"))
+    if features:
+        headers = ("Feature", "Mean", "Mean tolerance (+/-)", "Std", "Std tolerance (+/-)", "Public bounds")
+        rows = [(str(i), _num(f.get("mean")), _num(f.get("mean_tolerance")), _num(f.get("std")),
+                 _num(f.get("std_tolerance")),
+                 " .. ".join(_num(b) for b in _as_list(f.get("bounds")))) for i, f in enumerate(features)]
+        parts.append(_table(headers, rows, "scaling-features"))
+    return "\n".join(parts)

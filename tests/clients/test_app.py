@@ -37,7 +37,10 @@ def test_privacy_state_accumulates_across_calls_in_the_context() -> None:
         assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
         metrics = reply.content["metrics"]
         eps.append(float(metrics["epsilon"]))
-        assert set(reply.content.keys()) == {"arrays", "metrics"}
+        assert set(reply.content.keys()) == {"arrays", "metrics", "quality"}
+        quality = dict(reply.content["quality"])
+        assert quality["rows"] == quality["clean-rows-out"] > 0 and quality["missing-cells"] == 0
+        assert all(isinstance(v, int) for v in quality.values())  # counts only
     assert eps[1] > eps[0] > 0
     state = client_app.load_privacy(ctx)
     assert eps[1] == pytest.approx(epsilon_spent(state.history, config.delta))
@@ -67,7 +70,7 @@ def test_node_count_mismatch_is_refused() -> None:
     ctx = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(),
                   run_config=config.to_mapping())
     reply = client_app.train(instruction(1), ctx)
-    assert reply.has_error() and "the run expects 3" in reply.error.reason
+    assert reply.has_error() and "expects 3" in reply.error.reason
 
 
 def test_evaluate_reports_metrics_of_the_owner_shard() -> None:
@@ -122,10 +125,56 @@ def test_deployed_shard_with_wrong_columns_replies_an_error_naming_the_file(tmp_
     reply = client_app.train(deployed_instruction(1), deployed_context(RunConfig(clients=3, rounds=1), data))
     assert reply.has_error()
     assert reply.error.reason.startswith("owner site-a:")
-    assert f"{data}: 5 feature columns" in reply.error.reason and "the run expects 64" in reply.error.reason
+    assert f"{data}: 5 feature columns" in reply.error.reason and "the run schema expects 64" in reply.error.reason
 
 
 def test_deployed_node_refuses_a_run_without_dp(tmp_path) -> None:  # type: ignore[no-untyped-def]
     ctx = deployed_context(RunConfig(clients=3, rounds=1, dp=False), shard_csv(tmp_path / "s.csv"))
     reply = client_app.train(deployed_instruction(1), ctx)
     assert reply.has_error() and "trains only with DP" in reply.error.reason
+
+
+def feature_sums_query(config: RunConfig) -> Message:
+    import numpy as np
+
+    from fedmodel.data import federated_split
+    from fedmodel.data.prepare import bounds_to_config
+    from fedmodel.data.scaling import public_bounds
+
+    split = federated_split(config)
+    bounds = public_bounds(split.test().x.astype(np.float64))
+    record = ConfigRecord({"query": "feature-sums", "scaling-noise": 5.0, **bounds_to_config(bounds),
+                           **split.schema.to_config()})
+    meta = Metadata(run_id=1, message_id="q", src_node_id=0, dst_node_id=7, reply_to_message_id="", group_id="0",
+                    created_at=time.time(), ttl=600.0, message_type=MessageType.QUERY)
+    return make_message(metadata=meta, content=RecordDict({"config": record}))
+
+
+def test_feature_sums_are_charged_before_release_and_count_in_the_training_epsilon() -> None:
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+    from opacus.accountants.rdp import RDPAccountant
+
+    config = RunConfig(clients=2, rounds=2, scaling="zscore")
+    ctx = context(config)
+    reply = client_app.query(feature_sums_query(config), ctx)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    metrics = reply.content["metrics"]
+    assert len(list(metrics["sums"])) == 3 * 64
+    state = client_app.load_privacy(ctx)
+    assert state.other == [(5.0, 1.0, 1)] and state.history == []
+    assert float(metrics["epsilon-stats"]) == pytest.approx(epsilon_spent([(5.0, 1.0, 1)], config.delta))
+    train = client_app.train(instruction(1), ctx)
+    assert not train.has_error(), train.error.reason if train.has_error() else ""
+    state = client_app.load_privacy(ctx)
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    rdp = sum(compute_rdp(q=q, noise_multiplier=s, steps=n, orders=orders) for s, q, n in state.everything)
+    oracle, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=config.delta)
+    assert float(train.content["metrics"]["epsilon"]) == pytest.approx(float(oracle), rel=1e-9)
+
+
+def test_feature_sums_past_the_budget_are_refused_and_nothing_is_charged() -> None:
+    config = RunConfig(clients=2, rounds=2, epsilon=0.3, scaling="zscore")
+    ctx = context(config)
+    reply = client_app.query(feature_sums_query(config), ctx)
+    assert reply.has_error() and "budget" in reply.error.reason and reply.error.reason.startswith("owner 0:")
+    assert client_app.load_privacy(ctx).other == []

@@ -152,7 +152,7 @@ def test_three_sites_train_with_dp_while_a_broken_shard_fails_alone(federation: 
         assert (row["num_replies"], row["num_failures"]) == (3, 1)
         failure = row["failures"][0]
         assert failure["owner"] == BAD_SITE
-        assert f"{bad_file}: 29 feature columns" in failure["reason"] and "the run expects 30" in failure["reason"]
+        assert f"{bad_file}: 29 feature columns" in failure["reason"] and "the run schema expects 30" in failure["reason"]
 
     owners = {o["owner"]: o for o in report["privacy"]["owners"]}
     assert set(owners) == set(GOOD_SITES)

@@ -80,3 +80,69 @@ def test_run_where_every_owner_fails_exits_non_zero_with_the_reason(tmp_path: Pa
     assert report["status"] == "failed"
     assert "injected failure" in report["reason"]
     assert report["privacy"]["mode"] == "none" and report["privacy"]["owners"] == []
+
+
+def _messy_breast_cancer(path: Path) -> Path:
+    """Breast-cancer with a numeric id column, 5% empty cells, duplicated rows and wild values."""
+    import numpy as np
+
+    from fedmodel.data.bundled import _sklearn_data_dir
+
+    with (_sklearn_data_dir() / "breast_cancer.csv").open(encoding="ascii") as fh:
+        next(csv.reader(fh))
+        raw = np.loadtxt(fh, delimiter=",")
+    rng = np.random.default_rng(3)
+    rows = np.concatenate([np.arange(len(raw)), rng.choice(len(raw), 40, replace=False)])
+    x, y = raw[rows, :-1].copy(), raw[rows, -1].astype(int)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    x[rng.random(x.shape) < 0.01] *= 100
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        out = csv.writer(fh)
+        out.writerow(["patient_id"] + [f"f{i}" for i in range(30)] + ["diagnosis"])
+        for i, r in enumerate(rows):
+            out.writerow([str(900_000 + r)] + ["" if np.isnan(v) else repr(float(v)) for v in x[i]] + [str(y[i])])
+    return path
+
+
+def test_messy_file_is_cleaned_at_the_owners_with_federated_scaling_and_a_poisoned_update_is_rejected(
+        tmp_path: Path) -> None:
+    data = _messy_breast_cancer(tmp_path / "messy.csv")
+    out = tmp_path / "run"
+    config = RunConfig(dataset="file", data_path=str(data), label="diagnosis", clients=4, rounds=2, out=str(out),
+                       missing="median", duplicates="drop", outliers="clip", scaling="zscore",
+                       id_columns=("patient_id",), aggregation=RunConfig.from_mapping({"aggregation": "median"}).aggregation,
+                       inject_faults=RunConfig.from_mapping({"clients": 4, "inject-faults": "3:nan"}).inject_faults)
+    report = run_simulation(config).report
+    assert report["status"] == "completed", report["reason"]
+    assert 0.8 <= report["final"]["accuracy"] <= 1.0  # breast-cancer, 3 honest owners, 2 DP rounds: a band
+
+    # owner 3's NaN update is rejected before aggregation, named per round, and the model stays finite
+    for r in report["rounds"]:
+        assert (r["num_replies"], r["num_failures"]) == (3, 1)
+        assert r["failures"][0]["owner"] == 3 and "NaN" in r["failures"][0]["reason"]
+    weights = load_file(str(out / "model.safetensors"))
+    assert weights["0.weight"].shape == (2, 30)  # the id column never reached the model
+    assert all(bool(w.isfinite().all()) for w in weights.values())
+
+    # every owner's counts (never a value), before and after cleaning
+    quality = {q["owner"]: q for q in report["data_quality"]["owners"]}
+    assert set(quality) == {0, 1, 2, 3}
+    assert sum(q["missing-cells"] for q in quality.values()) > 0
+    assert all(q["clean-cells-imputed"] == q["missing-cells"] for q in quality.values())
+    assert all(q["features"] == 30 for q in quality.values())
+
+    # the scaling sums were charged to every owner, and its epsilon is part of the total
+    scaling = report["scaling"]
+    assert scaling["owners_answered"] == 4 and len(scaling["features"]) == 30
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    for o in report["privacy"]["owners"]:
+        stats_rdp = compute_rdp(q=1.0, noise_multiplier=config.scaling_noise, steps=1, orders=orders)
+        sgd_rdp = compute_rdp(q=o["sample_rate"], noise_multiplier=o["noise_multiplier"], steps=o["steps"],
+                              orders=orders)
+        expected, _ = get_privacy_spent(orders=orders, rdp=stats_rdp + sgd_rdp, delta=report["privacy"]["delta"])
+        assert o["epsilon"] == pytest.approx(expected, rel=1e-9)
+        alone, _ = get_privacy_spent(orders=orders, rdp=stats_rdp, delta=report["privacy"]["delta"])
+        assert o["epsilon_scaling_statistics"] == pytest.approx(alone, rel=1e-9)
+        assert o["epsilon"] <= 3.0
+    html = (out / "report.html").read_text()
+    assert 'id="data-quality"' in html and 'id="scaling-features"' in html

@@ -39,13 +39,23 @@ def _node_config(cmd: list[str]) -> dict[str, Any]:
     return parse_config_args([_value(cmd, "--node-config")])
 
 
-def test_node_config_parses_back_to_the_seven_keys(settings: dict[str, Any], tmp_path: Path) -> None:
-    cmd = supernode_command(**settings)
+def test_node_config_parses_back_to_the_keys(settings: dict[str, Any], tmp_path: Path) -> None:
+    cmd = supernode_command(**settings, id_columns=("patient_id", "mrn"))
     assert _node_config(cmd) == {
         "data-path": str(tmp_path / "data.csv"), "label": "y", "owner-name": "site-a", "budget-epsilon": 3.0,
-        "delta": 1e-5, "device": "cpu", "state-dir": str(tmp_path / "state"),
+        "delta": 1e-5, "device": "cpu", "state-dir": str(tmp_path / "state"), "id-columns": "patient_id,mrn",
     }
     assert tuple(_node_config(cmd)) == NODE_CONFIG_KEYS
+    from fedmodel.config import NodeSettings
+
+    node = NodeSettings.from_node_config(_node_config(cmd))
+    assert node is not None and node.id_columns == ("patient_id", "mrn")
+    assert "id-columns" not in _node_config(supernode_command(**settings))  # none named: the key is absent
+
+
+def test_an_id_column_with_a_comma_is_refused(settings: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="--id-column 'a,b': expected one column name"):
+        supernode_command(**settings, id_columns=("a,b",))
 
 
 def test_command_flags(settings: dict[str, Any], tmp_path: Path) -> None:

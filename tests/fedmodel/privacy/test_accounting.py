@@ -141,3 +141,47 @@ def test_calibration_is_shared_by_owners_with_the_same_schedule_and_stays_within
     assert a.noise_multiplier == b.noise_multiplier
     assert calibrate_noise.cache_info().hits == 1  # 143 and 144 rows give the same sample rate and steps
     assert oracle_epsilon(a.sample_rate, a.noise_multiplier, a.total_steps, 1e-5) <= 3.0
+
+
+def oracle_composed(entries: list[tuple[float, float, int]], delta: float) -> float:
+    """Epsilon of several (sigma, q, steps) releases composed, from Opacus' analysis functions."""
+    rdp = sum(np.asarray(compute_rdp(q=q, noise_multiplier=s, steps=n, orders=ORDERS)) for s, q, n in entries)
+    eps, _ = get_privacy_spent(orders=ORDERS, rdp=rdp, delta=delta)
+    return float(eps)
+
+
+@pytest.mark.parametrize("stats_sigma", [3.0, 5.0, 20.0])
+def test_scaling_statistics_are_charged_and_dp_sgd_is_calibrated_for_the_rest(stats_sigma: float) -> None:
+    config = RunConfig(epsilon=3.0, delta=1e-5, batch_size=16, rounds=3)
+    data = shard(64)
+    state = OwnerPrivacyState()
+    state.charge_gaussian(stats_sigma)
+    rows = run_rounds(config, data, 3, state)
+    plan = state.plan
+    assert plan is not None
+    everything = [(stats_sigma, 1.0, 1), (plan.noise_multiplier, plan.sample_rate, plan.total_steps)]
+    truth = oracle_composed(everything, 1e-5)
+    assert rows[-1]["epsilon"] == pytest.approx(truth, rel=1e-9)
+    assert 3.0 - 0.02 <= truth <= 3.0  # the whole budget is used, never passed
+    alone = plan_for_owner(num_examples=64, batch_size=16, local_epochs=1, rounds=3, epsilon=3.0, delta=1e-5,
+                           max_grad_norm=1.0)
+    assert plan.noise_multiplier > alone.noise_multiplier  # the statistics cost DP-SGD some noise
+    assert state.steps == plan.total_steps  # the statistics are not DP-SGD steps
+
+
+def test_statistics_that_use_the_whole_budget_refuse_training() -> None:
+    config = RunConfig(epsilon=0.5, delta=1e-5, batch_size=16, rounds=2)
+    state = OwnerPrivacyState()
+    state.charge_gaussian(1.0)  # epsilon of one release alone is about 5
+    with pytest.raises(PrivacyBudgetExceeded, match="owner 0"):
+        run_rounds(config, shard(32), 1, state)
+    assert state.plan is None and state.steps == 0
+
+
+def test_other_releases_round_trip_through_the_dict_form() -> None:
+    state = OwnerPrivacyState()
+    state.charge_gaussian(4.0)
+    state.record(1.1, 0.25, 8)
+    again = OwnerPrivacyState.from_dict(state.to_dict())
+    assert again.other == [(4.0, 1.0, 1)] and again.history == [(1.1, 0.25, 8)]
+    assert again.epsilon(1e-5) == pytest.approx(oracle_composed([(4.0, 1.0, 1), (1.1, 0.25, 8)], 1e-5))

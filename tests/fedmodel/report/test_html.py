@@ -134,13 +134,31 @@ def test_embeds_three_pngs(report: dict[str, Any], plots: dict[str, Path]) -> No
 
 def test_privacy_owner_table(report: dict[str, Any], plots: dict[str, Path]) -> None:
     rows = tables(render_html(report, plots))["privacy-owners"]
-    assert rows[0] == ["Owner", "Epsilon spent", "Budget", "Noise multiplier", "Sample rate",
-                       "Steps", "Max grad norm", "Examples"]
+    assert rows[0] == ["Owner", "Epsilon spent", "of it: scaling statistics", "Budget", "Noise multiplier",
+                       "Sample rate", "Steps", "Max grad norm", "Examples"]
     assert rows[1:] == [
-        ["0", "2.700", "3.000", "1.1", "0.2", "75", "1", "144"],
-        ["1", "2.730", "3.000", "1.1", "0.2", "75", "1", "145"],
-        ["2", "2.760", "3.000", "1.1", "0.2", "75", "1", "146"],
+        ["0", "2.700", "–", "3.000", "1.1", "0.2", "75", "1", "144"],
+        ["1", "2.730", "–", "3.000", "1.1", "0.2", "75", "1", "145"],
+        ["2", "2.760", "–", "3.000", "1.1", "0.2", "75", "1", "146"],
     ]
+
+
+def test_data_quality_and_scaling_sections(report: dict[str, Any], plots: dict[str, Path]) -> None:
+    report = {**report, "data_quality": {
+        "note": "counts only", "cleaning": {"missing": "median", "duplicates": "drop"},
+        "owners": [{"owner": 0, "rows": 101, "missing-cells": 160, "duplicate-rows": 3, "clean-rows-out": 98}],
+    }, "scaling": {
+        "method": "zscore", "statistics": "federated", "owners_answered": 5, "noise_multiplier": 5.0,
+        "tolerance": "3 standard errors", "features": [{"mean": 14.5, "std": 3.5, "mean_tolerance": 0.9,
+                                                         "std_tolerance": 1.2, "bounds": [5.6, 30.2]}],
+    }}
+    report["privacy"]["owners"][0]["epsilon_scaling_statistics"] = 0.7946
+    parsed = tables(render_html(report, plots))
+    quality = parsed["data-quality"]
+    assert quality[0][:3] == ["Owner", "Rows", "Missing cells"]
+    assert quality[1][:3] == ["0", "101", "160"] and quality[1][-1] == "98"
+    assert parsed["scaling-features"][1] == ["0", "14.5", "0.9", "3.5", "1.2", "5.6 .. 30.2"]
+    assert parsed["privacy-owners"][1][2] == "0.795"
 
 
 def test_summary_and_rounds(report: dict[str, Any], plots: dict[str, Path]) -> None:
