@@ -133,7 +133,7 @@ def resolve_owner(msg: Message, context: Context) -> Owner:
 
 @lru_cache(maxsize=2)
 def _partition(split: object, pid: int, name: str) -> RawTable:
-    return as_raw(split.owner(pid), f"{name} (owner {pid}'s rows)")  # type: ignore[attr-defined]
+    return as_raw(split.owner(pid), f"{name} (owner {pid}'s rows)", split.schema)  # type: ignore[attr-defined]
 
 
 def load_privacy(context: Context) -> OwnerPrivacyState:

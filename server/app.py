@@ -51,7 +51,7 @@ def main(grid: Grid, context: Context) -> None:
         split = federated_split(config)
         spec = cleaning_spec(config)
         stats, impute = scaling_statistics(grid, config, split, spec, recorder)
-        test = prepare_shard(as_raw(split.test(), "the coordinator's test split"), coordinator_spec(spec),
+        test = prepare_shard(as_raw(split.test(), "the coordinator's test split", split.schema), coordinator_spec(spec),
                              split.schema, name=config.dataset_label, stats=stats, impute=impute).data
         shared = {**split.schema.to_config(), **stats_to_config(stats, impute)}
         model = build_model(config.model, test.num_features, test.num_classes, seed=config.seed)

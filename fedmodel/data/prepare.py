@@ -48,12 +48,19 @@ def needs_tolerant_read(spec: CleaningSpec) -> bool:
     return spec.missing != "error" or bool(spec.id_columns)
 
 
-def as_raw(data: Dataset, source: str) -> RawTable:
-    """A partition (or any Dataset, NaN for gaps) as a table to clean; labels as the run names them."""
+def as_raw(data: Dataset, source: str, schema: Schema) -> RawTable:
+    """A partition (or any Dataset, NaN for gaps) as a table to clean; labels as the run's schema names them.
+
+    A bundled data set's schema names its classes by code ("0", "1"), a file's by the values in the
+    file; ``data.y`` indexes both.
+    """
+    if len(schema.labels) != data.num_classes:
+        raise DataValidationError(f"{source}: {data.num_classes} classes; the run's schema declares "
+                                  f"{len(schema.labels)}")
     d = data.num_features
     rows = data.rows if data.rows is not None else np.arange(len(data))
     return RawTable(
-        source=source, x=data.x.astype(np.float64), labels=tuple(data.classes[int(i)] for i in data.y),
+        source=source, x=data.x.astype(np.float64), labels=tuple(schema.labels[int(i)] for i in data.y),
         feature_names=data.feature_names, ids={}, rows=np.asarray(rows, dtype=np.int64),
         zero_based=data.rows is None or data.zero_based, not_numbers=np.zeros(d, np.int64),
         non_finite=np.zeros(d, np.int64),

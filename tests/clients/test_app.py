@@ -178,3 +178,20 @@ def test_feature_sums_past_the_budget_are_refused_and_nothing_is_charged() -> No
     reply = client_app.query(feature_sums_query(config), ctx)
     assert reply.has_error() and "budget" in reply.error.reason and reply.error.reason.startswith("owner 0:")
     assert client_app.load_privacy(ctx).other == []
+
+
+def test_a_bundled_data_set_with_named_classes_trains_and_is_evaluated() -> None:
+    """breast-cancer's classes are names in the data, codes in the run's schema: both sides must agree."""
+    config = RunConfig(dataset="breast-cancer", clients=2, rounds=1)
+    model = build_model("logreg", 30, 2, seed=42)
+    from fedmodel.data import federated_split
+
+    schema = federated_split(config).schema.to_config()
+    for message_type in (MessageType.TRAIN, MessageType.EVALUATE):
+        msg = instruction(1, message_type)
+        msg.content["arrays"] = ArrayRecord(model.state_dict())
+        msg.content["config"] = ConfigRecord({"server-round": 1, **schema})
+        handler = client_app.train if message_type == MessageType.TRAIN else client_app.evaluate
+        reply = handler(msg, context(config))
+        assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+        assert float(reply.content["metrics"]["num-examples"]) > 100

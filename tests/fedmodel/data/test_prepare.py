@@ -89,10 +89,20 @@ def test_a_partition_with_gaps_is_cleaned_like_a_file() -> None:
     spec = cleaning_spec(RunConfig(missing="mean", scaling="zscore"))
     stats = FeatureStats(count=3.0, mean=np.array([3.0, 6.0]), std=np.array([2.0, 2.0]),
                          minimum=np.zeros(2), maximum=np.ones(2))
-    prepared = prepare_shard(as_raw(data, "owner 0"), spec, SCHEMA, name="p", stats=stats,
+    prepared = prepare_shard(as_raw(data, "owner 0", SCHEMA), spec, SCHEMA, name="p", stats=stats,
                              impute=np.array([3.0, 6.0]))
     np.testing.assert_allclose(prepared.data.x, [[-1.0, 0.0], [0.0, -1.0], [1.0, 1.0]])
-    assert quality_counts(as_raw(data, "owner 0"))["missing-cells"] == 1
+    assert quality_counts(as_raw(data, "owner 0", SCHEMA))["missing-cells"] == 1
+
+
+def test_a_bundled_data_sets_classes_are_named_by_the_schemas_codes() -> None:
+    data = Dataset("b", np.zeros((3, 2), np.float32), np.array([1, 0, 1]), ("malignant", "benign"), ("a", "b"))
+    raw = as_raw(data, "the coordinator's test split", SCHEMA)
+    assert raw.labels == ("1", "0", "1")
+    prepared = prepare_shard(raw, cleaning_spec(RunConfig()), SCHEMA, name="b")
+    assert prepared.data.y.tolist() == [1, 0, 1]
+    with pytest.raises(DataValidationError, match="2 classes; the run's schema declares 3"):
+        as_raw(data, "x", Schema(2, ("0", "1", "2")))
 
 
 def test_scaling_statistics_round_trip_through_a_config_record() -> None:
