@@ -1,0 +1,1 @@
+"""fedbench: the parts of the fedmodel benchmarks (scenarios, process-tree memory, tables, the reference run)."""

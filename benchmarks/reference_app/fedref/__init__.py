@@ -1,0 +1,1 @@
+"""fedref: the plain Flower + Opacus reference app of the fedmodel benchmarks."""
