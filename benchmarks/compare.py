@@ -1,0 +1,126 @@
+"""Benchmark: one scenario three ways, fedmodel with DP, fedmodel without DP, plain Flower + Opacus.
+
+    python benchmarks/compare.py --scenario small|thousand|million [--owners N] [--rounds R] [--note TEXT]
+
+Runs the variants one after another on this machine, each as its own process tree on a private
+local Ray: ``fedmodel simulate``, ``fedmodel simulate`` with ``dp = false``, and the reference app
+in benchmarks/reference_app (a new PrivacyEngine per client call, as Flower's Opacus example does)
+with the same model, rows, batch size, learning rate, rounds and fedmodel's calibrated noise
+multiplier, hence the same epsilon spent. Prints wall time, time from the command's start to the
+end of round 1, the process tree's peak summed RSS, test accuracy, epsilon and the ratios, and
+appends them with the date and machine to benchmarks/RESULTS.md. A variant that cannot run a
+scenario yet prints "not supported yet" and why, never a number.
+
+Scenarios: small = 10 owners x 5 rounds; thousand = 1000 owners x 3 rounds, all training;
+million = 1,000,000 registered owners, 10 sampled per round (not supported yet by any variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fedbench.scenarios import FEDMODEL_DP, FEDMODEL_NO_DP, VARIANTS, Scenario, run_config, scenario, unsupported
+from fedbench.table import VariantResult, format_results
+from fedbench.variants import DPSchedule, dp_schedule, run_fedmodel, run_reference_app
+from fedmodel.config import RunConfig
+from fedmodel.data.dataset import load_dataset, train_test_split
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def training_rows(config: RunConfig) -> int:
+    """Rows left for the owners once the test split is held out."""
+    train, _ = train_test_split(load_dataset(config), config.test_fraction, config.seed)
+    return len(train)
+
+
+def run_variants(s: Scenario, work: Path, *, timeout_s: float) -> tuple[list[VariantResult], DPSchedule | None]:
+    """Every variant on ``s``, in turn; the DP schedule is computed before any clock starts."""
+    config = run_config(s)
+    rows = training_rows(config)
+    reasons = {v: unsupported(s, v, rows) for v in VARIANTS}
+    schedule = dp_schedule(config) if any(r is None for r in reasons.values()) else None
+    results = []
+    for variant in VARIANTS:
+        reason = reasons[variant]
+        if reason is not None:
+            result = VariantResult.not_supported(variant, reason)
+        elif schedule is None:
+            raise AssertionError("unreachable: a schedule exists whenever a variant runs")
+        else:
+            print(f"running {variant} ...", file=sys.stderr, flush=True)
+            if variant == FEDMODEL_DP:
+                result = run_fedmodel(variant, config, s, work, timeout_s=timeout_s)
+            elif variant == FEDMODEL_NO_DP:
+                result = run_fedmodel(variant, config.replace(dp=False), s, work, timeout_s=timeout_s)
+            else:
+                result = run_reference_app(config, s, schedule, work, timeout_s=timeout_s)
+        print(f"  {variant}: {result.status}"
+              + (f", {result.wall_s:.1f} s" if result.wall_s is not None else ""), file=sys.stderr, flush=True)
+        results.append(result)
+    return results, schedule
+
+
+def header(s: Scenario, args: argparse.Namespace, schedule: DPSchedule | None, load: str) -> str:
+    config = run_config(s)
+    overrides = "".join(f" --{k} {v}" for k, v in (("owners", args.owners), ("rounds", args.rounds)) if v is not None)
+    noise = ("-" if schedule is None else
+             ", ".join(f"{sigma:.4f} ({steps} batches/epoch)" for steps, sigma in sorted(schedule.noise_multipliers.items())))
+    return (
+        f"## compare: {s.name}{overrides}: {s.describe()}\n\n"
+        f"{time.strftime('%Y-%m-%d %H:%M')} on {platform.node() or 'this machine'} ({os.cpu_count()} CPUs, "
+        f"{platform.processor() or platform.machine()}), load average {load}; private local Ray, 1 CPU per worker. "
+        f"{config.dataset}, {config.partition}, {config.model}, batch {config.batch_size}, lr {config.lr:g}, "
+        f"{config.local_epochs} local epoch; DP: epsilon {config.epsilon:g}, delta {config.delta:g}, "
+        f"clip {config.max_grad_norm:g}, noise multiplier {noise}.\n"
+    )
+
+
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", required=True, choices=["small", "thousand", "million"])
+    parser.add_argument("--owners", type=int, help="change the scenario's number of owners")
+    parser.add_argument("--rounds", type=int, help="change the scenario's number of rounds")
+    parser.add_argument("--timeout-s", type=float, default=3600.0, help="per variant [default: 3600]")
+    parser.add_argument("--note", default="", help="a sentence written under the table (e.g. what else ran)")
+    parser.add_argument("--keep", action="store_true", help="keep the run folders and logs (printed)")
+    parser.add_argument("--no-append", action="store_true", help=f"print only; do not append to {RESULTS.name}")
+    args = parser.parse_args()
+    try:
+        s = scenario(args.scenario, owners=args.owners, rounds=args.rounds)
+    except ValueError as exc:
+        parser.error(str(exc))
+    load = _load()
+    work = Path(tempfile.mkdtemp(prefix="fedmodel-compare-"))
+    started = time.perf_counter()
+    results: list[VariantResult] = []
+    schedule: DPSchedule | None = None
+    try:
+        results, schedule = run_variants(s, work, timeout_s=args.timeout_s)
+    finally:
+        if args.keep or not results or any(r.status.startswith("failed") for r in results):
+            print(f"run folders and logs kept in {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    text = header(s, args, schedule, f"{load} at start, {_load()} at end") + "\n" + format_results(results)
+    text += f"\nWhole command: {time.perf_counter() - started:.0f} s.{' ' + args.note if args.note else ''}\n"
+    print(text)
+    if not args.no_append:
+        with RESULTS.open("a", encoding="utf-8") as fh:
+            fh.write("\n" + text)
+    return 0 if all(r.ok or r.status.startswith("not supported") for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

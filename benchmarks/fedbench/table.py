@@ -1,0 +1,99 @@
+"""One benchmark variant's measurements, the ratios between variants, and the Markdown tables."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fedbench.scenarios import FEDMODEL_DP, FEDMODEL_NO_DP, REFERENCE
+
+MIB = 1024 * 1024
+OK = "ok"
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    """What one variant measured; every number is None when it did not run or failed.
+
+    ``epsilon_reported`` is the largest epsilon an owner reported; ``epsilon_spent`` the largest an
+    owner really spent over the whole run (they differ for the reference, which reports one call's).
+    """
+
+    name: str
+    status: str = OK
+    wall_s: float | None = None
+    first_round_s: float | None = None
+    peak_rss_bytes: int | None = None
+    peak_processes: int | None = None
+    accuracy: float | None = None
+    epsilon_reported: float | None = None
+    epsilon_spent: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == OK
+
+    @classmethod
+    def not_supported(cls, name: str, reason: str) -> VariantResult:
+        return cls(name, status=f"not supported yet: {reason}")
+
+    @classmethod
+    def failed(cls, name: str, reason: str, **measured: float | int | None) -> VariantResult:
+        return cls(name, status=f"failed: {reason}", **measured)  # type: ignore[arg-type]
+
+
+def ratio(numerator: float | int | None, denominator: float | int | None) -> float | None:
+    """``numerator / denominator``, or None when either is missing or the denominator is not > 0."""
+    if numerator is None or denominator is None or not denominator > 0:
+        return None
+    return float(numerator) / float(denominator)
+
+
+RATIOS: tuple[tuple[str, str, str], ...] = (
+    ("fedmodel DP / fedmodel no DP", FEDMODEL_DP, FEDMODEL_NO_DP),
+    ("reference / fedmodel DP", REFERENCE, FEDMODEL_DP),
+)
+
+
+def ratio_rows(results: list[VariantResult]) -> list[tuple[str, float | None, float | None, float | None]]:
+    """(label, wall, first round, peak RSS) ratios between variants that both completed."""
+    by_name = {r.name: r for r in results if r.ok}
+    rows = []
+    for label, top, bottom in RATIOS:
+        a, b = by_name.get(top), by_name.get(bottom)
+        if a is None or b is None:
+            rows.append((label, None, None, None))
+        else:
+            rows.append((label, ratio(a.wall_s, b.wall_s), ratio(a.first_round_s, b.first_round_s),
+                         ratio(a.peak_rss_bytes, b.peak_rss_bytes)))
+    return rows
+
+
+def _num(value: float | int | None, digits: int) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _times(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def format_results(results: list[VariantResult]) -> str:
+    """The variants table and the ratios table, in Markdown."""
+    lines = [
+        "| variant | wall s | first round s | peak RSS MiB (tree) | processes at peak | test accuracy "
+        "| max epsilon reported | max epsilon spent | status |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        rss = None if r.peak_rss_bytes is None else r.peak_rss_bytes / MIB
+        lines.append(
+            f"| {r.name} | {_num(r.wall_s, 1)} | {_num(r.first_round_s, 1)} | {_num(rss, 0)} | "
+            f"{_num(r.peak_processes, 0)} | {_num(r.accuracy, 3)} | {_num(r.epsilon_reported, 3)} | "
+            f"{_num(r.epsilon_spent, 3)} | {' '.join(r.status.replace('|', '/').split())} |"
+        )
+    lines += ["", "| ratio | wall | first round | peak RSS |", "|---|---|---|---|"]
+    for label, wall, first, rss_ratio in ratio_rows(results):
+        lines.append(f"| {label} | {_times(wall)} | {_times(first)} | {_times(rss_ratio)} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,175 @@
+"""The pure parts of benchmarks/compare.py: the process-tree memory sampler, scenarios, tables, the app copy.
+
+No simulation runs here; benchmarks/compare.py itself is the end-to-end check.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "benchmarks" / "reference_app")]
+
+from fedbench.reference import write_app  # noqa: E402
+from fedbench.scenarios import FEDMODEL_DP, FEDMODEL_NO_DP, REFERENCE, scenario, unsupported  # noqa: E402
+from fedbench.table import VariantResult, format_results, ratio, ratio_rows  # noqa: E402
+from fedbench.treemem import TreeMemorySampler  # noqa: E402
+from fedbench.variants import DPSchedule  # noqa: E402
+from fedref.task import parse_noise_multipliers  # noqa: E402
+
+MIB = 1024 * 1024
+
+# A child that holds 64 MiB and starts a grandchild holding 96 MiB; "ready" once both are allocated.
+# The grandchild exits when its stdin closes, i.e. when the child is killed.
+TREE = textwrap.dedent("""
+    import subprocess, sys
+    grandchild = subprocess.Popen([sys.executable, "-c",
+        "import sys; b = b'x' * (96 * 2**20); print('ready', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    held = b"y" * (64 * 2**20)
+    assert grandchild.stdout.readline().strip() == "ready"
+    print("ready", flush=True)
+    sys.stdin.read()
+""")
+
+# Holds 128 MiB until told, then frees it and says "freed".
+ALLOCATE_THEN_FREE = textwrap.dedent("""
+    import sys
+    held = b"x" * (128 * 2**20)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    del held
+    print("freed", flush=True)
+    sys.stdin.read()
+""")
+
+
+def _start(script: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.kill()
+    proc.wait(timeout=10)
+
+
+def test_sampler_sums_rss_of_child_and_grandchild() -> None:
+    proc = _start(TREE)
+    try:
+        sampler = TreeMemorySampler(proc.pid)
+        total = sampler.sample()
+        assert total >= 160 * MIB
+        assert sampler.peak.processes == 2
+        assert sampler.peak.rss_bytes == total
+    finally:
+        _stop(proc)
+
+
+def test_sampler_keeps_the_peak_after_memory_is_freed() -> None:
+    proc = _start(ALLOCATE_THEN_FREE)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        with TreeMemorySampler(proc.pid, interval_s=0.05) as sampler:
+            proc.stdin.write("free\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "freed"
+            after = sampler.sample()
+        peak = sampler.peak
+        assert peak.rss_bytes >= 128 * MIB
+        assert after < peak.rss_bytes - 64 * MIB
+        assert peak.samples >= 2
+    finally:
+        _stop(proc)
+
+
+def test_sampler_reads_zero_once_the_tree_has_exited() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    sampler = TreeMemorySampler(proc.pid)
+    proc.wait(timeout=30)
+    assert sampler.sample() == 0
+
+
+@pytest.mark.parametrize("interval", [0.0, -1.0])
+def test_sampler_refuses_a_non_positive_interval(interval: float) -> None:
+    with pytest.raises(ValueError, match="interval_s"):
+        TreeMemorySampler(1, interval_s=interval)
+
+
+@pytest.mark.parametrize(("a", "b", "expected"), [(6.0, 3.0, 2.0), (1, 4, 0.25), (None, 3.0, None),
+                                                   (3.0, None, None), (3.0, 0.0, None)])
+def test_ratio(a: float | None, b: float | None, expected: float | None) -> None:
+    assert ratio(a, b) == expected
+
+
+def _result(name: str, wall: float, first: float, rss_mib: int) -> VariantResult:
+    return VariantResult(name, wall_s=wall, first_round_s=first, peak_rss_bytes=rss_mib * MIB, peak_processes=9,
+                         accuracy=0.9, epsilon_reported=2.0, epsilon_spent=3.0)
+
+
+def test_ratio_rows_divide_the_named_variants() -> None:
+    results = [_result(FEDMODEL_DP, 20.0, 10.0, 2000), _result(FEDMODEL_NO_DP, 10.0, 8.0, 1000),
+               _result(REFERENCE, 60.0, 30.0, 3000)]
+    assert ratio_rows(results) == [("fedmodel DP / fedmodel no DP", 2.0, 1.25, 2.0),
+                                   ("reference / fedmodel DP", 3.0, 3.0, 1.5)]
+
+
+def test_ratio_rows_leave_out_variants_that_did_not_complete() -> None:
+    results = [_result(FEDMODEL_DP, 20.0, 10.0, 2000), VariantResult.failed(FEDMODEL_NO_DP, "boom", wall_s=3.0),
+               VariantResult.not_supported(REFERENCE, "too many owners")]
+    assert ratio_rows(results) == [("fedmodel DP / fedmodel no DP", None, None, None),
+                                   ("reference / fedmodel DP", None, None, None)]
+
+
+def test_format_results_prints_no_numbers_for_unsupported_variants() -> None:
+    text = format_results([_result(FEDMODEL_DP, 20.0, 10.0, 2048), _result(FEDMODEL_NO_DP, 10.0, 8.0, 1024),
+                           VariantResult.not_supported(REFERENCE, "a | b\nc")])
+    lines = text.splitlines()
+    assert lines[2] == "| fedmodel DP | 20.0 | 10.0 | 2,048 | 9 | 0.900 | 2.000 | 3.000 | ok |"
+    assert lines[4] == "| reference (Flower + Opacus) | - | - | - | - | - | - | - | not supported yet: a / b c |"
+    assert "| fedmodel DP / fedmodel no DP | 2.00x | 1.25x | 2.00x |" in lines
+    assert "| reference / fedmodel DP | - | - | - |" in lines
+
+
+def test_scenario_overrides_keep_the_sampling_rule() -> None:
+    assert scenario("thousand", owners=30, rounds=2).sampled == 30
+    assert scenario("million", owners=100).sampled == 10
+    assert scenario("small").describe() == "10 owners x 5 rounds, all training"
+    with pytest.raises(ValueError, match="--scenario"):
+        scenario("huge")
+    with pytest.raises(ValueError, match="--owners 0"):
+        scenario("small", owners=0)
+
+
+def test_million_owners_are_not_supported_yet_with_a_reason() -> None:
+    million = scenario("million")
+    assert "1,437 training rows" in (unsupported(million, REFERENCE, 1437) or "")
+    sampled = scenario("million", owners=1000)
+    assert "cohorts" in (unsupported(sampled, FEDMODEL_DP, 1437) or "")
+    assert unsupported(sampled, REFERENCE, 1437) is None
+    assert unsupported(scenario("small"), FEDMODEL_DP, 1437) is None
+
+
+def test_the_reference_app_reads_the_noise_multipliers_the_harness_writes() -> None:
+    schedule = DPSchedule({5: 1.884765625, 4: 2.0}, 2.99)
+    assert schedule.as_config() == "4:2.0,5:1.884765625"
+    assert parse_noise_multipliers(schedule.as_config()) == {4: 2.0, 5: 1.884765625}
+    with pytest.raises(ValueError, match="STEPS:SIGMA"):
+        parse_noise_multipliers("5=1.2")
+
+
+def test_write_app_copies_the_sources_and_sets_the_run_config(tmp_path: Path) -> None:
+    app = write_app(tmp_path / "app", {"owners": 30, "rounds-file": "/tmp/r.jsonl"})
+    assert (app / "fedref" / "client_app.py").exists()
+    config = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    assert (config["owners"], config["rounds-file"], config["num-server-rounds"]) == (30, "/tmp/r.jsonl", 5)
+    with pytest.raises(ValueError, match="unknown reference app config keys"):
+        write_app(tmp_path / "again", {"num-rounds": 3})
