@@ -68,14 +68,14 @@ def run_variants(s: Scenario, work: Path, *, timeout_s: float) -> tuple[list[Var
     return results, schedule
 
 
-def header(s: Scenario, args: argparse.Namespace, schedule: DPSchedule | None, load: str) -> str:
+def header(s: Scenario, args: argparse.Namespace, schedule: DPSchedule | None, started: str, load: str) -> str:
     config = run_config(s)
     overrides = "".join(f" --{k} {v}" for k, v in (("owners", args.owners), ("rounds", args.rounds)) if v is not None)
     noise = ("-" if schedule is None else
              ", ".join(f"{sigma:.4f} ({steps} batches/epoch)" for steps, sigma in sorted(schedule.noise_multipliers.items())))
     return (
         f"## compare: {s.name}{overrides}: {s.describe()}\n\n"
-        f"{time.strftime('%Y-%m-%d %H:%M')} on {platform.node() or 'this machine'} ({os.cpu_count()} CPUs, "
+        f"{started} on {platform.node() or 'this machine'} ({os.cpu_count()} CPUs, "
         f"{platform.processor() or platform.machine()}), load average {load}; private local Ray, 1 CPU per worker. "
         f"{config.dataset}, {config.partition}, {config.model}, batch {config.batch_size}, lr {config.lr:g}, "
         f"{config.local_epochs} local epoch; DP: epsilon {config.epsilon:g}, delta {config.delta:g}, "
@@ -101,7 +101,7 @@ def main() -> int:
         s = scenario(args.scenario, owners=args.owners, rounds=args.rounds)
     except ValueError as exc:
         parser.error(str(exc))
-    load = _load()
+    load, started_at = _load(), time.strftime("%Y-%m-%d %H:%M")
     work = Path(tempfile.mkdtemp(prefix="fedmodel-compare-"))
     started = time.perf_counter()
     results: list[VariantResult] = []
@@ -113,7 +113,7 @@ def main() -> int:
             print(f"run folders and logs kept in {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    text = header(s, args, schedule, f"{load} at start, {_load()} at end") + "\n" + format_results(results)
+    text = header(s, args, schedule, started_at, f"{load} at start, {_load()} at end") + "\n" + format_results(results)
     text += f"\nWhole command: {time.perf_counter() - started:.0f} s.{' ' + args.note if args.note else ''}\n"
     print(text)
     if not args.no_append:

@@ -56,10 +56,11 @@ def run_config(s: Scenario, *, dp: bool = True) -> RunConfig:
 
 def unsupported(s: Scenario, variant: str, training_rows: int) -> str | None:
     """Why ``variant`` cannot run ``s`` yet (printed as "not supported yet"), or None if it can."""
+    reasons = []
     if s.owners > training_rows:
-        return (f"the data set has {training_rows:,} training rows, too few to give {s.owners:,} owners "
-                "identical shards in every variant (needs a larger data set)")
+        reasons.append(f"the data set has {training_rows:,} training rows, too few to give {s.owners:,} owners "
+                       "identical shards in every variant (needs a larger data set)")
     if variant != REFERENCE and not s.all_train:
-        return ("fedmodel runs one Flower node per owner and trains every owner each round; sampling "
-                f"{s.sampled} of {s.owners:,} registered owners needs owners hosted in cohorts per node")
-    return None
+        reasons.append("fedmodel runs one Flower node per owner and trains every owner each round; sampling "
+                       f"{s.sampled} of {s.owners:,} registered owners needs owners hosted in cohorts per node")
+    return "; ".join(reasons) or None

@@ -15,7 +15,8 @@ OK = "ok"
 class VariantResult:
     """What one variant measured; every number is None when it did not run or failed.
 
-    ``epsilon_reported`` is the largest epsilon an owner reported; ``epsilon_spent`` the largest an
+    ``later_round_s`` is the mean time of rounds 2..R (end of one round to the end of the next),
+    the steady state once start-up is paid. ``epsilon_reported`` is the largest epsilon an owner reported; ``epsilon_spent`` the largest an
     owner really spent over the whole run (they differ for the reference, which reports one call's).
     """
 
@@ -23,6 +24,7 @@ class VariantResult:
     status: str = OK
     wall_s: float | None = None
     first_round_s: float | None = None
+    later_round_s: float | None = None
     peak_rss_bytes: int | None = None
     peak_processes: int | None = None
     accuracy: float | None = None
@@ -55,18 +57,28 @@ RATIOS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def ratio_rows(results: list[VariantResult]) -> list[tuple[str, float | None, float | None, float | None]]:
-    """(label, wall, first round, peak RSS) ratios between variants that both completed."""
+RatioRow = tuple[str, float | None, float | None, float | None, float | None]
+
+
+def ratio_rows(results: list[VariantResult]) -> list[RatioRow]:
+    """(label, wall, first round, later rounds, peak RSS) ratios between variants that both completed."""
     by_name = {r.name: r for r in results if r.ok}
     rows = []
     for label, top, bottom in RATIOS:
         a, b = by_name.get(top), by_name.get(bottom)
         if a is None or b is None:
-            rows.append((label, None, None, None))
+            rows.append((label, None, None, None, None))
         else:
             rows.append((label, ratio(a.wall_s, b.wall_s), ratio(a.first_round_s, b.first_round_s),
-                         ratio(a.peak_rss_bytes, b.peak_rss_bytes)))
+                         ratio(a.later_round_s, b.later_round_s), ratio(a.peak_rss_bytes, b.peak_rss_bytes)))
     return rows
+
+
+def later_round_seconds(round_end_times: list[float]) -> float | None:
+    """Mean time between consecutive round ends (rounds 2..R); None with fewer than two rounds."""
+    if len(round_end_times) < 2:
+        return None
+    return (round_end_times[-1] - round_end_times[0]) / (len(round_end_times) - 1)
 
 
 def _num(value: float | int | None, digits: int) -> str:
@@ -82,18 +94,18 @@ def _times(value: float | None) -> str:
 def format_results(results: list[VariantResult]) -> str:
     """The variants table and the ratios table, in Markdown."""
     lines = [
-        "| variant | wall s | first round s | peak RSS MiB (tree) | processes at peak | test accuracy "
-        "| max epsilon reported | max epsilon spent | status |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | wall s | first round s | later rounds s/round | peak RSS MiB (tree) | processes at peak "
+        "| test accuracy | max epsilon reported | max epsilon spent | status |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         rss = None if r.peak_rss_bytes is None else r.peak_rss_bytes / MIB
         lines.append(
-            f"| {r.name} | {_num(r.wall_s, 1)} | {_num(r.first_round_s, 1)} | {_num(rss, 0)} | "
+            f"| {r.name} | {_num(r.wall_s, 1)} | {_num(r.first_round_s, 1)} | {_num(r.later_round_s, 2)} | {_num(rss, 0)} | "
             f"{_num(r.peak_processes, 0)} | {_num(r.accuracy, 3)} | {_num(r.epsilon_reported, 3)} | "
             f"{_num(r.epsilon_spent, 3)} | {' '.join(r.status.replace('|', '/').split())} |"
         )
-    lines += ["", "| ratio | wall | first round | peak RSS |", "|---|---|---|---|"]
-    for label, wall, first, rss_ratio in ratio_rows(results):
-        lines.append(f"| {label} | {_times(wall)} | {_times(first)} | {_times(rss_ratio)} |")
+    lines += ["", "| ratio | wall | first round | later rounds | peak RSS |", "|---|---|---|---|---|"]
+    for label, *values in ratio_rows(results):
+        lines.append(f"| {label} | " + " | ".join(_times(v) for v in values) + " |")
     return "\n".join(lines) + "\n"

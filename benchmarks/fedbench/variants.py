@@ -20,7 +20,7 @@ import psutil
 import tomli_w
 
 from fedbench.scenarios import REFERENCE, Scenario
-from fedbench.table import VariantResult
+from fedbench.table import VariantResult, later_round_seconds
 from fedbench.treemem import TreeMemoryPeak, TreeMemorySampler
 from fedmodel.config import RunConfig
 from fedmodel.data import federated_split
@@ -105,9 +105,10 @@ def run_fedmodel(name: str, config: RunConfig, s: Scenario, work: Path, *, timeo
     if report.get("status") != "completed" or len(rounds) != s.rounds or bad:
         return _failed(name, run, f"report status {report.get('status')}, {len(rounds)} rounds, short rounds {bad}")
     events, _ = read_events(run_dir / "progress.jsonl")
-    first = next((e["time"] for e in events if e["event"] == "round"), None)
+    ends = [float(e["time"]) for e in events if e["event"] == "round"]
     eps = report["privacy"].get("max_epsilon")
-    return VariantResult(name, wall_s=run.wall_s, first_round_s=None if first is None else first - run.started,
+    return VariantResult(name, wall_s=run.wall_s, first_round_s=ends[0] - run.started if ends else None,
+                         later_round_s=later_round_seconds(ends),
                          peak_rss_bytes=run.peak.rss_bytes, peak_processes=run.peak.processes,
                          accuracy=report["final"]["accuracy"], epsilon_reported=eps, epsilon_spent=eps)
 
@@ -143,6 +144,7 @@ def run_reference_app(config: RunConfig, s: Scenario, schedule: DPSchedule, work
     if len(lines) != s.rounds or bad:
         return _failed(REFERENCE, run, f"{len(lines)} rounds written, rounds missing replies {bad}")
     return VariantResult(REFERENCE, wall_s=run.wall_s, first_round_s=lines[0]["time"] - run.started,
+                         later_round_s=later_round_seconds([float(x["time"]) for x in lines]),
                          peak_rss_bytes=run.peak.rss_bytes, peak_processes=run.peak.processes,
                          accuracy=lines[-1]["accuracy"], epsilon_reported=max(x["epsilon-max"] for x in lines),
                          epsilon_spent=schedule.max_epsilon)

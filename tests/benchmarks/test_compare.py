@@ -18,7 +18,7 @@ sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "benchmarks" / "reference_a
 
 from fedbench.reference import write_app  # noqa: E402
 from fedbench.scenarios import FEDMODEL_DP, FEDMODEL_NO_DP, REFERENCE, scenario, unsupported  # noqa: E402
-from fedbench.table import VariantResult, format_results, ratio, ratio_rows  # noqa: E402
+from fedbench.table import VariantResult, format_results, later_round_seconds, ratio, ratio_rows  # noqa: E402
 from fedbench.treemem import TreeMemorySampler  # noqa: E402
 from fedbench.variants import DPSchedule  # noqa: E402
 from fedref.task import parse_noise_multipliers  # noqa: E402
@@ -110,33 +110,38 @@ def test_ratio(a: float | None, b: float | None, expected: float | None) -> None
     assert ratio(a, b) == expected
 
 
-def _result(name: str, wall: float, first: float, rss_mib: int) -> VariantResult:
-    return VariantResult(name, wall_s=wall, first_round_s=first, peak_rss_bytes=rss_mib * MIB, peak_processes=9,
-                         accuracy=0.9, epsilon_reported=2.0, epsilon_spent=3.0)
+def _result(name: str, wall: float, first: float, rss_mib: int, later: float = 2.0) -> VariantResult:
+    return VariantResult(name, wall_s=wall, first_round_s=first, later_round_s=later, peak_rss_bytes=rss_mib * MIB,
+                         peak_processes=9, accuracy=0.9, epsilon_reported=2.0, epsilon_spent=3.0)
 
 
 def test_ratio_rows_divide_the_named_variants() -> None:
-    results = [_result(FEDMODEL_DP, 20.0, 10.0, 2000), _result(FEDMODEL_NO_DP, 10.0, 8.0, 1000),
-               _result(REFERENCE, 60.0, 30.0, 3000)]
-    assert ratio_rows(results) == [("fedmodel DP / fedmodel no DP", 2.0, 1.25, 2.0),
-                                   ("reference / fedmodel DP", 3.0, 3.0, 1.5)]
+    results = [_result(FEDMODEL_DP, 20.0, 10.0, 2000, later=3.0), _result(FEDMODEL_NO_DP, 10.0, 8.0, 1000, later=1.0),
+               _result(REFERENCE, 60.0, 30.0, 3000, later=6.0)]
+    assert ratio_rows(results) == [("fedmodel DP / fedmodel no DP", 2.0, 1.25, 3.0, 2.0),
+                                   ("reference / fedmodel DP", 3.0, 3.0, 2.0, 1.5)]
 
 
 def test_ratio_rows_leave_out_variants_that_did_not_complete() -> None:
     results = [_result(FEDMODEL_DP, 20.0, 10.0, 2000), VariantResult.failed(FEDMODEL_NO_DP, "boom", wall_s=3.0),
                VariantResult.not_supported(REFERENCE, "too many owners")]
-    assert ratio_rows(results) == [("fedmodel DP / fedmodel no DP", None, None, None),
-                                   ("reference / fedmodel DP", None, None, None)]
+    assert ratio_rows(results) == [("fedmodel DP / fedmodel no DP", None, None, None, None),
+                                   ("reference / fedmodel DP", None, None, None, None)]
 
 
 def test_format_results_prints_no_numbers_for_unsupported_variants() -> None:
     text = format_results([_result(FEDMODEL_DP, 20.0, 10.0, 2048), _result(FEDMODEL_NO_DP, 10.0, 8.0, 1024),
                            VariantResult.not_supported(REFERENCE, "a | b\nc")])
     lines = text.splitlines()
-    assert lines[2] == "| fedmodel DP | 20.0 | 10.0 | 2,048 | 9 | 0.900 | 2.000 | 3.000 | ok |"
-    assert lines[4] == "| reference (Flower + Opacus) | - | - | - | - | - | - | - | not supported yet: a / b c |"
-    assert "| fedmodel DP / fedmodel no DP | 2.00x | 1.25x | 2.00x |" in lines
-    assert "| reference / fedmodel DP | - | - | - |" in lines
+    assert lines[2] == "| fedmodel DP | 20.0 | 10.0 | 2.00 | 2,048 | 9 | 0.900 | 2.000 | 3.000 | ok |"
+    assert lines[4] == "| reference (Flower + Opacus) | - | - | - | - | - | - | - | - | not supported yet: a / b c |"
+    assert "| fedmodel DP / fedmodel no DP | 2.00x | 1.25x | 1.00x | 2.00x |" in lines
+    assert "| reference / fedmodel DP | - | - | - | - |" in lines
+
+
+@pytest.mark.parametrize(("ends", "expected"), [([], None), ([5.0], None), ([5.0, 7.0, 11.0], 3.0)])
+def test_later_round_seconds_is_the_mean_gap_between_round_ends(ends: list[float], expected: float | None) -> None:
+    assert later_round_seconds(ends) == expected
 
 
 def test_scenario_overrides_keep_the_sampling_rule() -> None:
@@ -152,6 +157,8 @@ def test_scenario_overrides_keep_the_sampling_rule() -> None:
 def test_million_owners_are_not_supported_yet_with_a_reason() -> None:
     million = scenario("million")
     assert "1,437 training rows" in (unsupported(million, REFERENCE, 1437) or "")
+    both = unsupported(million, FEDMODEL_NO_DP, 1437) or ""
+    assert "1,437 training rows" in both and "cohorts" in both
     sampled = scenario("million", owners=1000)
     assert "cohorts" in (unsupported(sampled, FEDMODEL_DP, 1437) or "")
     assert unsupported(sampled, REFERENCE, 1437) is None
