@@ -185,3 +185,16 @@ def test_other_releases_round_trip_through_the_dict_form() -> None:
     again = OwnerPrivacyState.from_dict(state.to_dict())
     assert again.other == [(4.0, 1.0, 1)] and again.history == [(1.1, 0.25, 8)]
     assert again.epsilon(1e-5) == pytest.approx(oracle_composed([(4.0, 1.0, 1), (1.1, 0.25, 8)], 1e-5))
+
+
+@pytest.mark.parametrize("history", [
+    [(2.41, 0.2, 50)],
+    [(5.0, 1.0, 1), (2.5, 0.2, 50)],
+    [(1.1, 0.01, 1000), (0.9, 0.5, 7), (1.1, 0.01, 3)],
+    [(0.8, 0.05, 300)],
+])
+def test_cached_curves_give_opacus_accountants_epsilon_exactly(history: list[tuple[float, float, int]]) -> None:
+    accountant = RDPAccountant()
+    accountant.history = list(history)
+    for delta in (1e-5, 1e-7):
+        assert epsilon_spent(history, delta) == accountant.get_epsilon(delta=delta)
