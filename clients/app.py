@@ -47,6 +47,7 @@ from fedmodel.owner import evaluate_owner, round_seed, train_owner_round
 from fedmodel.privacy import OwnerPrivacyState
 from fedmodel.privacy.accounting import gaussian_sum_epsilon
 from fedmodel.protocol import FEATURE_SUMS_QUERY, OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, QUALITY_RECORD_KEY
+from clients.carry import REPLY_KEY, keep_privacy, privacy_record, restore_privacy
 
 app = ClientApp()
 log = logging.getLogger("fedmodel.client")
@@ -145,6 +146,7 @@ def load_privacy(context: Context) -> OwnerPrivacyState:
 
 def save_privacy(context: Context, state: OwnerPrivacyState) -> None:
     context.state[PRIVACY_STATE_KEY] = ConfigRecord(state.to_dict())  # type: ignore[arg-type]
+    keep_privacy(context, state)  # what was really spent; on a deployed node also on disk (clients.carry)
 
 
 def _reply(msg: Message, owner: Owner, metrics: dict[str, float], arrays: ArrayRecord | None = None,
@@ -205,7 +207,7 @@ def train(msg: Message, context: Context) -> Message:
     try:
         owner = resolve_owner(msg, context)
         config = owner.config
-        privacy = load_privacy(context) if config.dp else None
+        privacy = restore_privacy(msg, context, owner) if config.dp else None  # charged before the first step
         train_config = msg.content["config"]
         prepared = owner.prepared(train_config)
         try:
@@ -220,7 +222,10 @@ def train(msg: Message, context: Context) -> Message:
                 save_privacy(context, privacy)
     except Exception as exc:  # reported to the coordinator as this owner's failure
         return _error_reply(msg, context, exc)
-    return _reply(msg, owner, update.metrics, ArrayRecord(update.weights), quality=prepared.summary)
+    reply = _reply(msg, owner, update.metrics, ArrayRecord(update.weights), quality=prepared.summary)
+    if privacy is not None:  # checkpointed by the coordinator, handed back if a simulation is resumed
+        reply.content[REPLY_KEY] = privacy_record(privacy)
+    return reply
 
 
 @app.evaluate()

@@ -29,6 +29,10 @@ DUPLICATE_POLICIES: tuple[str, ...] = ("keep", "drop")
 OUTLIER_POLICIES: tuple[str, ...] = ("keep", "clip", "drop")
 SCALINGS: tuple[str, ...] = ("none", "zscore", "minmax")
 SCALING_STATS: tuple[str, ...] = ("federated", "local")
+BELOW_MINIMUM: tuple[str, ...] = ("stop", "retry")
+RETRY_ATTEMPTS = 3
+"""With ``below-minimum = retry``: how many times a round is tried before the run stops."""
+_RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 """Accepted ``device`` values; checked against this machine by :func:`fedmodel.device.resolve_device`."""
@@ -165,6 +169,12 @@ class RunConfig:
     scaling_noise: float = 5.0  # noise multiplier of the DP sums for federated scaling statistics
     id_columns: tuple[str, ...] = ()  # identifier columns: never features, never sent
     augment: str = "none"  # image-like data: "shift:1,noise:0.05" (fedmodel.data.augment)
+    # Reliability: dropouts and resume (server.rounds)
+    min_clients: str = ""  # owners a round needs: "" = as before (all connected, >= 1 valid reply), "all", N or a fraction
+    round_timeout: float = 0.0  # seconds a round waits for nodes and replies; 0 = no limit
+    below_minimum: str = "stop"  # fewer replies than min-clients: stop the run, or retry the round
+    resume: bool = False  # set by --resume: continue the run in ``out`` from its latest checkpoint
+    run_id: str = ""  # fedmodel's own id of the run, kept across --resume (names each node's privacy file)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -279,6 +289,7 @@ class RunConfig:
         twice = sorted({o for o in owners if owners.count(o) > 1})
         need(not twice, "inject-faults", ",".join(str(f) for f in self.inject_faults),
              f"at most one fault per owner (owners {twice} have several)")
+        p.extend(self._reliability_problems())
         if p:
             raise ConfigError(p)
 
@@ -303,6 +314,36 @@ class RunConfig:
                 "updates from each end, so it is a plain mean; use a fraction >= 1/clients"
             )
         return p
+
+    def _reliability_problems(self) -> list[str]:
+        """Invalid dropout and resume settings."""
+        p = []
+        try:
+            if self.min_clients and self.min_replies > max(self.clients, 1):
+                p.append(f"min-clients = {self.min_clients!r}: expected at most clients = {self.clients} (a count), "
+                         "a fraction in (0, 1) or 'all'")
+        except ValueError as exc:
+            p.append(f"min-clients = {self.min_clients!r}: {exc}")
+        if not (_finite(self.round_timeout) and self.round_timeout >= 0):
+            p.append(f"round-timeout = {self.round_timeout!r}: expected seconds >= 0 (0 = no limit)")
+        if self.below_minimum not in BELOW_MINIMUM:
+            p.append(f"below-minimum = {self.below_minimum!r}: expected {' | '.join(BELOW_MINIMUM)}")
+        if self.run_id and not _RUN_ID_RE.match(self.run_id):
+            p.append(f"run-id = {self.run_id!r}: expected 1 to 64 letters, digits, '-' or '_'")
+        return p
+
+    @property
+    def min_replies(self) -> int:
+        """The fewest valid train replies a round may aggregate: ``min-clients``, or 1 when it is not set.
+
+        Raises ValueError when ``min-clients`` is neither ``all``, a count >= 1 nor a fraction in (0, 1].
+        """
+        return resolve_min_clients(self.min_clients, self.clients) if self.min_clients else 1
+
+    @property
+    def min_connected(self) -> int:
+        """The fewest connected nodes a round may start with: ``min-clients``, or every owner when it is not set."""
+        return resolve_min_clients(self.min_clients, self.clients) if self.min_clients else self.clients
 
     # ------------------------------------------------------------------ serialisation
     def to_mapping(self) -> dict[str, Any]:
@@ -329,6 +370,24 @@ class RunConfig:
         return Path(self.data_path).name if self.dataset == "file" else self.dataset
 
 
+def resolve_min_clients(text: str, clients: int) -> int:
+    """``all`` -> clients; ``N`` -> N (>= 1); a fraction F in (0, 1] -> ceil(F * clients), at least 1."""
+    value = text.strip().lower()
+    if value == "all":
+        return clients
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("expected 'all', a count N >= 1 or a fraction in (0, 1)") from None
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError("expected 'all', a count N >= 1 or a fraction in (0, 1)")
+    if number < 1 or (number == 1 and "." in value):  # a fraction; 1.0 is everyone
+        return max(1, math.ceil(number * clients - 1e-9))
+    if not number.is_integer() or "." in value:
+        raise ValueError("a count must be a whole number (write a fraction as 0.8)")
+    return int(number)
+
+
 def _at(source: str) -> str:
     return f"{source}: " if source else ""
 
@@ -339,9 +398,9 @@ def _finite(x: float) -> bool:
 
 _INT_FIELDS = {"clients", "rounds", "local_epochs", "batch_size", "seed", "cpus_per_worker"}
 _FLOAT_FIELDS = {"epsilon", "delta", "max_grad_norm", "proximal_mu", "server_lr", "lr", "test_fraction",
-                 "gpus_per_worker", "outlier_k", "scaling_noise", "max_update_norm"}
+                 "gpus_per_worker", "outlier_k", "scaling_noise", "max_update_norm", "round_timeout"}
 _STR_FIELDS = {"dataset", "data_path", "label", "strategy", "model", "device", "out", "ray_address", "missing",
-               "duplicates", "outliers", "scaling", "scaling_stats", "augment"}
+               "duplicates", "outliers", "scaling", "scaling_stats", "augment", "below_minimum", "run_id"}
 
 
 def _coerce(name: str, raw: Any) -> Any:
@@ -363,7 +422,11 @@ def _coerce(name: str, raw: Any) -> Any:
             return float(raw)
         except (TypeError, ValueError):
             raise ValueError("expected a number") from None
-    if name == "dp":
+    if name == "min_clients":
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            raise ValueError("expected 'all', a count N >= 1 or a fraction in (0, 1)")
+        return raw.strip() if isinstance(raw, str) else (str(raw) if isinstance(raw, int) else repr(raw))
+    if name in ("dp", "resume"):
         if isinstance(raw, bool):
             return raw
         if isinstance(raw, str) and raw.lower() in ("true", "false"):

@@ -74,3 +74,7 @@ class SimulationError(FedModelError):
 
 class AllClientsFailedError(FedModelError):
     """Every owner sampled in a round failed, so the round has nothing to aggregate."""
+
+
+class BelowMinimumError(FedModelError):
+    """A round got fewer valid replies (or connected nodes) than ``min-clients``; nothing was aggregated."""

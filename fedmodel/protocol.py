@@ -11,3 +11,9 @@ QUALITY_RECORD_KEY = "quality"
 
 FEATURE_SUMS_QUERY = "feature-sums"
 """The ``query`` a ServerApp sends before round 1 for federated scaling statistics (DP sums)."""
+
+PRIVACY_REPLY_KEY = "privacy-state"
+"""ConfigRecord of a train reply: the owner's privacy state after the round, which checkpoints keep."""
+
+HANDBACK_PREFIX = "fedmodel-resume:"
+"""Train-config keys of a resumed simulation: ``fedmodel-resume:<owner>`` holds that owner's privacy hand-back."""

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,12 +61,18 @@ def app_pyproject(config: RunConfig) -> dict[str, Any]:
 
 
 def new_run_folder(config: RunConfig) -> tuple[RunConfig, RunFolder]:
-    """The run's folder made absolute (the ServerApp runs elsewhere) and created; a finished run is never overwritten."""
+    """The run's folder made absolute (the ServerApp runs elsewhere) and created; a finished run is never overwritten.
+
+    A new run gets its own ``run-id`` (deployed nodes keep their privacy state of the run under it);
+    a resumed one keeps its folder and id (:func:`fedmodel.resume.resume_config` checked them).
+    """
     run_dir = Path(config.out).absolute()
+    if config.resume:
+        return config.replace(out=str(run_dir)), RunFolder(run_dir)
     if (run_dir / "report.json").exists():
         raise SimulationError(f"{run_dir} already holds a run (report.json); choose another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
-    return config.replace(out=str(run_dir)), RunFolder(run_dir)
+    return config.replace(out=str(run_dir), run_id=config.run_id or uuid.uuid4().hex), RunFolder(run_dir)
 
 
 def write_app(app_dir: Path, config: RunConfig) -> Path:
@@ -130,6 +137,16 @@ def run_status(run_id: int, env: dict[str, str], connection: str) -> tuple[str, 
     if not runs:
         return "unknown", ""
     return str(runs[0].get("status", "unknown")), str(runs[0].get("status-details", ""))
+
+
+def stop_run(run_id: int, env: dict[str, str], connection: str) -> bool:
+    """``flwr stop`` a run (best effort, 30 s); True if Flower confirmed it."""
+    try:
+        proc = subprocess.run([tool("flwr"), "stop", str(run_id), connection, "--format", "json"], env=env,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=30)
+        return bool(json.loads(proc.stdout).get("success"))
+    except (subprocess.TimeoutExpired, json.JSONDecodeError, OSError):
+        return False
 
 
 def stream_log(run_id: int, env: dict[str, str], connection: str, path: Path) -> subprocess.Popen[bytes]:

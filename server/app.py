@@ -18,12 +18,21 @@ from flwr.serverapp import Grid, ServerApp
 from fedmodel.config import RunConfig
 from fedmodel.data import FederatedSplit, federated_split
 from fedmodel.data.cleaning import CleaningSpec, FeatureStats
-from fedmodel.data.prepare import as_raw, cleaning_spec, coordinator_spec, prepare_shard, stats_to_config
+from fedmodel.data.prepare import (
+    as_raw,
+    cleaning_spec,
+    coordinator_spec,
+    prepare_shard,
+    stats_from_config,
+    stats_to_config,
+)
 from fedmodel.data.scaling import public_bounds
 from fedmodel.models import build_model
 from fedmodel.report.run_folder import RunFolder
 from fedmodel.training import evaluate
 from server.recorder import RunRecorder
+from server.resume import handbacks, open_checkpoint, resume, save_round, train_config
+from server.rounds import run_rounds
 from server.stats import collect_feature_stats
 from server.strategy import build_strategy
 
@@ -44,16 +53,24 @@ def main(grid: Grid, context: Context) -> None:
     torch.set_num_threads(1)
     config = RunConfig.from_mapping(dict(context.run_config), source="run_config")
     folder = RunFolder(run_folder_path(config))
-    folder.create(config.to_mapping())
+    checkpoint = open_checkpoint(folder.path, config) if config.resume else None  # verified before any use
+    if checkpoint is None:
+        folder.create(config.to_mapping())
     folder.event("start", rounds=config.rounds, clients=config.clients)
     recorder = RunRecorder(config, folder)
     try:
         split = federated_split(config)
         spec = cleaning_spec(config)
-        stats, impute = scaling_statistics(grid, config, split, spec, recorder)
+        strategy = build_strategy(config, recorder)
+        saved: dict[str, object] | None = None
+        if checkpoint is None:
+            stats, impute = scaling_statistics(grid, config, split, spec, recorder)
+        else:  # the statistics the owners scale with are the checkpoint's: never asked (nor charged) twice
+            saved = resume(checkpoint, strategy, recorder, folder)
+            stats, impute = stats_from_config(saved)
         test = prepare_shard(as_raw(split.test(), "the coordinator's test split", split.schema), coordinator_spec(spec),
                              split.schema, name=config.dataset_label, stats=stats, impute=impute).data
-        shared = {**split.schema.to_config(), **stats_to_config(stats, impute)}
+        shared = saved if saved is not None else {**split.schema.to_config(), **stats_to_config(stats, impute)}
         model = build_model(config.model, test.num_features, test.num_classes, seed=config.seed)
         device = torch.device("cpu")
 
@@ -63,13 +80,19 @@ def main(grid: Grid, context: Context) -> None:
             recorder.central_evaluation(server_round, metrics)
             return MetricRecord(metrics)
 
-        strategy = build_strategy(config, recorder)
-        result = strategy.start(
-            grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=config.rounds,
-            train_config=ConfigRecord({"lr": config.lr, **shared}),
+        if checkpoint is None:
+            arrays, first, extra = ArrayRecord(model.state_dict()), 1, {}
+            central_eval(0, arrays)
+            save_round(folder, 0, arrays, strategy, recorder, shared, config)
+        else:
+            arrays, first = ArrayRecord(checkpoint.arrays), checkpoint.server_round + 1
+            extra = handbacks(recorder, config, in_flight_round=first)
+        final = run_rounds(
+            strategy, grid, config, arrays=arrays, first_round=first, train_config=train_config(config, shared, extra),
             evaluate_config=ConfigRecord(shared), evaluate_fn=central_eval,
+            after_round=lambda r, a: save_round(folder, r, a, strategy, recorder, shared, config),
         )
-        folder.write_model(result.arrays.to_torch_state_dict())
+        folder.write_model(final.to_torch_state_dict())
         folder.write_report(recorder.report("completed"))
         folder.event("done", status="completed")
     except Exception as exc:  # the run failed: say why in the run folder, then fail the Flower run

@@ -1,4 +1,11 @@
-"""Turns the strategy's rounds into the run folder: per-round rows, per-owner privacy, failures."""
+"""Turns the strategy's rounds into the run folder: per-round rows, per-owner privacy, failures, dropouts.
+
+Per round the report names the owners that replied, that failed (with the reason they or the
+coordinator gave) and that were sent the round but did not answer before ``round-timeout``
+(``timed_out``). A node is named by the owner it last answered for; one never heard from is
+``node <id>``. :meth:`RunRecorder.state` and :meth:`RunRecorder.restore` carry all of it through a
+checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ from typing import Any
 
 from flwr.app import Message
 
-from fedmodel.protocol import OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, QUALITY_RECORD_KEY
+from fedmodel.protocol import OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, PRIVACY_REPLY_KEY, QUALITY_RECORD_KEY
 from fedmodel.config import RunConfig
 from fedmodel.errors import AllClientsFailedError
 from fedmodel.privacy import ACCOUNTANT
@@ -28,6 +35,10 @@ class _Round:
     train: list[dict[str, Any]] = field(default_factory=list)
     evaluate: list[dict[str, float]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    timed_out: list[OwnerId] = field(default_factory=list)
+    destination: dict[str, int] = field(default_factory=dict)  # train message id -> node id
+    attempt: int = 1
+    earlier: list[dict[str, Any]] = field(default_factory=list)  # attempts retried (below-minimum = retry)
 
 
 class RunRecorder:
@@ -46,12 +57,30 @@ class RunRecorder:
         self.ray_nodes: set[str] = set()
         self.owner_quality: dict[OwnerId, dict[str, int]] = {}
         self.scaling: dict[str, Any] | None = None
+        self.owner_state: dict[OwnerId, tuple[int, dict[str, Any]]] = {}  # owner -> (round, privacy state) reported
+        self.node_owner: dict[int, OwnerId] = {}
+        self.resumes: list[dict[str, Any]] = []
+        self._seconds_before = 0.0  # ServerApp time spent before the latest resume
         self._round: _Round | None = None
 
     # ------------------------------------------------------------------ strategy hooks
     def round_started(self, server_round: int) -> None:
+        previous = self._round
         self._round = _Round(server_round, time.time())
-        self.folder.event("round-start", round=server_round, rounds=self.config.rounds)
+        if previous is not None and previous.number == server_round:  # a retry of the same round
+            self._round.attempt = previous.attempt + 1
+            self._round.earlier = previous.earlier + [_attempt_summary(previous)]
+        self.folder.event("round-start", round=server_round, rounds=self.config.rounds, attempt=self._round.attempt)
+
+    def train_sent(self, server_round: int, messages: Iterable[Message], replies: Iterable[Message]) -> None:
+        """The round's train messages after sending: who was asked, and who did not answer in time."""
+        rnd = self._current(server_round)
+        rnd.destination = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in messages}
+        answered = {r.metadata.reply_to_message_id for r in replies}
+        rnd.timed_out = sorted((self._name(node) for mid, node in rnd.destination.items() if mid not in answered),
+                               key=_sort_key)
+        if rnd.timed_out:
+            self.folder.event("timed-out", round=server_round, owners=rnd.timed_out)
 
     def train_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         """Record replies (metrics and failures); raise if every sampled owner failed."""
@@ -59,14 +88,18 @@ class RunRecorder:
         replies = list(replies)
         for msg in replies:
             if msg.has_error():
+                node = rnd.destination.get(msg.metadata.reply_to_message_id, int(msg.metadata.src_node_id))
+                owner = _owner_in(msg.error.reason)
                 rnd.failures.append({
-                    "node_id": int(msg.metadata.src_node_id), "owner": _owner_in(msg.error.reason),
+                    "node_id": node, "owner": owner if owner is not None else self.node_owner.get(node),
                     "reason": msg.error.reason,
                 })
             else:
                 owner = owner_of(msg)
+                self.node_owner[int(msg.metadata.src_node_id)] = owner
                 metrics = {k: float(v) for k, v in _metrics(msg).items()}  # type: ignore[arg-type]
                 rnd.train.append({**metrics, "owner": owner})
+                self._keep_state(server_round, owner, msg)
                 self.owner_train[owner] = metrics
                 quality = msg.content.config_records.get(QUALITY_RECORD_KEY)
                 if quality is not None:  # counts only: anything else in the record is ignored
@@ -87,6 +120,15 @@ class RunRecorder:
             raise AllClientsFailedError(f"round {server_round}: no owner replied")
         return replies
 
+    def shortfall(self, server_round: int) -> str:
+        """Who is missing from a round, for the reason a round stops: failures (first line) and time-outs."""
+        rnd = self._current(server_round)
+        parts = [f"owner {f['owner'] if f['owner'] is not None else 'node ' + str(f['node_id'])} failed "
+                 f"({f['reason'].splitlines()[0]})" for f in rnd.failures]
+        parts += [f"{o if isinstance(o, str) and o.startswith('node ') else 'owner ' + str(o)} timed out"
+                  for o in rnd.timed_out]
+        return "; ".join(parts) if parts else "no other owner was sent the round"
+
     def rejected_reply(self, msg: Message) -> None:
         """A train reply rejected before aggregation: its owner trained, so its privacy and counts are kept."""
         try:
@@ -98,6 +140,8 @@ class RunRecorder:
                   "num-examples")
         if all(k in metrics for k in needed):
             self.owner_privacy[owner] = metrics
+        if self._round is not None:
+            self._keep_state(self._round.number, owner, msg)
         quality = msg.content.config_records.get(QUALITY_RECORD_KEY)
         if quality is not None:
             self.owner_quality[owner] = {str(k): int(v) for k, v in quality.items()
@@ -110,6 +154,7 @@ class RunRecorder:
                 metrics = {k: float(v) for k, v in _metrics(msg).items()}  # type: ignore[arg-type]
                 rnd.evaluate.append(metrics)
                 self.owner_eval[owner_of(msg)] = metrics
+                self.node_owner[int(msg.metadata.src_node_id)] = owner_of(msg)
 
     def scaling_statistics(self, stats: Any, bounds: Any, owners: dict[OwnerId, float],
                            failures: list[dict[str, Any]]) -> None:
@@ -143,15 +188,62 @@ class RunRecorder:
             "round": server_round, "train_loss": train_loss, **_test_metrics(metrics),
             "num_replies": len(rnd.train), "num_failures": len(rnd.failures),
             "seconds": round(time.time() - rnd.started, 3),
-            "epsilon_max": max(eps) if eps else None,
+            "epsilon_max": max(eps) if eps else None, "num_timed_out": len(rnd.timed_out),
         }
         self.folder.append_round(row)
+        row["replied"] = sorted((m["owner"] for m in rnd.train), key=_sort_key)
         row["failures"] = rnd.failures
+        row["timed_out"] = rnd.timed_out
+        row["attempt"] = rnd.attempt
+        if rnd.earlier:
+            row["retried"] = rnd.earlier
         row["owner_epsilon"] = [{"owner": m["owner"], "epsilon": m["epsilon"]}
                                 for m in sorted(rnd.train, key=lambda m: _sort_key(m["owner"])) if "epsilon" in m]
         self.rows.append(row)
-        self.folder.event("round", **{k: v for k, v in row.items() if k not in ("failures", "owner_epsilon")})
+        self.folder.event("round", **{k: v for k, v in row.items()
+                                      if k not in ("failures", "owner_epsilon", "replied", "timed_out", "retried")})
         self._round = None
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        """Everything the report needs from the rounds so far, JSON-compatible (owners keep their type)."""
+        def pairs(d: dict[Any, Any]) -> list[list[Any]]:
+            return [[k, v] for k, v in d.items()]
+
+        return {
+            "initial": self.initial, "rows": self.rows, "owner_privacy": pairs(self.owner_privacy),
+            "owner_eval": pairs(self.owner_eval), "owner_train": pairs(self.owner_train),
+            "owner_node": pairs(self.owner_node), "ray_nodes": sorted(self.ray_nodes),
+            "owner_quality": pairs(self.owner_quality), "scaling": self.scaling,
+            "owner_state": [[o, r, s] for o, (r, s) in self.owner_state.items()],
+            "node_owner": pairs(self.node_owner), "resumes": self.resumes,
+            "seconds_before": round(time.time() - self.started, 3) + self._seconds_before,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state` (a checkpoint's)."""
+        self.initial = state["initial"]
+        self.rows = list(state["rows"])
+        self.owner_privacy = {o: v for o, v in state["owner_privacy"]}
+        self.owner_eval = {o: v for o, v in state["owner_eval"]}
+        self.owner_train = {o: v for o, v in state["owner_train"]}
+        self.owner_node = {o: v for o, v in state["owner_node"]}
+        self.ray_nodes = set(state["ray_nodes"])
+        self.owner_quality = {o: v for o, v in state["owner_quality"]}
+        self.scaling = state["scaling"]
+        self.owner_state = {o: (int(r), s) for o, r, s in state["owner_state"]}
+        self.node_owner = {int(n): o for n, o in state["node_owner"]}
+        self.resumes = list(state["resumes"])
+        self._seconds_before = float(state.get("seconds_before", 0.0))
+
+    def _keep_state(self, server_round: int, owner: OwnerId, msg: Message) -> None:
+        record = msg.content.config_records.get(PRIVACY_REPLY_KEY)
+        if record is not None:
+            self.owner_state[owner] = (server_round, {str(k): v for k, v in record.items()})
+
+    def _name(self, node: int) -> OwnerId:
+        owner = self.node_owner.get(node)
+        return owner if owner is not None else f"node {node}"
 
     # ------------------------------------------------------------------ report
     def report(self, status: str, reason: str | None = None) -> dict[str, Any]:
@@ -200,7 +292,8 @@ class RunRecorder:
                 "ray_address": c.ray_address or None, "cpus_per_worker": c.cpus_per_worker,
                 "gpus_per_worker": c.gpus_per_worker, "ray_nodes": sorted(self.ray_nodes),
             },
-            "timing": {"serverapp_seconds": round(time.time() - self.started, 3)},
+            "timing": {"serverapp_seconds": round(time.time() - self.started + self._seconds_before, 3)},
+            "resumed": self.resumes,
             "versions": _versions(), "config": c.to_mapping(),
             "notes": [
                 "The DP guarantee covers the model updates. Each owner's shard size, mean training loss and "
@@ -218,6 +311,11 @@ class RunRecorder:
         if self._round is None or self._round.number != server_round:
             self._round = _Round(server_round, time.time())
         return self._round
+
+
+def _attempt_summary(rnd: _Round) -> dict[str, Any]:
+    return {"attempt": rnd.attempt, "replied": sorted((m["owner"] for m in rnd.train), key=_sort_key),
+            "failures": rnd.failures, "timed_out": rnd.timed_out}
 
 
 def _metrics(msg: Message) -> Any:

@@ -5,11 +5,18 @@ mean for one of Flower's robust aggregators (FedMedian, FedTrimmedAvg, Krum, Mul
 aggregates, every train reply is screened first (:func:`server.validation.validate_update` against
 the arrays sent that round); a rejected reply becomes an error reply, so the recorder reports it
 as that owner's failure with the reason and it never reaches the global model.
+
+Dropouts: each round samples every connected node. It waits for all ``clients`` nodes, at most
+``round-timeout`` seconds (without one: until ``min-clients`` are connected, or all of them when
+``min-clients`` is not set), and needs ``min-clients`` valid replies (1 when not set) to aggregate;
+fewer raise :class:`~fedmodel.errors.BelowMinimumError` before anything is aggregated. Flower's own
+sampling would wait forever for a node that died (shared/facts/flower-deployment.md, section 5).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -24,6 +31,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrim
 from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedmodel.config import RunConfig
+from fedmodel.errors import BelowMinimumError
 from server.recorder import RunRecorder, owner_of
 from server.validation import validate_update
 
@@ -45,20 +53,63 @@ class RecordingMixin:
     recorder: RunRecorder
     max_update_norm: float | None = None
     max_examples: int = DEFAULT_MAX_EXAMPLES
+    expected_nodes: int = 1  # every owner's node
+    min_connected: int = 1
+    min_replies: int = 1
+    round_timeout: float | None = None
     _reference: dict[str, torch.Tensor] | None = None
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self.recorder.round_started(server_round)
         self._reference = arrays.to_torch_state_dict()
-        return super().configure_train(server_round, arrays, config, grid)  # type: ignore[misc]
+        nodes = self.connected_nodes(grid, server_round)
+        return super().configure_train(server_round, arrays, config, _Connected(grid, nodes))  # type: ignore[misc]
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        nodes = sorted(grid.get_node_ids())
+        if not nodes:
+            return []
+        return super().configure_evaluate(server_round, arrays, config, _Connected(grid, nodes))  # type: ignore[misc]
+
+    def connected_nodes(self, grid: Grid, server_round: int) -> list[int]:
+        """The nodes to sample: all of them once connected, or what is connected when the wait ends.
+
+        Raises BelowMinimumError when fewer than ``min_connected`` are connected after ``round_timeout``.
+        """
+        deadline = None if self.round_timeout is None else time.monotonic() + self.round_timeout
+        logged = 0.0
+        while True:
+            nodes = sorted(grid.get_node_ids())
+            if len(nodes) >= self.expected_nodes or (deadline is None and len(nodes) >= self.min_connected):
+                return nodes
+            if deadline is not None and time.monotonic() >= deadline:
+                if len(nodes) >= self.min_connected:
+                    return nodes
+                raise BelowMinimumError(
+                    f"round {server_round}: {len(nodes)} of {self.expected_nodes} owners' nodes connected after "
+                    f"{self.round_timeout:g} s; min-clients needs {self.min_connected}"
+                )
+            if time.monotonic() - logged > 10:
+                logged = time.monotonic()
+                log.info("round %d: waiting for nodes: %d of %d connected (minimum %d)", server_round, len(nodes),
+                         self.expected_nodes, self.min_connected)
+            time.sleep(1.0)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = self.screen_train_replies(server_round, list(replies))
         replies = self.recorder.train_replies(server_round, replies)
-        self._before_aggregation([msg for msg in replies if not msg.has_error()])
-        return super().aggregate_train(server_round, replies)  # type: ignore[misc]
+        valid = sorted((msg for msg in replies if not msg.has_error()), key=lambda m: _owner_order(owner_of(m)))
+        if len(valid) < self.min_replies:  # before anything touches the model
+            raise BelowMinimumError(
+                f"round {server_round}: {len(valid)} valid replies, min-clients needs {self.min_replies}: "
+                f"{self.recorder.shortfall(server_round)}"
+            )
+        self._before_aggregation(valid)
+        errors = [msg for msg in replies if msg.has_error()]  # in owner order: the sum never depends on arrival
+        return super().aggregate_train(server_round, valid + errors)  # type: ignore[misc]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
@@ -150,6 +201,23 @@ class RecordingMultiKrum(RecordingMixin, MultiKrum):
         self.num_nodes_to_select = max(1, len(valid) - self.num_malicious_nodes)
 
 
+class _Connected:
+    """The grid as Flower's sampling sees it: only the nodes this round chose (so it never waits)."""
+
+    def __init__(self, grid: Grid, nodes: list[int]) -> None:
+        self._grid, self._nodes = grid, nodes
+
+    def get_node_ids(self) -> list[int]:
+        return list(self._nodes)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+def _owner_order(owner: int | str) -> tuple[int, int | str]:
+    return (0, owner) if isinstance(owner, int) else (1, owner)
+
+
 def _common_metric_layout(replies: list[Message]) -> _MetricLayout | None:
     """The MetricRecord name and key set most replies share (Flower requires one layout for all)."""
     layouts = Counter(
@@ -197,9 +265,9 @@ def build_strategy(config: RunConfig, recorder: RunRecorder, *, max_examples: in
     ``max_examples`` bounds the example count a reply may claim (for example the run's number of
     training rows); None allows any finite positive count up to :data:`DEFAULT_MAX_EXAMPLES`.
     """
-    common: dict[str, Any] = {
-        "fraction_train": 1.0, "fraction_evaluate": 1.0, "min_train_nodes": config.clients,
-        "min_evaluate_nodes": config.clients, "min_available_nodes": config.clients,
+    common: dict[str, Any] = {  # sampling takes every node that connected_nodes() chose
+        "fraction_train": 1.0, "fraction_evaluate": 1.0, "min_train_nodes": 1,
+        "min_evaluate_nodes": 1, "min_available_nodes": 1,
         "train_metrics_aggr_fn": _mean_train_loss, "evaluate_metrics_aggr_fn": _mean_eval,
     }
     agg = config.aggregation
@@ -222,6 +290,10 @@ def build_strategy(config: RunConfig, recorder: RunRecorder, *, max_examples: in
     bound = config.max_update_norm if config.max_update_norm > 0 else None
     strategy.max_update_norm = bound  # type: ignore[attr-defined]
     strategy.max_examples = DEFAULT_MAX_EXAMPLES if max_examples is None else max_examples  # type: ignore[attr-defined]
+    strategy.expected_nodes = config.clients  # type: ignore[attr-defined]
+    strategy.min_connected = config.min_connected  # type: ignore[attr-defined]
+    strategy.min_replies = config.min_replies  # type: ignore[attr-defined]
+    strategy.round_timeout = config.round_timeout or None  # type: ignore[attr-defined]
     return strategy
 
 

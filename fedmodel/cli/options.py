@@ -56,6 +56,21 @@ MaxUpdateNorm = Annotated[float | None, typer.Option(
     help="Reject updates farther than this (L2) from the global model; 0 = no bound [default: 0]")]
 
 
+MinClients = Annotated[str | None, typer.Option(
+    help="Owners a round needs: a count N, a fraction such as 0.8, or all. A round starts once every node is "
+         "connected or --round-timeout passed with at least this many, and aggregates only with at least this "
+         "many valid replies [default: every node connected, at least 1 valid reply]")]
+RoundTimeout = Annotated[float | None, typer.Option(
+    help="Seconds a round waits for nodes to connect and for replies; late ones are named in the report as "
+         "timed out. 0 = wait without limit [default: 0]")]
+BelowMinimum = Annotated[str | None, typer.Option(
+    help="When a round gets fewer than --min-clients: stop the run, or retry the round (3 tries) "
+         "[default: stop]")]
+Resume = Annotated[Path | None, typer.Option(
+    "--resume", help="Continue the run in RUN_DIR from its newest checkpoint, with its own config.toml",
+    metavar="RUN_DIR")]
+
+
 def id_columns(values: list[str] | None) -> str | None:
     """Repeated --id-column options as the config's comma-separated value."""
     return None if not values else ",".join(values)

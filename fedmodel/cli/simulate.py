@@ -14,6 +14,7 @@ from rich.table import Table
 
 from fedmodel.cli import options as opt
 from fedmodel.cli.console import err, fail, out
+from fedmodel.cli.resume import INTERRUPTED_EXIT, interruptible, interrupted_message, resume_config
 from fedmodel.config import BUNDLED_DATASETS, RunConfig
 from fedmodel.errors import ConfigError, FedModelError
 from fedmodel.runs import ProgressFn
@@ -54,6 +55,10 @@ def simulate(
     augment: opt.Augment = None,
     aggregation: opt.Aggregation = None,
     max_update_norm: opt.MaxUpdateNorm = None,
+    min_clients: opt.MinClients = None,
+    round_timeout: opt.RoundTimeout = None,
+    below_minimum: opt.BelowMinimum = None,
+    resume: opt.Resume = None,
     config: opt.ConfigFile = None,
     out_dir: opt.OutDir = None,
     output_format: opt.Format = "table",
@@ -71,15 +76,24 @@ def simulate(
         missing=missing, duplicates=duplicates, outliers=outliers, outlier_k=outlier_k, scaling=scaling,
         scaling_stats=scaling_stats, scaling_noise=scaling_noise, id_columns=opt.id_columns(id_column),
         augment=augment, aggregation=aggregation, max_update_norm=max_update_norm,
+        min_clients=min_clients, round_timeout=round_timeout, below_minimum=below_minimum,
     )
+    run_config: RunConfig | None = None
     try:
-        if output_format not in ("table", "json"):
-            raise ConfigError([f"--format {output_format!r}: expected table | json"])
-        run_config = resolve_config(config, values)
-        check_inputs(run_config)
-        result = _run(run_config, show_progress=output_format == "table")
+        with interruptible():
+            if output_format not in ("table", "json"):
+                raise ConfigError([f"--format {output_format!r}: expected table | json"])
+            if resume is not None:
+                run_config = resume_config(resume, {**values, **({"config": str(config)} if config else {})})
+            else:
+                run_config = resolve_config(config, values)
+            check_inputs(run_config)
+            result = _run(run_config, show_progress=output_format == "table")
     except FedModelError as exc:
         fail(exc, exc.exit_code)
+    except KeyboardInterrupt:
+        fail(Exception(interrupted_message("simulate", run_config.out) if run_config else "interrupted"),
+             INTERRUPTED_EXIT)
     if output_format == "json":
         out.print_json(json.dumps(result.report))
     else:
@@ -129,8 +143,9 @@ def _run(config: RunConfig, *, show_progress: bool) -> Any:
     if not show_progress:
         return run_simulation(config)
     dp = f"epsilon {config.epsilon:g} per owner" if config.dp else "no DP"
+    verb = "resuming" if config.resume else "run folder"
     err.print(f"fedmodel: {config.dataset_label}, {config.clients} owners, {config.rounds} rounds, {dp}, "
-              f"{config.strategy}{_where(config)}; run folder {config.out}", highlight=False)
+              f"{config.strategy}{_where(config)}; {verb} {config.out}", highlight=False)
     return with_progress(config.rounds, "starting Flower's simulation engine (Ray)",
                          lambda on_event: run_simulation(config, on_event=on_event))
 

@@ -10,6 +10,7 @@ import typer
 
 from fedmodel.cli import options as opt
 from fedmodel.cli.console import err, fail, out
+from fedmodel.cli.resume import INTERRUPTED_EXIT, interruptible, interrupted_message, resume_config
 from fedmodel.cli.simulate import print_summary, resolve_config, with_progress
 from fedmodel.config import RunConfig
 from fedmodel.errors import ConfigError, FedModelError
@@ -46,6 +47,10 @@ def train(
     augment: opt.Augment = None,
     aggregation: opt.Aggregation = None,
     max_update_norm: opt.MaxUpdateNorm = None,
+    min_clients: opt.MinClients = None,
+    round_timeout: opt.RoundTimeout = None,
+    below_minimum: opt.BelowMinimum = None,
+    resume: opt.Resume = None,
     config: opt.ConfigFile = None,
     out_dir: opt.OutDir = None,
     output_format: opt.Format = "table",
@@ -63,15 +68,24 @@ def train(
         missing=missing, duplicates=duplicates, outliers=outliers, outlier_k=outlier_k, scaling=scaling,
         scaling_stats=scaling_stats, scaling_noise=scaling_noise, id_columns=opt.id_columns(id_column),
         augment=augment, aggregation=aggregation, max_update_norm=max_update_norm,
+        min_clients=min_clients, round_timeout=round_timeout, below_minimum=below_minimum,
     )
+    run_config: RunConfig | None = None
     try:
-        if output_format not in ("table", "json"):
-            raise ConfigError([f"--format {output_format!r}: expected table | json"])
-        run_config = resolve_config(config, values)
-        _check(run_config, coordinator, ca, insecure)
-        result = _run(run_config, coordinator, ca, insecure, show_progress=output_format == "table")
+        with interruptible():
+            if output_format not in ("table", "json"):
+                raise ConfigError([f"--format {output_format!r}: expected table | json"])
+            if resume is not None:
+                run_config = resume_config(resume, {**values, **({"config": str(config)} if config else {})})
+            else:
+                run_config = resolve_config(config, values)
+            _check(run_config, coordinator, ca, insecure)
+            result = _run(run_config, coordinator, ca, insecure, show_progress=output_format == "table")
     except FedModelError as exc:
         fail(exc, exc.exit_code)
+    except KeyboardInterrupt:  # the run on the coordinator was stopped (fedmodel.deployment.train)
+        fail(Exception(interrupted_message("train", run_config.out) if run_config else "interrupted"),
+             INTERRUPTED_EXIT)
     if output_format == "json":
         out.print_json(json.dumps(result.report))
     else:

@@ -24,6 +24,7 @@ from fedmodel.runs import (
     follow,
     new_run_folder,
     stop_process,
+    stop_run,
     stream_log,
     submit,
     write_app,
@@ -66,7 +67,11 @@ def run_training(config: RunConfig, coordinator: str, ca_cert: Path | None, *, i
         env = flower_env(home, {"default": CONNECTION, CONNECTION: entry})
         run_id = submit(write_app(home / "app", config), env, CONNECTION)
         log_proc = stream_log(run_id, env, CONNECTION, run_dir / "flower.log")
-        status, details = follow(run_id, env, CONNECTION, folder, on_event=on_event)
+        try:
+            status, details = follow(run_id, env, CONNECTION, folder, on_event=on_event)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the run on the coordinator too, then say so
+            stop_run(run_id, env, CONNECTION)
+            raise
     finally:
         stop_process(log_proc)
         shutil.rmtree(home, ignore_errors=True)

@@ -9,6 +9,7 @@ Whole files are written to a temporary name and renamed, so a reader never sees 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from fedmodel.fsio import atomic_write
 
 METRICS_COLUMNS: tuple[str, ...] = (
     "round", "train_loss", "test_loss", "accuracy", "precision", "recall", "f1",
-    "num_replies", "num_failures", "seconds", "epsilon_max",
+    "num_replies", "num_failures", "seconds", "epsilon_max", "num_timed_out",
 )
 
 
@@ -60,6 +61,14 @@ class RunFolder:
             csv.writer(fh).writerow([_csv_cell(row.get(c)) for c in METRICS_COLUMNS])
             fh.flush()
             os.fsync(fh.fileno())
+
+    def restart_metrics(self, rows: list[Mapping[str, Any]]) -> None:
+        """Rewrite metrics.csv with these rows only (a resumed run: a row after its checkpoint is dropped)."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(METRICS_COLUMNS)
+        writer.writerows([_csv_cell(row.get(c)) for c in METRICS_COLUMNS] for row in rows)
+        atomic_write(self.metrics_path, buffer.getvalue().encode())
 
     def write_model(self, weights: Mapping[str, Any]) -> None:
         """Save the global model's state dict as safetensors."""

@@ -37,7 +37,8 @@ def test_privacy_state_accumulates_across_calls_in_the_context() -> None:
         assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
         metrics = reply.content["metrics"]
         eps.append(float(metrics["epsilon"]))
-        assert set(reply.content.keys()) == {"arrays", "metrics", "quality"}
+        assert set(reply.content.keys()) == {"arrays", "metrics", "quality", "privacy-state"}
+        assert dict(reply.content["privacy-state"]) == client_app.load_privacy(ctx).to_dict()  # what it spent
         quality = dict(reply.content["quality"])
         assert quality["rows"] == quality["clean-rows-out"] > 0 and quality["missing-cells"] == 0
         assert all(isinstance(v, int) for v in quality.values())  # counts only
