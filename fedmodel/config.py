@@ -29,6 +29,9 @@ DUPLICATE_POLICIES: tuple[str, ...] = ("keep", "drop")
 OUTLIER_POLICIES: tuple[str, ...] = ("keep", "clip", "drop")
 SCALINGS: tuple[str, ...] = ("none", "zscore", "minmax")
 SCALING_STATS: tuple[str, ...] = ("federated", "local")
+TASKS: tuple[str, ...] = ("tabular", "classification", "causal-lm")
+TEXT_DATASETS: tuple[str, ...] = ("rotten-tomatoes",)
+"""Named text data sets (``task`` classification or causal-lm); see :mod:`fedmodel.llm.corpus`."""
 BELOW_MINIMUM: tuple[str, ...] = ("stop", "retry")
 RETRY_ATTEMPTS = 3
 """With ``below-minimum = retry``: how many times a round is tried before the run stops."""
@@ -159,6 +162,17 @@ class RunConfig:
     aggregation: AggregationSpec = field(default_factory=AggregationSpec)
     max_update_norm: float = 0.0  # reject updates farther than this (L2) from the global model; 0 = no bound
     inject_faults: tuple[Fault, ...] = ()  # testing aid: "3:signflip,4:scale10,..." (fedmodel.faults)
+    # Language models (task classification | causal-lm): LoRA fine-tuning of a local base model (fedmodel.llm).
+    task: str = "tabular"
+    model_path: str = ""  # local Hugging Face model folder (absolute); a deployed owner uses its own copy
+    text_column: str = "text"
+    max_length: int = 64  # tokens per example (longer texts are truncated)
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ()  # layer names to adapt; () = the architecture's default
+    physical_batch_size: int = 32  # most examples per forward pass; larger logical batches are split
+    max_rows: int = 0  # a text run uses a seeded, stratified sample of this many rows (0 = all)
     # Cleaning at the owner (fedmodel.data.cleaning), applied to data files before training.
     missing: str = "error"
     duplicates: str = "keep"
@@ -229,14 +243,15 @@ class RunConfig:
             if not ok:
                 p.append(f"{key} = {value!r}: expected {expected}")
 
-        if self.dataset not in BUNDLED_DATASETS and self.dataset != "file":
+        if self.dataset not in BUNDLED_DATASETS + TEXT_DATASETS and self.dataset != "file":
             p.append(
                 f"dataset = {self.dataset!r}: unknown data set; expected one of "
-                f"{', '.join(BUNDLED_DATASETS)} or a path to a .csv, .parquet or .npz file"
+                f"{', '.join(BUNDLED_DATASETS + TEXT_DATASETS)} or a path to a .csv, .parquet, .npz or .jsonl file"
             )
         if self.dataset == "file":
             need(bool(self.data_path), "data-path", self.data_path, "a path to a .csv, .parquet or .npz file")
-            need(bool(self.label), "label", self.label, "the name of the label column (--label)")
+            if self.task != "causal-lm":  # language modelling needs no label
+                need(bool(self.label), "label", self.label, "the name of the label column (--label)")
         need(self.clients >= 1, "clients", self.clients, "an integer >= 1")
         need(self.rounds >= 1, "rounds", self.rounds, "an integer >= 1")
         need(_finite(self.epsilon) and self.epsilon > 0, "epsilon", self.epsilon, "a number > 0")
@@ -281,6 +296,7 @@ class RunConfig:
         bad = [o for o in self.inject_failure_owners if not 0 <= o < max(self.clients, 1)]
         need(not bad, "inject-failure-owners", bad, f"owner ids in [0, {self.clients - 1}]")
         p.extend(self._aggregation_problems())
+        p.extend(self._text_problems())
         need(_finite(self.max_update_norm) and self.max_update_norm >= 0, "max-update-norm", self.max_update_norm,
              "a number >= 0 (0 = no bound)")
         bad = [str(f) for f in self.inject_faults if not 0 <= f.owner < max(self.clients, 1)]
@@ -292,6 +308,46 @@ class RunConfig:
         p.extend(self._reliability_problems())
         if p:
             raise ConfigError(p)
+
+    def _text_problems(self) -> list[str]:
+        """Language-model settings, and the table-only settings a text run cannot honour."""
+        text = self.task in TASKS[1:]
+        p = [] if self.task in TASKS else [f"task = {self.task!r}: expected {' | '.join(TASKS)}"]
+        if self.dataset in TEXT_DATASETS and not text:
+            p.append(f"dataset = {self.dataset!r}: a text data set; use it with task = 'classification' "
+                     "(--task classification) and a local model (--model-path)")
+        if text and self.dataset in BUNDLED_DATASETS:
+            p.append(f"dataset = {self.dataset!r} with task = {self.task!r}: a table of numbers, not text; use "
+                     f"{', '.join(TEXT_DATASETS)} or a .csv/.parquet/.jsonl file with a text column")
+        if not text:
+            if self.max_rows:
+                p.append(f"max-rows = {self.max_rows!r}: applies to text data sets only (task classification "
+                         "or causal-lm)")
+            return p
+        if not self.model_path or not Path(self.model_path).is_absolute():
+            p.append(f"model-path = {self.model_path!r}: a text task needs the absolute path of a local Hugging Face "
+                     "model folder (--model-path)")
+        checks = [(bool(self.text_column.strip()), "text-column", self.text_column, "a column name"),
+                  (self.max_length >= 2, "max-length", self.max_length, "an integer >= 2 (tokens per example)"),
+                  (self.lora_rank >= 1, "lora-rank", self.lora_rank, "an integer >= 1"),
+                  (self.lora_alpha >= 1, "lora-alpha", self.lora_alpha, "an integer >= 1"),
+                  (_finite(self.lora_dropout) and 0 <= self.lora_dropout < 1, "lora-dropout", self.lora_dropout,
+                   "a number in [0, 1)"),
+                  (self.physical_batch_size >= 1, "physical-batch-size", self.physical_batch_size, "an integer >= 1"),
+                  (self.max_rows >= 0, "max-rows", self.max_rows, "an integer >= 0 (0 = all rows)")]
+        p.extend(f"{key} = {value!r}: expected {expected}" for ok, key, value, expected in checks if not ok)
+        if self.strategy == "fedprox":
+            p.append(f"strategy = 'fedprox' with task = {self.task!r}: LoRA training has no proximal term; use "
+                     "fedavg or fedadam")
+        if self.task == "causal-lm" and self.partition.kind != "iid":
+            p.append(f"partition = '{self.partition}' with task = 'causal-lm': label-based partitions need labels; "
+                     "use iid")
+        table_only = {"missing": "error", "duplicates": "keep", "outliers": "keep", "scaling": "none",
+                      "augment": "none", "id-columns": ""}
+        mapping = self.to_mapping()
+        p.extend(f"{key} = {mapping[key]!r}: applies to tables only, not to task = {self.task!r}"
+                 for key, default in table_only.items() if mapping[key] != default)
+        return p
 
     def _aggregation_problems(self) -> list[str]:
         """The combinations of aggregation with strategy and clients that cannot work."""
@@ -402,6 +458,10 @@ _FLOAT_FIELDS = {"epsilon", "delta", "max_grad_norm", "proximal_mu", "server_lr"
 _STR_FIELDS = {"dataset", "data_path", "label", "strategy", "model", "device", "out", "ray_address", "missing",
                "duplicates", "outliers", "scaling", "scaling_stats", "augment", "below_minimum", "run_id"}
 
+_INT_FIELDS |= {"max_length", "lora_rank", "lora_alpha", "physical_batch_size", "max_rows"}  # language models
+_FLOAT_FIELDS |= {"lora_dropout"}
+_STR_FIELDS |= {"task", "model_path", "text_column"}
+
 
 def _coerce(name: str, raw: Any) -> Any:
     """Turn a raw value (TOML, Flower run_config, CLI) into the field's type or raise ValueError."""
@@ -444,7 +504,7 @@ def _coerce(name: str, raw: Any) -> Any:
         if isinstance(raw, (list, tuple)):
             return tuple(f if isinstance(f, Fault) else Fault.parse(str(f)) for f in raw)
         return parse_faults(str(raw))
-    if name == "id_columns":
+    if name in ("id_columns", "lora_targets"):
         items = [str(x) for x in raw] if isinstance(raw, (list, tuple)) else str(raw).split(",")
         return tuple(x.strip() for x in items if x.strip())
     if name == "inject_failure_owners":
@@ -479,8 +539,10 @@ class NodeSettings:
     device: str = "auto"
     state_dir: str = ""
     id_columns: tuple[str, ...] = ()  # the owner's identifier columns: dropped before anything else
+    model_path: str = ""  # language models: this owner's own copy of the base model folder
 
     KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir", "id-columns")
+    KEYS += ("model-path",)  # language models (fedmodel node start --model-path)
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> NodeSettings | None:
@@ -518,6 +580,8 @@ class NodeSettings:
             p.append(f"node-config budget-epsilon = {self.budget_epsilon!r}: expected a number > 0")
         if not (_finite(self.delta) and 0 < self.delta < 1):
             p.append(f"node-config delta = {self.delta!r}: expected a number in (0, 1)")
+        if self.model_path and not Path(self.model_path).is_absolute():
+            p.append(f"node-config model-path = {self.model_path!r}: expected an absolute path")
         if not DEVICE_PATTERN.match(self.device):
             p.append(f"node-config device = {self.device!r}: expected auto | cpu | cuda | cuda:N")
         if p:
