@@ -89,3 +89,12 @@ def evaluate_causal_lm(model: nn.Module, shard: TokenizedShard, *, device: torch
         tokens += float(counts.sum())
     loss = total / tokens if tokens else math.nan
     return {"loss": loss, "perplexity": math.exp(loss) if tokens else math.nan, "tokens": tokens}
+
+
+def evaluate_task(model: nn.Module, shard: TokenizedShard, task: str, *, device: torch.device,
+                  batch_size: int = 64) -> dict[str, float]:
+    """The task's metrics: :func:`evaluate_classification`'s, or ``loss`` and ``perplexity`` for a causal LM."""
+    if task == "classification":
+        return evaluate_classification(model, shard, device=device, batch_size=batch_size)
+    metrics = evaluate_causal_lm(model, shard, device=device, batch_size=batch_size)
+    return {"loss": metrics["loss"], "perplexity": metrics["perplexity"]}

@@ -117,6 +117,7 @@ def train_lora_round(
     if task == "classification" and shard.labels is None:
         raise DataValidationError(f"owner {owner}: a classification shard needs labels")
     model.to(device)
+    model.train()  # Opacus refuses a model in eval mode (after an evaluation in the same process, say)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
     loader = _loader(shard, task, settings.batch_size, seed)
