@@ -203,6 +203,10 @@ def _owner_label(context: Context) -> str:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this owner's shard with DP-SGD (or without, if --no-dp)."""
+    if context.run_config.get("task", "tabular") != "tabular":  # a language model: LoRA adapters (clients.text)
+        from clients import text
+
+        return text.train(msg, context)
     torch.set_num_threads(1)
     try:
         owner = resolve_owner(msg, context)
@@ -231,6 +235,10 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on this owner's shard; only aggregate numbers leave."""
+    if context.run_config.get("task", "tabular") != "tabular":  # a language model (clients.text)
+        from clients import text
+
+        return text.evaluate(msg, context)
     torch.set_num_threads(1)
     try:
         owner = resolve_owner(msg, context)

@@ -59,6 +59,12 @@ def main(grid: Grid, context: Context) -> None:
     folder.event("start", rounds=config.rounds, clients=config.clients)
     recorder = RunRecorder(config, folder)
     try:
+        if config.task != "tabular":  # a language model: only LoRA adapters travel (server.text)
+            from server.text import run_text
+
+            folder.write_report(run_text(grid, config, folder, recorder))
+            folder.event("done", status="completed")
+            return
         split = federated_split(config)
         spec = cleaning_spec(config)
         strategy = build_strategy(config, recorder)
