@@ -347,6 +347,9 @@ class RunConfig:
         mapping = self.to_mapping()
         p.extend(f"{key} = {mapping[key]!r}: applies to tables only, not to task = {self.task!r}"
                  for key, default in table_only.items() if mapping[key] != default)
+        not_yet = {"resume": False, "min-clients": "", "round-timeout": 0.0, "below-minimum": "stop"}
+        p.extend(f"{key} = {mapping[key]!r}: not available for text runs yet (task = {self.task!r})"
+                 for key, default in not_yet.items() if mapping[key] != default)
         return p
 
     def _aggregation_problems(self) -> list[str]:

@@ -50,7 +50,8 @@ def keygen(
 @node_app.command("start")
 def start(
     coordinator: Annotated[str, typer.Option(help="The coordinator's SuperLink, HOST:PORT")],
-    data: Annotated[Path, typer.Option(help="This site's data file (.csv, .parquet or .npz)")],
+    data: Annotated[Path, typer.Option(help="This site's data file (.csv, .parquet or .npz; texts .csv, .parquet "
+                                            "or .jsonl)")],
     ca: Annotated[Path | None, typer.Option("--ca", help="The coordinator's CA certificate ca.crt")] = None,
     key: Annotated[Path | None, typer.Option("--key", help="This node's private key NAME.key (keygen)")] = None,
     label: Annotated[str, typer.Option(help="Label column of a table (default: the reader's)")] = "",
@@ -65,6 +66,9 @@ def start(
         "--id-column", help="An identifier column of this site's file: never a feature, never sent (repeatable)")] = None,
     insecure: Annotated[bool, typer.Option(
         "--insecure", help="No TLS, no authentication (a coordinator started with --insecure)")] = False,
+    model_path: Annotated[Path | None, typer.Option(
+        "--model-path", help="This site's copy of the base model folder, for language-model runs (Hugging Face "
+                             "folder: config, *.safetensors, tokenizer; checked against the coordinator's)")] = None,
 ) -> None:
     """Run this site's SuperNode in the foreground until Ctrl-C or until the coordinator revokes it."""
     owner = name if name is not None else (key.stem if key is not None else "node")
@@ -72,7 +76,7 @@ def start(
         cmd = supernode_command(
             coordinator=coordinator, ca_cert=ca, key=key, data=data, label=label, name=owner,
             budget_epsilon=budget_epsilon, delta=delta, device=device, state_dir=state_dir, port=port,
-            insecure=insecure, id_columns=tuple(id_column or ()),
+            insecure=insecure, id_columns=tuple(id_column or ()), model_path=model_path,
         )
         state = state_dir.expanduser().absolute()
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -87,6 +91,8 @@ def start(
                   "coordinator is not authenticated. Use it only for tests on a trusted network.[/]",
                   highlight=False, soft_wrap=True)
     _print_node(owner, coordinator, ca, data, budget_epsilon, delta, device, state, cmd)
+    if model_path is not None:
+        out.print(f"{'model':<8} {escape(str(model_path.expanduser().absolute()))}", highlight=False, soft_wrap=True)
     lines: deque[str] = deque(maxlen=400)
     result = run_foreground(cmd, env=flwr_env(state), cwd=state, log_path=state / "supernode.log",
                             on_line=lines.append)

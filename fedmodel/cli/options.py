@@ -7,9 +7,10 @@ from typing import Annotated, Any
 
 import typer
 
-from fedmodel.config import BUNDLED_DATASETS
+from fedmodel.config import BUNDLED_DATASETS, TEXT_DATASETS
 
-Dataset = Annotated[str | None, typer.Option(help=f"{' | '.join(BUNDLED_DATASETS)} or a .csv/.parquet/.npz file")]
+Dataset = Annotated[str | None, typer.Option(
+    help=f"{' | '.join(BUNDLED_DATASETS + TEXT_DATASETS)} or a .csv/.parquet/.npz file (text: .csv/.parquet/.jsonl)")]
 Label = Annotated[str | None, typer.Option(help="Label column of a CSV/Parquet file (label array key of an NPZ)")]
 Rounds = Annotated[int | None, typer.Option(help="Federated rounds [default: 10]")]
 Epsilon = Annotated[float | None, typer.Option(help="Each owner's DP budget for the whole run [default: 3]")]
@@ -69,6 +70,35 @@ BelowMinimum = Annotated[str | None, typer.Option(
 Resume = Annotated[Path | None, typer.Option(
     "--resume", help="Continue the run in RUN_DIR from its newest checkpoint, with its own config.toml",
     metavar="RUN_DIR")]
+
+# Language models (fedmodel.llm): LoRA fine-tuning of a local Hugging Face model.
+Task = Annotated[str | None, typer.Option(
+    help="tabular | classification (text) | causal-lm (next-token) [default: tabular]")]
+ModelPath = Annotated[Path | None, typer.Option(
+    "--model-path", help="Local Hugging Face model folder (config, *.safetensors, tokenizer); nothing is downloaded")]
+TextColumn = Annotated[str | None, typer.Option(help="Text column of a .csv/.parquet/.jsonl file [default: text]")]
+MaxLength = Annotated[int | None, typer.Option(help="Tokens per text; longer texts are truncated [default: 64]")]
+LoraRank = Annotated[int | None, typer.Option(help="LoRA rank [default: 8]")]
+LoraAlpha = Annotated[int | None, typer.Option(help="LoRA alpha (the update is scaled by alpha/rank) [default: 16]")]
+LoraDropout = Annotated[float | None, typer.Option(help="LoRA dropout [default: 0]")]
+LoraTargets = Annotated[str | None, typer.Option(
+    help="Comma-separated layer names to adapt [default: the architecture's, BERT query,value; GPT-2 c_attn]")]
+PhysicalBatchSize = Annotated[int | None, typer.Option(
+    help="Most texts per forward pass; a larger --batch-size is split (Opacus BatchMemoryManager) [default: 32]")]
+MaxRows = Annotated[int | None, typer.Option(
+    help="Use a seeded, stratified sample of this many rows of a text data set (0 = all) [default: 0]")]
+TEXT_LR = 5e-3
+"""The learning rate of a text run when --lr is not given: AdamW on LoRA adapters (tables: SGD, 2.0)."""
+
+
+def text_options(*, task: str | None, model_path: Path | None, text_column: str | None, max_length: int | None,
+                 lora_rank: int | None, lora_alpha: int | None, lora_dropout: float | None, lora_targets: str | None,
+                 physical_batch_size: int | None, max_rows: int | None) -> dict[str, Any]:
+    """The language-model options given, under their config keys; a model path made absolute."""
+    return given(task=task, model_path=model_path.expanduser().absolute() if model_path else None,
+                 text_column=text_column, max_length=max_length, lora_rank=lora_rank, lora_alpha=lora_alpha,
+                 lora_dropout=lora_dropout, lora_targets=lora_targets, physical_batch_size=physical_batch_size,
+                 max_rows=max_rows)
 
 
 def id_columns(values: list[str] | None) -> str | None:

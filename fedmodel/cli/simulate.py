@@ -55,6 +55,16 @@ def simulate(
     augment: opt.Augment = None,
     aggregation: opt.Aggregation = None,
     max_update_norm: opt.MaxUpdateNorm = None,
+    task: opt.Task = None,
+    model_path: opt.ModelPath = None,
+    text_column: opt.TextColumn = None,
+    max_length: opt.MaxLength = None,
+    lora_rank: opt.LoraRank = None,
+    lora_alpha: opt.LoraAlpha = None,
+    lora_dropout: opt.LoraDropout = None,
+    lora_targets: opt.LoraTargets = None,
+    physical_batch_size: opt.PhysicalBatchSize = None,
+    max_rows: opt.MaxRows = None,
     min_clients: opt.MinClients = None,
     round_timeout: opt.RoundTimeout = None,
     below_minimum: opt.BelowMinimum = None,
@@ -66,7 +76,10 @@ def simulate(
     inject_faults: Annotated[str | None, typer.Option(hidden=True, help="Testing aid: faulty owners")] = None,
 ) -> None:
     """Split a real data set across simulated owners and train with per-owner DP-SGD on Flower."""
-    values = opt.given(
+    text = opt.text_options(task=task, model_path=model_path, text_column=text_column, max_length=max_length,
+                            lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                            lora_targets=lora_targets, physical_batch_size=physical_batch_size, max_rows=max_rows)
+    values = text | opt.given(
         dataset=dataset, label=label, clients=clients, rounds=rounds, partition=partition, epsilon=epsilon,
         delta=delta, dp=False if no_dp else None, max_grad_norm=max_grad_norm, strategy=strategy,
         proximal_mu=proximal_mu, server_lr=server_lr, model=model, local_epochs=local_epochs,
@@ -104,10 +117,14 @@ def resolve_config(config_file: Path | None, given: dict[str, Any]) -> RunConfig
     """Defaults < config file < options given on the command line; a dataset path becomes ``file``."""
     values: dict[str, Any] = RunConfig.from_toml(config_file) if config_file is not None else {}
     values.update(given)
+    if values.get("task", "tabular") != "tabular":  # a language model
+        values.setdefault("lr", opt.TEXT_LR)  # AdamW on LoRA adapters; the tables' SGD default (2.0) would diverge
+        if values.get("model-path"):
+            values["model-path"] = str(Path(values["model-path"]).expanduser().absolute())
     name = values.get("dataset")
     if isinstance(name, str) and name not in BUNDLED_DATASETS and name != "file":
         path = Path(name).expanduser()
-        if path.suffix.lower() in (".csv", ".parquet", ".npz") or path.exists():
+        if path.suffix.lower() in (".csv", ".parquet", ".npz", ".jsonl") or path.exists():
             values["dataset"], values["data-path"] = "file", str(path.absolute())
     if values.get("data-path"):
         values["data-path"] = str(Path(values["data-path"]).expanduser().absolute())
@@ -128,6 +145,11 @@ def check_inputs(config: RunConfig) -> None:
 
     if not config.ray_address:
         resolve_device(config.device)
+    if config.task != "tabular":  # the model folder, the texts (or the pip command) and every owner's share
+        from fedmodel.llm.federated import check_text_run
+
+        check_text_run(config, simulated=True)
+        return
     split = federated_split(config)
     empty = [i for i, rows in enumerate(split.owner_rows) if len(rows) == 0]
     if empty:

@@ -47,6 +47,16 @@ def train(
     augment: opt.Augment = None,
     aggregation: opt.Aggregation = None,
     max_update_norm: opt.MaxUpdateNorm = None,
+    task: opt.Task = None,
+    model_path: opt.ModelPath = None,
+    text_column: opt.TextColumn = None,
+    max_length: opt.MaxLength = None,
+    lora_rank: opt.LoraRank = None,
+    lora_alpha: opt.LoraAlpha = None,
+    lora_dropout: opt.LoraDropout = None,
+    lora_targets: opt.LoraTargets = None,
+    physical_batch_size: opt.PhysicalBatchSize = None,
+    max_rows: opt.MaxRows = None,
     min_clients: opt.MinClients = None,
     round_timeout: opt.RoundTimeout = None,
     below_minimum: opt.BelowMinimum = None,
@@ -60,7 +70,10 @@ def train(
     Each node trains on its own file with its own budget: --epsilon and --delta are what the run
     asks for, and a node spends at most its own budget.
     """
-    values = opt.given(
+    text = opt.text_options(task=task, model_path=model_path, text_column=text_column, max_length=max_length,
+                            lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                            lora_targets=lora_targets, physical_batch_size=physical_batch_size, max_rows=max_rows)
+    values = text | opt.given(
         dataset=dataset, label=label, clients=clients, rounds=rounds, epsilon=epsilon, delta=delta,
         max_grad_norm=max_grad_norm, strategy=strategy, proximal_mu=proximal_mu, server_lr=server_lr,
         model=model, local_epochs=local_epochs, batch_size=batch_size, lr=lr, seed=seed,
@@ -98,7 +111,12 @@ def _check(config: RunConfig, coordinator: str, ca: Path | None, insecure: bool)
     from fedmodel.deployment.train import connection
 
     connection(coordinator, ca, insecure=insecure)
-    load_dataset(config)
+    if config.task != "tabular":  # the coordinator's model folder and its held-out texts
+        from fedmodel.llm.federated import check_text_run
+
+        check_text_run(config, simulated=False)
+    else:
+        load_dataset(config)
 
 
 def _run(config: RunConfig, coordinator: str, ca: Path | None, insecure: bool, *, show_progress: bool) -> Any:

@@ -25,8 +25,9 @@ from fedmodel.runs import tool as _tool
 __all__ = ["DATA_SUFFIXES", "NODE_CONFIG_KEYS", "exit_hint", "format_node_config", "supernode_command",
            "toml_string"]
 
-DATA_SUFFIXES = (".csv", ".parquet", ".npz")
-NODE_CONFIG_KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir", "id-columns")
+DATA_SUFFIXES = (".csv", ".parquet", ".npz", ".jsonl")
+NODE_CONFIG_KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir", "id-columns",
+                    "model-path")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KEYGEN = "`fedmodel node keygen --out DIR --name NAME`"
 
@@ -35,7 +36,8 @@ NodeConfig = Mapping[str, str | float]
 
 def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | None, data: Path, label: str,
                       name: str, budget_epsilon: float, delta: float, device: str, state_dir: Path,
-                      port: int | None, insecure: bool, id_columns: tuple[str, ...] = ()) -> list[str]:
+                      port: int | None, insecure: bool, id_columns: tuple[str, ...] = (),
+                      model_path: Path | None = None) -> list[str]:
     """The ``flower-supernode`` command of a site, after checking every setting.
 
     Parameters
@@ -47,7 +49,7 @@ def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | Non
     key : Path or None
         This site's OpenSSH EC private key (``fedmodel node keygen``); required unless ``insecure``.
     data : Path
-        The site's data file: ``.csv``, ``.parquet`` or ``.npz``.
+        The site's data file: ``.csv``, ``.parquet`` or ``.npz`` (texts: ``.csv``, ``.parquet`` or ``.jsonl``).
     label : str
         The label column of a table ("" for the data reader's default).
     name : str
@@ -65,6 +67,8 @@ def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | Non
         Plain HTTP and no authentication (a coordinator started with ``--insecure``).
     id_columns : tuple of str
         The site's identifier columns: dropped before anything else, never features, never sent.
+    model_path : Path or None
+        This site's copy of the base model folder, for language-model runs (None: tables only).
 
     Returns
     -------
@@ -78,6 +82,8 @@ def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | Non
     """
     problems = _check(coordinator, ca_cert, key, data, label, name, budget_epsilon, delta, device, state_dir,
                       port, insecure)
+    if model_path is not None:
+        problems += _check_model(model_path)
     if problems:
         raise ConfigError(problems)
     config: dict[str, str | float] = {
@@ -91,6 +97,8 @@ def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | Non
                            for c in bad_ids])
     if id_columns:
         config["id-columns"] = ",".join(c.strip() for c in id_columns)
+    if model_path is not None:
+        config["model-path"] = str(_absolute(model_path))
     cmd = [_tool("flower-supernode"), "--superlink", coordinator.strip()]
     if insecure:
         cmd.append("--insecure")
@@ -176,6 +184,16 @@ def _check_data(data: Path) -> list[str]:
     if path.suffix.lower() not in DATA_SUFFIXES:
         return [f"--data {path}: unsupported file type {path.suffix!r}, expected {', '.join(DATA_SUFFIXES)}"]
     return []
+
+
+def _check_model(model_path: Path) -> list[str]:
+    from fedmodel.llm.source import check_model_folder  # torch and the llm extra only when a model is named
+
+    try:
+        check_model_folder(_absolute(model_path))
+    except FedModelError as exc:
+        return [f"--model-path {exc}"]
+    return list(_check_strings({"--model-path": str(_absolute(model_path))}))
 
 
 def _check_credentials(ca_cert: Path | None, key: Path | None) -> list[str]:
