@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +164,64 @@ def test_three_sites_train_with_dp_while_a_broken_shard_fails_alone(federation: 
         assert o["epsilon"] == pytest.approx(expected, rel=1e-9)
         assert 0 < o["epsilon"] <= NODE_BUDGET
     assert 0.6 <= report["final"]["accuracy"] <= 1.0
+
+
+# ---------------------------------------------------------------- language models: two sites fine-tune a tiny BERT
+
+TEXT_SITES = ("text-0", "text-1")
+
+
+def write_jsonl(path: Path, texts: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"text": t, "label": "fresh" if i % 2 else "rotten"}) + "\n"
+                            for i, t in enumerate(texts)), encoding="utf-8")
+    return path
+
+
+def test_two_sites_fine_tune_a_language_model_over_tls(
+    tmp_path: Path, bert_dir: Path, random_texts: Callable[..., list[str]]
+) -> None:
+    """Each site has its own texts (JSON Lines) and its own copy of the model; only the adapter travels."""
+    from fedmodel.llm import fingerprint, read_adapter
+
+    procs: list[subprocess.Popen[bytes]] = []
+    address = f"127.0.0.1:{free_port()}"
+    certs, state, keys = tmp_path / "certs", tmp_path / "coordinator", tmp_path / "keys"
+    try:
+        assert fedmodel("certs", "init", "--out", str(certs), "--host", "127.0.0.1").returncode == 0
+        coordinator = start(["coordinator", "start", "--certs", str(certs), "--state-dir", str(state),
+                             "--address", address], tmp_path / "coordinator.log")
+        procs.append(coordinator)
+        wait_for_superlink(address, certs / "ca.crt", coordinator)
+        for i, site in enumerate(TEXT_SITES):
+            assert fedmodel("node", "keygen", "--out", str(keys), "--name", site).returncode == 0
+            allowed = fedmodel("coordinator", "allow-node", str(keys / f"{site}.pub"), "--state-dir", str(state),
+                               "--name", site)
+            assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+            data = write_jsonl(tmp_path / f"{site}.jsonl", random_texts(24, seed=40 + i))
+            procs.append(start(["node", "start", "--coordinator", address, "--ca", str(certs / "ca.crt"),
+                                "--key", str(keys / f"{site}.key"), "--data", str(data), "--label", "label",
+                                "--model-path", str(bert_dir), "--name", site, "--budget-epsilon", str(NODE_BUDGET),
+                                "--device", "cpu", "--state-dir", str(tmp_path / "nodes" / site)],
+                               tmp_path / f"{site}.log"))
+        held_out = write_jsonl(tmp_path / "held-out.jsonl", random_texts(20, seed=49))
+        out = tmp_path / "run"
+        started = time.monotonic()
+        run = fedmodel("train", "--coordinator", address, "--ca", str(certs / "ca.crt"), "--task", "classification",
+                       "--model-path", str(bert_dir), "--dataset", str(held_out), "--label", "label",
+                       "--test-fraction", "0.5", "--clients", "2", "--rounds", "1", "--epsilon", "3",
+                       "--max-length", "16", "--batch-size", "8", "--out", str(out), "--format", "json", timeout=400)
+        print(f"fedmodel train (language model) took {time.monotonic() - started:.1f} s")
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+    assert left_running(tmp_path) == []  # every process started here is gone
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    assert report["status"] == "completed" and report["rounds"][0]["num_replies"] == 2
+    assert read_adapter(out / "adapter.safetensors").base_fingerprint == fingerprint(bert_dir)
+    assert {r["owner"] for r in report["payload"]["owners"]} == set(TEXT_SITES)
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    for o in report["privacy"]["owners"]:
+        rdp = compute_rdp(q=o["sample_rate"], noise_multiplier=o["noise_multiplier"], steps=o["steps"], orders=orders)
+        assert o["epsilon"] == pytest.approx(get_privacy_spent(orders=orders, rdp=rdp, delta=1e-5)[0], rel=1e-9)
+        assert 0 < o["epsilon"] <= NODE_BUDGET  # the node's own budget, below the run's 3
