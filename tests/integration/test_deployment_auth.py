@@ -94,6 +94,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         yield Deployment(root, state, f"127.0.0.1:{port}", certs.ca_cert, other.ca_cert, root / "keys", data)
     finally:
         stop_process(proc)
+    deadline = time.monotonic() + 30  # children notice their parent's end by polling: slow on a loaded machine
+    while _flower_processes(str(root)) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert _flower_processes(str(root)) == []
 
 
