@@ -42,11 +42,12 @@ from fedmodel.data.prepare import (
 from fedmodel.data.scaling import feature_sums, noisy_feature_sums
 from fedmodel.data.schema import Schema
 from fedmodel.device import resolve_device
-from fedmodel.errors import ConfigError, FedModelError, PrivacyBudgetExceeded
+from fedmodel.errors import FedModelError, PrivacyBudgetExceeded
 from fedmodel.owner import evaluate_owner, round_seed, train_owner_round
 from fedmodel.privacy import OwnerPrivacyState
 from fedmodel.privacy.accounting import gaussian_sum_epsilon
 from fedmodel.protocol import FEATURE_SUMS_QUERY, OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, QUALITY_RECORD_KEY
+from clients.privacy_account import owner_account, record_refusal
 from clients.carry import REPLY_KEY, keep_privacy, privacy_record, restore_privacy
 
 app = ClientApp()
@@ -121,8 +122,7 @@ def resolve_owner(msg: Message, context: Context) -> Owner:
         split = federated_split(config)
         raw = _partition(split, pid, config.dataset_label)
         return Owner(str(pid), pid, True, config, raw, split.schema, cleaning_spec(config))
-    if not config.dp:
-        raise ConfigError([f"owner {settings.owner_name}: this node trains only with DP; the run has dp = false"])
+    settings.policy.check_run(settings.owner_name, dp=config.dp, secure_aggregation=False)  # before touching data
     schema = Schema.from_config(dict(msg.content["config"]))
     if schema is None:
         raise FedModelError(f"owner {settings.owner_name}: the run declared no data schema; refusing to guess it")
@@ -188,6 +188,7 @@ def _error_reply(msg: Message, context: Context, exc: BaseException) -> Message:
     reason = text if text.startswith(f"{who}:") else f"{who}: {type(exc).__name__}: {text}"
     if not isinstance(exc, FedModelError):
         log.exception("%s failed", who)
+    record_refusal(who.removeprefix("owner "), context, exc)  # a budget or policy refusal goes to the audit log
     return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
 
 
@@ -214,6 +215,13 @@ def train(msg: Message, context: Context) -> Message:
         privacy = restore_privacy(msg, context, owner) if config.dp else None  # charged before the first step
         train_config = msg.content["config"]
         prepared = owner.prepared(train_config)
+        account = owner_account(owner.name, config, context)
+        reservation = None
+        if privacy is not None:  # calibrated on what remains across runs, checked, reserved before training
+            account.plan(privacy, num_examples=len(prepared.data), batch_size=config.batch_size,
+                         local_epochs=config.local_epochs, rounds=config.rounds, epsilon=config.epsilon,
+                         delta=config.delta, max_grad_norm=config.max_grad_norm)
+            reservation = account.reserve_round(privacy, int(train_config["server-round"]))  # type: ignore[arg-type]
         try:
             update = train_owner_round(
                 config, owner.seed_id, prepared.data, msg.content["arrays"].to_torch_state_dict(), privacy=privacy,
@@ -224,6 +232,7 @@ def train(msg: Message, context: Context) -> Message:
         finally:
             if privacy is not None:  # reserved steps count even if training failed part-way
                 save_privacy(context, privacy)
+        update.metrics.update(account.commit(reservation, epsilon_run=update.metrics.get("epsilon")))
     except Exception as exc:  # reported to the coordinator as this owner's failure
         return _error_reply(msg, context, exc)
     reply = _reply(msg, owner, update.metrics, ArrayRecord(update.weights), quality=prepared.summary)
@@ -242,6 +251,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
     try:
         owner = resolve_owner(msg, context)
+        owner_account(owner.name, owner.config, context)  # the owner's policy holds for every message
         metrics = evaluate_owner(owner.config, owner.prepared(msg.content["config"]).data,
                                  msg.content["arrays"].to_torch_state_dict(),
                                  device=resolve_device(owner.config.device))
@@ -268,10 +278,13 @@ def query(msg: Message, context: Context) -> Message:
             if after.epsilon(config.delta) >= config.epsilon:
                 raise PrivacyBudgetExceeded(owner.name, privacy.epsilon(config.delta), after.epsilon(config.delta),
                                             config.epsilon)
+            account = owner_account(owner.name, config, context)
+            reservation = account.reserve_release("scaling statistics", noise, config.delta)
             privacy.charge_gaussian(noise)  # charged before the release
             save_privacy(context, privacy)
             rng = np.random.default_rng(round_seed(config.seed, owner.seed_id, 0))
             sums = noisy_feature_sums(owner.unscaled(), bounds, noise, rng)
+            account.commit(reservation, epsilon_run=after.epsilon(config.delta))
         else:
             cost, sums = 0.0, feature_sums(owner.unscaled(), bounds)
     except Exception as exc:

@@ -15,10 +15,13 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fedmodel.errors import ConfigError
 from fedmodel.faults import Fault, parse_faults
+
+if TYPE_CHECKING:
+    from fedmodel.privacy.policy import PrivacyPolicy
 
 BUNDLED_DATASETS: tuple[str, ...] = ("digits", "breast-cancer")
 STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox", "fedadam")
@@ -183,6 +186,9 @@ class RunConfig:
     scaling_noise: float = 5.0  # noise multiplier of the DP sums for federated scaling statistics
     id_columns: tuple[str, ...] = ()  # identifier columns: never features, never sent
     augment: str = "none"  # image-like data: "shift:1,noise:0.05" (fedmodel.data.augment)
+    # Simulation only: a folder whose privacy ledger holds every simulated owner across simulations ("" = none).
+    # A deployed node ignores it: its ledger is in its own state folder.
+    ledger: str = ""
     # Reliability: dropouts and resume (server.rounds)
     min_clients: str = ""  # owners a round needs: "" = as before (all connected, >= 1 valid reply), "all", N or a fraction
     round_timeout: float = 0.0  # seconds a round waits for nodes and replies; 0 = no limit
@@ -301,6 +307,8 @@ class RunConfig:
              "a number >= 0 (0 = no bound)")
         bad = [str(f) for f in self.inject_faults if not 0 <= f.owner < max(self.clients, 1)]
         need(not bad, "inject-faults", ",".join(bad), f"owner ids in [0, {self.clients - 1}]")
+        need(not self.ledger or Path(self.ledger).is_absolute(), "ledger", self.ledger,
+             "an absolute folder path (or empty for no persistent ledger)")
         owners = [f.owner for f in self.inject_faults]
         twice = sorted({o for o in owners if owners.count(o) > 1})
         need(not twice, "inject-faults", ",".join(str(f) for f in self.inject_faults),
@@ -459,7 +467,8 @@ _INT_FIELDS = {"clients", "rounds", "local_epochs", "batch_size", "seed", "cpus_
 _FLOAT_FIELDS = {"epsilon", "delta", "max_grad_norm", "proximal_mu", "server_lr", "lr", "test_fraction",
                  "gpus_per_worker", "outlier_k", "scaling_noise", "max_update_norm", "round_timeout"}
 _STR_FIELDS = {"dataset", "data_path", "label", "strategy", "model", "device", "out", "ray_address", "missing",
-               "duplicates", "outliers", "scaling", "scaling_stats", "augment", "below_minimum", "run_id"}
+               "duplicates", "outliers", "scaling", "scaling_stats", "augment", "below_minimum", "run_id",
+               "ledger"}
 
 _INT_FIELDS |= {"max_length", "lora_rank", "lora_alpha", "physical_batch_size", "max_rows"}  # language models
 _FLOAT_FIELDS |= {"lora_dropout"}
@@ -530,8 +539,9 @@ def _coerce(name: str, raw: Any) -> Any:
 class NodeSettings:
     """A data owner's own settings, from its SuperNode's ``node_config``; the coordinator cannot change them.
 
-    The owner's budget and delta cap what a run may spend (a run may ask for less, never more), the
-    data path and the device are the owner's, and DP is required.
+    The owner's budget (its total across every run, kept in the privacy ledger in ``state_dir``) and
+    delta cap what a run may spend (a run may ask for less, never more), the data path and the device
+    are the owner's, and so is the privacy policy (:attr:`policy`: DP required unless ``allow_no_dp``).
     """
 
     data_path: str
@@ -540,11 +550,21 @@ class NodeSettings:
     budget_epsilon: float = 3.0
     delta: float = 1e-5
     device: str = "auto"
-    state_dir: str = ""
+    state_dir: str = ""  # required: the privacy ledger and the audit log live here
     id_columns: tuple[str, ...] = ()  # the owner's identifier columns: dropped before anything else
     model_path: str = ""  # language models: this owner's own copy of the base model folder
+    coordinator: str = ""  # the coordinator the node serves (HOST:PORT), recorded in the ledger and audit log
+    ledger_key: str = ""  # the 32-byte key file of an encrypted ledger ("" = not encrypted)
+    allow_no_dp: bool = False
+    min_noise_multiplier: float = 0.0  # 0 = no minimum
+    max_epsilon_per_run: float | None = None  # None = no limit per run (the total budget still holds)
+    require_secure_aggregation: bool = False
 
-    KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir", "id-columns")
+    KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir", "id-columns",
+            "coordinator", "ledger-key", "allow-no-dp", "min-noise-multiplier", "max-epsilon-per-run",
+            "require-secure-aggregation")
+    _FLOAT_KEYS = ("budget-epsilon", "delta", "min-noise-multiplier", "max-epsilon-per-run")
+    _BOOL_KEYS = ("allow-no-dp", "require-secure-aggregation")
     KEYS += ("model-path",)  # language models (fedmodel node start --model-path)
 
     @classmethod
@@ -559,11 +579,16 @@ class NodeSettings:
                 continue
             raw = node_config[key]
             name = key.replace("-", "_")
-            if key in ("budget-epsilon", "delta"):
+            if key in cls._FLOAT_KEYS:
                 try:
                     values[name] = float(raw)
                 except (TypeError, ValueError):
                     p.append(f"node-config {key} = {raw!r}: expected a number")
+            elif key in cls._BOOL_KEYS:
+                if isinstance(raw, bool) or str(raw).lower() in ("true", "false"):
+                    values[name] = raw if isinstance(raw, bool) else str(raw).lower() == "true"
+                else:
+                    p.append(f"node-config {key} = {raw!r}: expected true or false")
             elif key == "id-columns":
                 values[name] = tuple(c.strip() for c in str(raw).split(",") if c.strip())
             else:
@@ -587,8 +612,27 @@ class NodeSettings:
             p.append(f"node-config model-path = {self.model_path!r}: expected an absolute path")
         if not DEVICE_PATTERN.match(self.device):
             p.append(f"node-config device = {self.device!r}: expected auto | cpu | cuda | cuda:N")
+        if not Path(self.state_dir).is_absolute():
+            p.append(f"node-config state-dir = {self.state_dir!r}: expected an absolute path (the node's privacy "
+                     "ledger and audit log live there)")
+        if self.ledger_key and not Path(self.ledger_key).is_absolute():
+            p.append(f"node-config ledger-key = {self.ledger_key!r}: expected an absolute path")
+        if not (_finite(self.min_noise_multiplier) and self.min_noise_multiplier >= 0):
+            p.append(f"node-config min-noise-multiplier = {self.min_noise_multiplier!r}: expected a number >= 0")
+        cap = self.max_epsilon_per_run
+        if cap is not None and not (_finite(cap) and cap > 0):
+            p.append(f"node-config max-epsilon-per-run = {cap!r}: expected a number > 0")
         if p:
             raise ConfigError(p)
+
+    @property
+    def policy(self) -> PrivacyPolicy:
+        """The owner's privacy policy, which every run must meet."""
+        from fedmodel.privacy.policy import PrivacyPolicy  # not at import: fedmodel.privacy imports torch
+
+        return PrivacyPolicy(dp_required=not self.allow_no_dp, min_noise_multiplier=self.min_noise_multiplier,
+                             max_epsilon_per_run=self.max_epsilon_per_run,
+                             require_secure_aggregation=self.require_secure_aggregation)
 
     def apply(self, run: RunConfig) -> RunConfig:
         """The run as this owner trains it: the stricter of run and owner privacy, the owner's device."""

@@ -48,12 +48,41 @@ class DeploymentError(FedModelError):
 class PrivacyBudgetExceeded(FedModelError):
     """Training would take an owner past its privacy budget; nothing was trained."""
 
-    def __init__(self, owner: int | str, spent: float, planned: float, budget: float) -> None:
+    def __init__(self, owner: int | str, spent: float, planned: float, budget: float, *,
+                 message: str | None = None) -> None:
         self.owner, self.spent, self.planned, self.budget = owner, spent, planned, budget
-        super().__init__(
+        self.remaining = max(budget - spent, 0.0)
+        super().__init__(message or (
             f"owner {owner}: training this round would spend epsilon {planned:.4f} in total, above "
-            f"the budget {budget:.4f} (spent so far {spent:.4f}, remaining {max(budget - spent, 0.0):.4f})"
-        )
+            f"the budget {budget:.4f} (spent so far {spent:.4f}, remaining {self.remaining:.4f})"
+        ))
+
+
+class PolicyViolation(FedModelError):
+    """A run asks for less privacy than the data owner's policy allows; nothing was trained or released."""
+
+    def __init__(self, owner: int | str, rule: str, detail: str) -> None:
+        self.owner, self.rule, self.detail = owner, rule, detail
+        super().__init__(f"owner {owner}: refused by the owner's privacy policy ({rule}): {detail}")
+
+
+BUDGET_RULE = "budget"
+"""The rule a PrivacyBudgetExceeded refusal breaks, as :func:`refusal_rule` names it."""
+
+
+def refusal_rule(reason: str) -> str | None:
+    """The rule an owner's error reply was refused under (a policy rule, or ``budget``); None if not a refusal.
+
+    Reads the messages of :class:`PrivacyBudgetExceeded` and :class:`PolicyViolation` (their only parser).
+    """
+    import re
+
+    policy = re.search(r"refused by the owner's privacy policy \(([a-z-]+)\)", reason)
+    if policy is not None:
+        return policy.group(1)
+    if "above the budget" in reason or "privacy budget is used up" in reason:
+        return BUDGET_RULE
+    return None
 
 
 class CheckpointError(FedModelError):

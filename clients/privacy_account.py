@@ -1,0 +1,79 @@
+"""The owner's cross-run privacy account for one ClientApp message, built from Flower's Context.
+
+Where the ledger and the audit log live, and which budget and policy hold, is the owner's business:
+
+* deployed node: its state folder (``node_config`` ``state-dir``), its key file (``ledger-key``), its
+  total budget (``budget-epsilon``) and policy; nothing in the run config changes them;
+* simulated owner: the run's ``ledger`` folder if given (one ledger of every simulated owner, so
+  budgets carry across simulations), the run's epsilon as its total budget, and a rehearsal policy.
+
+The run is identified by Flower's run id and the coordinator: the address the node was started
+against (deployment) and the run folder the coordinator writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from flwr.app import ConfigRecord, Context
+
+from fedmodel.config import NodeSettings, RunConfig
+from fedmodel.errors import PolicyViolation, PrivacyBudgetExceeded
+from fedmodel.privacy.owner_ledger import DataFingerprint, OwnerAccount, RunIdentity, audit_log_for, open_ledger
+from fedmodel.privacy.policy import PrivacyPolicy
+
+log = logging.getLogger("fedmodel.client")
+RUN_STARTED_KEY = "fedmodel-run-audit"
+"""``context.state`` record set once the run's start is in the owner's audit log."""
+
+
+def owner_account(owner: str, config: RunConfig, context: Context) -> OwnerAccount:
+    """This owner's account for the run; records the run's start once, then checks the run-level policy.
+
+    Raises PolicyViolation when the run breaks the owner's policy (DP, secure aggregation).
+    """
+    account, settings = _account(owner, config, context)
+    if RUN_STARTED_KEY not in context.state:
+        account.start_run(_fingerprint(config, settings, context), dp=config.dp, epsilon=config.epsilon,
+                          delta=config.delta, rounds=config.rounds, clients=config.clients, model=config.model,
+                          local_epochs=config.local_epochs, batch_size=config.batch_size)
+        context.state[RUN_STARTED_KEY] = ConfigRecord({"started": time.time()})
+    account.check_run(dp=config.dp, secure_aggregation=False)  # the run config declares no secure aggregation yet
+    return account
+
+
+def record_refusal(owner: str, context: Context, exc: BaseException) -> None:
+    """Append a refusal (budget or policy) to the owner's audit log; never raises (the reply says why anyway)."""
+    if not isinstance(exc, (PrivacyBudgetExceeded, PolicyViolation)):
+        return
+    try:
+        config = RunConfig.from_mapping(dict(context.run_config), source="run_config")
+        _account(owner, config, context)[0].refused(exc)
+    except Exception:  # the refusal reply must still go out
+        log.exception("owner %s: cannot record the refusal in the audit log", owner)
+
+
+def _account(owner: str, config: RunConfig, context: Context) -> tuple[OwnerAccount, NodeSettings | None]:
+    settings = NodeSettings.from_node_config(context.node_config)
+    if settings is None:  # a simulated owner
+        folder = config.ledger
+        key_file, budget, policy, where = "", config.epsilon, PrivacyPolicy.rehearsal(), "local simulation"
+    else:
+        folder = settings.state_dir
+        key_file, budget, policy = settings.ledger_key, settings.budget_epsilon, settings.policy
+        where = f"coordinator {settings.coordinator}" if settings.coordinator else "coordinator (address not given)"
+    run = RunIdentity(str(context.run_id), f"{where}, run folder {config.out or '(not named)'}")
+    ledger = open_ledger(folder, key_file) if folder else None
+    audit = audit_log_for(Path(folder)) if folder else None
+    return OwnerAccount(owner, run, budget_epsilon=budget, policy=policy, ledger=ledger, audit=audit), settings
+
+
+def _fingerprint(config: RunConfig, settings: NodeSettings | None, context: Context) -> DataFingerprint:
+    if settings is not None:
+        return DataFingerprint.of_file(Path(settings.data_path))
+    share = f"partition {context.node_config.get('partition-id')} of {config.clients} ({config.partition})"
+    if config.dataset == "file":
+        return DataFingerprint.of_file(Path(config.data_path), detail=share)
+    return DataFingerprint(config.dataset, None, detail=f"bundled data set, {share}")
