@@ -7,6 +7,7 @@ test split every round, and hand everything to the recorder; the work lives in `
 from __future__ import annotations
 
 import logging
+import platform
 import time
 from pathlib import Path
 
@@ -28,7 +29,9 @@ from fedmodel.data.prepare import (
 )
 from fedmodel.data.scaling import public_bounds
 from fedmodel.models import build_model
+from fedmodel.privacy.owner_ledger import AUDIT_LOG_NAME
 from fedmodel.report.run_folder import RunFolder
+from fedmodel.security.audit_log import AuditLog
 from fedmodel.training import evaluate
 from server.recorder import RunRecorder
 from server.resume import handbacks, open_checkpoint, resume, save_round, train_config
@@ -57,12 +60,15 @@ def main(grid: Grid, context: Context) -> None:
     if checkpoint is None:
         folder.create(config.to_mapping())
     folder.event("start", rounds=config.rounds, clients=config.clients)
-    recorder = RunRecorder(config, folder)
+    audit = AuditLog(folder.path / AUDIT_LOG_NAME)  # who ran what: the run's config, each round, its end
+    audit.append("run-start", run_id=str(context.run_id), host=platform.node(), config=config.to_mapping())
+    recorder = RunRecorder(config, folder, audit=audit)
     try:
         if config.task != "tabular":  # a language model: only LoRA adapters travel (server.text)
             from server.text import run_text
 
             folder.write_report(run_text(grid, config, folder, recorder))
+            audit.append("run-end", run_id=str(context.run_id), status="completed")
             folder.event("done", status="completed")
             return
         split = federated_split(config)
@@ -100,11 +106,13 @@ def main(grid: Grid, context: Context) -> None:
         )
         folder.write_model(final.to_torch_state_dict())
         folder.write_report(recorder.report("completed"))
+        audit.append("run-end", run_id=str(context.run_id), status="completed")
         folder.event("done", status="completed")
     except Exception as exc:  # the run failed: say why in the run folder, then fail the Flower run
         reason = f"{type(exc).__name__}: {exc}"
         log.error("run failed: %s", reason)
         folder.write_report(recorder.report("failed", reason))
+        audit.append("run-end", run_id=str(context.run_id), status="failed", reason=reason)
         folder.event("done", status="failed", reason=reason)
         raise
 

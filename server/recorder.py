@@ -1,8 +1,9 @@
 """Turns the strategy's rounds into the run folder: per-round rows, per-owner privacy, failures, dropouts.
 
 Per round the report names the owners that replied, that failed (with the reason they or the
-coordinator gave) and that were sent the round but did not answer before ``round-timeout``
-(``timed_out``). A node is named by the owner it last answered for; one never heard from is
+coordinator gave), that were sent the round but did not answer before ``round-timeout``
+(``timed_out``) and, of the owners heard from before, those whose node was not connected
+(``not_connected``). A node is named by the owner it last answered for; one never heard from is
 ``node <id>``. :meth:`RunRecorder.state` and :meth:`RunRecorder.restore` carry all of it through a
 checkpoint.
 """
@@ -20,9 +21,10 @@ from flwr.app import Message
 
 from fedmodel.protocol import OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, PRIVACY_REPLY_KEY, QUALITY_RECORD_KEY
 from fedmodel.config import RunConfig
-from fedmodel.errors import AllClientsFailedError
+from fedmodel.errors import AllClientsFailedError, refusal_rule
 from fedmodel.privacy import ACCOUNTANT
 from fedmodel.report.run_folder import RunFolder
+from fedmodel.security.audit_log import AuditLog
 
 
 OwnerId = int | str
@@ -36,6 +38,7 @@ class _Round:
     evaluate: list[dict[str, float]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     timed_out: list[OwnerId] = field(default_factory=list)
+    not_connected: list[OwnerId] = field(default_factory=list)
     destination: dict[str, int] = field(default_factory=dict)  # train message id -> node id
     attempt: int = 1
     earlier: list[dict[str, Any]] = field(default_factory=list)  # attempts retried (below-minimum = retry)
@@ -44,9 +47,11 @@ class _Round:
 class RunRecorder:
     """Collects what each round produced and writes it to the run folder as it goes."""
 
-    def __init__(self, config: RunConfig, folder: RunFolder) -> None:
+    def __init__(self, config: RunConfig, folder: RunFolder, *, audit: AuditLog | None = None) -> None:
         self.config = config
         self.folder = folder
+        self.audit = audit
+        self.refusals: list[dict[str, Any]] = []
         self.started = time.time()
         self.initial: dict[str, float] | None = None
         self.rows: list[dict[str, Any]] = []
@@ -79,6 +84,8 @@ class RunRecorder:
         answered = {r.metadata.reply_to_message_id for r in replies}
         rnd.timed_out = sorted((self._name(node) for mid, node in rnd.destination.items() if mid not in answered),
                                key=_sort_key)
+        asked = {self._name(node) for node in rnd.destination.values()}
+        rnd.not_connected = sorted({o for o in self.node_owner.values() if o not in asked}, key=_sort_key)
         if rnd.timed_out:
             self.folder.event("timed-out", round=server_round, owners=rnd.timed_out)
 
@@ -111,6 +118,11 @@ class RunRecorder:
                     self.ray_nodes.add(node)
                 if "epsilon" in metrics:
                     self.owner_privacy[owner] = metrics
+        self._refusals(server_round, rnd.failures)
+        if self.audit is not None:
+            self.audit.append("train-replies", round=server_round, replies=[
+                {"owner": m["owner"], **{k: m[k] for k in ("num-examples", "epsilon", "ledger-epsilon") if k in m}}
+                for m in rnd.train], failures=[{"owner": f["owner"], "reason": f["reason"]} for f in rnd.failures])
         if replies and not rnd.train:
             reasons = "; ".join(sorted({f["reason"].splitlines()[0] for f in rnd.failures}))
             raise AllClientsFailedError(
@@ -149,12 +161,24 @@ class RunRecorder:
 
     def evaluate_replies(self, server_round: int, replies: Iterable[Message]) -> None:
         rnd = self._current(server_round)
+        failures = []
         for msg in replies:
             if not msg.has_error():
                 metrics = {k: float(v) for k, v in _metrics(msg).items()}  # type: ignore[arg-type]
                 rnd.evaluate.append(metrics)
                 self.owner_eval[owner_of(msg)] = metrics
                 self.node_owner[int(msg.metadata.src_node_id)] = owner_of(msg)
+            else:
+                failures.append({"owner": _owner_in(msg.error.reason), "reason": msg.error.reason})
+        if self.audit is not None:
+            self.audit.append("evaluate-replies", round=server_round, replies=len(rnd.evaluate), failures=failures)
+
+    def _refusals(self, server_round: int, failures: list[dict[str, Any]]) -> None:
+        """Failures that are an owner's refusal (its budget, its policy), for the report's privacy section."""
+        for f in failures:
+            rule = refusal_rule(f["reason"])
+            if rule is not None:
+                self.refusals.append({"round": server_round, "owner": f["owner"], "rule": rule, "reason": f["reason"]})
 
     def scaling_statistics(self, stats: Any, bounds: Any, owners: dict[OwnerId, float],
                            failures: list[dict[str, Any]]) -> None:
@@ -173,6 +197,11 @@ class RunRecorder:
             "failures": failures,
         }
         self.folder.event("scaling-statistics", owners=stats.owners, failures=len(failures))
+        self._refusals(0, failures)
+        if self.audit is not None:
+            self.audit.append("scaling-statistics", owners_answered=int(stats.owners),
+                              owner_epsilon=self.scaling["owner_epsilon"],
+                              failures=[{"owner": f.get("owner"), "reason": f.get("reason")} for f in failures])
 
     def central_evaluation(self, server_round: int, metrics: dict[str, float]) -> None:
         """Server-side test metrics of the global model: closes the round and writes its row."""
@@ -194,6 +223,7 @@ class RunRecorder:
         row["replied"] = sorted((m["owner"] for m in rnd.train), key=_sort_key)
         row["failures"] = rnd.failures
         row["timed_out"] = rnd.timed_out
+        row["not_connected"] = rnd.not_connected
         row["attempt"] = rnd.attempt
         if rnd.earlier:
             row["retried"] = rnd.earlier
@@ -201,7 +231,8 @@ class RunRecorder:
                                 for m in sorted(rnd.train, key=lambda m: _sort_key(m["owner"])) if "epsilon" in m]
         self.rows.append(row)
         self.folder.event("round", **{k: v for k, v in row.items()
-                                      if k not in ("failures", "owner_epsilon", "replied", "timed_out", "retried")})
+                                      if k not in ("failures", "owner_epsilon", "replied", "timed_out", "retried",
+                                                   "not_connected")})
         self._round = None
 
     # ------------------------------------------------------------------ checkpoints
@@ -216,7 +247,7 @@ class RunRecorder:
             "owner_node": pairs(self.owner_node), "ray_nodes": sorted(self.ray_nodes),
             "owner_quality": pairs(self.owner_quality), "scaling": self.scaling,
             "owner_state": [[o, r, s] for o, (r, s) in self.owner_state.items()],
-            "node_owner": pairs(self.node_owner), "resumes": self.resumes,
+            "node_owner": pairs(self.node_owner), "resumes": self.resumes, "refusals": self.refusals,
             "seconds_before": round(time.time() - self.started, 3) + self._seconds_before,
         }
 
@@ -234,6 +265,7 @@ class RunRecorder:
         self.owner_state = {o: (int(r), s) for o, r, s in state["owner_state"]}
         self.node_owner = {int(n): o for n, o in state["node_owner"]}
         self.resumes = list(state["resumes"])
+        self.refusals = list(state.get("refusals", []))
         self._seconds_before = float(state.get("seconds_before", 0.0))
 
     def _keep_state(self, server_round: int, owner: OwnerId, msg: Message) -> None:
@@ -264,8 +296,10 @@ class RunRecorder:
                 "delta": c.delta, "accountant": ACCOUNTANT, "budget_epsilon": c.epsilon,
                 "level": "sample-level (DP-SGD at each owner, per-example adjacency)",
                 "max_epsilon": max((m["epsilon"] for m in self.owner_privacy.values()), default=None),
+                "ledger": self._ledger(),
+                "refusals": self.refusals,
                 "owners": [
-                    {"owner": o, "epsilon": m["epsilon"], "budget_epsilon": m["budget-epsilon"],
+                    {"owner": o, "epsilon": m["epsilon"], **_across_runs(m),
                      "epsilon_scaling_statistics": self._scaling_epsilon(o),
                      "noise_multiplier": m["noise-multiplier"], "sample_rate": m["sample-rate"],
                      "steps": int(m["steps"]), "max_grad_norm": m["max-grad-norm"], "delta": m["delta"],
@@ -275,7 +309,7 @@ class RunRecorder:
             })
         else:
             privacy.update({"delta": None, "accountant": None, "budget_epsilon": None, "max_epsilon": None,
-                            "owners": []})
+                            "ledger": None, "refusals": self.refusals, "owners": []})
         return _nan_to_none({
             "status": status, "reason": reason, "dataset": c.dataset_label, "num_clients": c.clients,
             "num_rounds": c.rounds, "strategy": c.strategy, "model": c.model, "partition": str(c.partition),
@@ -301,6 +335,14 @@ class RunRecorder:
             ],
         })
 
+    def _ledger(self) -> str | None:
+        """Where the owners' totals across runs come from, if anywhere."""
+        if self.config.ledger:
+            return f"simulation ledger in {self.config.ledger}"
+        if any("ledger-epsilon" in m for m in self.owner_privacy.values()):
+            return "each node's own ledger (its state folder)"
+        return None
+
     def _scaling_epsilon(self, owner: OwnerId) -> float | None:
         """The epsilon of this owner's scaling-statistics release alone (included in its total)."""
         if self.scaling is None:
@@ -313,9 +355,21 @@ class RunRecorder:
         return self._round
 
 
+def _across_runs(m: dict[str, float]) -> dict[str, float | None]:
+    """An owner's budget, its total across runs (its ledger's, when it keeps one) and what remains.
+
+    Without a ledger the run is all that is known: the total is None and the remaining budget is the
+    run's budget less the run's epsilon.
+    """
+    total = m.get("ledger-epsilon")
+    budget = m.get("ledger-budget", m["budget-epsilon"])
+    spent = m["epsilon"] if total is None else total
+    return {"epsilon_total": total, "budget_epsilon": budget, "remaining_epsilon": max(budget - spent, 0.0)}
+
+
 def _attempt_summary(rnd: _Round) -> dict[str, Any]:
     return {"attempt": rnd.attempt, "replied": sorted((m["owner"] for m in rnd.train), key=_sort_key),
-            "failures": rnd.failures, "timed_out": rnd.timed_out}
+            "failures": rnd.failures, "timed_out": rnd.timed_out, "not_connected": rnd.not_connected}
 
 
 def _metrics(msg: Message) -> Any:

@@ -499,22 +499,30 @@ def _privacy(report: Mapping[str, Any]) -> str:
         "Accountant": _text(privacy.get("accountant")),
         "Budget epsilon": _num(privacy.get("budget_epsilon"), ".3f"),
         "Max epsilon spent": _num(privacy.get("max_epsilon"), ".3f"),
+        "Ledger (totals across runs)": _text(privacy.get("ledger") or "none: this run's numbers only"),
     }
     parts = [_key_value_table(facts, "privacy", fmt=str)]
     owners = _maps(privacy.get("owners"))
     if owners:
-        headers = ("Owner", "Epsilon spent", "of it: scaling statistics", "Budget", "Noise multiplier",
-                   "Sample rate", "Steps", "Max grad norm", "Examples")
+        headers = ("Owner", "Epsilon this run", "of it: scaling statistics", "Epsilon all runs", "Budget",
+                   "Remaining", "Noise multiplier", "Sample rate", "Steps", "Max grad norm", "Examples")
         rows = [(_text(o.get("owner")), _num(o.get("epsilon"), ".3f"),
                  _num(o.get("epsilon_scaling_statistics"), ".3f") if o.get("epsilon_scaling_statistics") is not None
                  else "&ndash;",
-                 _num(o.get("budget_epsilon"), ".3f"), _num(o.get("noise_multiplier")),
+                 _num(o.get("epsilon_total"), ".3f"), _num(o.get("budget_epsilon"), ".3f"),
+                 _num(o.get("remaining_epsilon"), ".3f"), _num(o.get("noise_multiplier")),
                  _num(o.get("sample_rate")), _int(o.get("steps")),
                  _num(o.get("max_grad_norm")), _int(o.get("num_examples")))
                 for o in owners]
         parts.append(_table(headers, rows, "privacy-owners"))
     elif str(privacy.get("mode")).strip().lower() in ("none", ""):
         parts.append('<p class="note">No differential privacy: no epsilon spent.</p>')
+    refusals = _maps(privacy.get("refusals"))
+    if refusals:
+        parts.append('<p class="note">Owners that refused to train (their budget or their policy):</p>')
+        parts.append(_table(("Round", "Owner", "Rule", "Reason"),
+                            [(_int(r.get("round")), _text(r.get("owner")), _text(r.get("rule")),
+                              _text(r.get("reason"))) for r in refusals], "privacy-refusals"))
     return "\n".join(parts)
 
 

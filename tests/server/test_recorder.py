@@ -70,3 +70,29 @@ def test_report_has_no_nan(tmp_path: Path) -> None:
     report = recorder.report("failed", "stopped early")
     assert report["initial"]["test_loss"] is None
     assert report["final"] is None and report["status"] == "failed"
+
+
+def test_totals_across_runs_and_refusals_reach_the_report_and_the_coordinators_audit_log(tmp_path: Path) -> None:
+    from fedmodel.security.audit_log import AuditLog, read_entries, verify
+
+    config = RunConfig(clients=2, rounds=1, epsilon=1.0, ledger=str(tmp_path / "ledger"), out=str(tmp_path / "run"))
+    first = RunRecorder(config, RunFolder(tmp_path / "run"))
+    first.train_replies(1, replies(config, 1))
+    owners = first.report("completed")["privacy"]["owners"]
+    assert [o["owner"] for o in owners] == [0, 1]
+    for o in owners:
+        assert o["epsilon_total"] == pytest.approx(o["epsilon"]) and o["budget_epsilon"] == 1.0
+        assert o["remaining_epsilon"] == pytest.approx(1.0 - o["epsilon"])
+    assert first.report("completed")["privacy"]["ledger"] == f"simulation ledger in {tmp_path / 'ledger'}"
+
+    audit = AuditLog(tmp_path / "again" / "audit.log")
+    second = RunRecorder(config, RunFolder(tmp_path / "again"), audit=audit)
+    with pytest.raises(AllClientsFailedError, match="privacy budget is used up"):
+        second.train_replies(1, replies(config, 1))  # the same owners again: nothing remains
+    refusals = second.report("failed")["privacy"]["refusals"]
+    assert [(r["round"], r["owner"], r["rule"]) for r in refusals] == [(1, 0, "budget"), (1, 1, "budget")]
+    assert all("remaining 0.00" in r["reason"] for r in refusals)
+    assert verify(tmp_path / "again" / "audit.log", require_head=True).ok
+    entry = read_entries(tmp_path / "again" / "audit.log")[0][0]
+    assert entry.event == "train-replies" and entry.fields["replies"] == []
+    assert [f["owner"] for f in entry.fields["failures"]] == [0, 1]

@@ -134,13 +134,28 @@ def test_embeds_three_pngs(report: dict[str, Any], plots: dict[str, Path]) -> No
 
 def test_privacy_owner_table(report: dict[str, Any], plots: dict[str, Path]) -> None:
     rows = tables(render_html(report, plots))["privacy-owners"]
-    assert rows[0] == ["Owner", "Epsilon spent", "of it: scaling statistics", "Budget", "Noise multiplier",
-                       "Sample rate", "Steps", "Max grad norm", "Examples"]
+    assert rows[0] == ["Owner", "Epsilon this run", "of it: scaling statistics", "Epsilon all runs", "Budget",
+                       "Remaining", "Noise multiplier", "Sample rate", "Steps", "Max grad norm", "Examples"]
     assert rows[1:] == [
-        ["0", "2.700", "–", "3.000", "1.1", "0.2", "75", "1", "144"],
-        ["1", "2.730", "–", "3.000", "1.1", "0.2", "75", "1", "145"],
-        ["2", "2.760", "–", "3.000", "1.1", "0.2", "75", "1", "146"],
+        ["0", "2.700", "–", "—", "3.000", "—", "1.1", "0.2", "75", "1", "144"],
+        ["1", "2.730", "–", "—", "3.000", "—", "1.1", "0.2", "75", "1", "145"],
+        ["2", "2.760", "–", "—", "3.000", "—", "1.1", "0.2", "75", "1", "146"],
     ]
+
+
+def test_privacy_totals_across_runs_and_refusals(report: dict[str, Any], plots: dict[str, Path]) -> None:
+    report["privacy"]["ledger"] = "simulation ledger in /tmp/ledger"
+    report["privacy"]["owners"][0].update(epsilon_total=4.5, budget_epsilon=5.0, remaining_epsilon=0.5)
+    report["privacy"]["refusals"] = [{"round": 1, "owner": 2, "rule": "budget",
+                                      "reason": "owner 2: the privacy budget is used up: <remaining 0.0042>"}]
+    page = render_html(report, plots)
+    parsed = tables(page)
+    assert parsed["privacy-owners"][1][:6] == ["0", "2.700", "–", "4.500", "5.000", "0.500"]
+    assert parsed["privacy-refusals"] == [["Round", "Owner", "Rule", "Reason"],
+                                          ["1", "2", "budget", "owner 2: the privacy budget is used up: "
+                                                               "<remaining 0.0042>"]]
+    assert "&lt;remaining 0.0042&gt;" in page
+    assert ["Ledger (totals across runs)", "simulation ledger in /tmp/ledger"] in parsed["privacy"]
 
 
 def test_data_quality_and_scaling_sections(report: dict[str, Any], plots: dict[str, Path]) -> None:
