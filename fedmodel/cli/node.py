@@ -12,7 +12,7 @@ from rich.markup import escape
 from fedmodel.cli.console import err, fail, out
 from fedmodel.deployment.coordinator import flwr_env
 from fedmodel.deployment.process import run_foreground
-from fedmodel.deployment.node import exit_hint, supernode_command
+from fedmodel.deployment.node import exit_hint, open_node_ledger, privacy_policy, supernode_command
 from fedmodel.errors import FedModelError
 from fedmodel.security.certs import fingerprint, generate_node_keys
 
@@ -56,16 +56,27 @@ def start(
     key: Annotated[Path | None, typer.Option("--key", help="This node's private key NAME.key (keygen)")] = None,
     label: Annotated[str, typer.Option(help="Label column of a table (default: the reader's)")] = "",
     name: Annotated[str | None, typer.Option(help="Data owner's name (default: the key file's stem)")] = None,
-    budget_epsilon: Annotated[float, typer.Option(help="The most epsilon one run may spend on this site's data (> 0)")] = 3.0,
+    budget_epsilon: Annotated[float, typer.Option(
+        help="This site's total privacy budget: the most epsilon every run together may spend on its data (> 0)")] = 3.0,
     delta: Annotated[float, typer.Option(help="DP delta, 0 < delta < 1")] = 1e-5,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
-    state_dir: Annotated[Path, typer.Option(help="This site's state folder (privacy accounting, log)")] = Path(
+    state_dir: Annotated[Path, typer.Option(help="This site's state folder (privacy ledger, audit log, SuperNode log)")] = Path(
         "~/.fedmodel/node"),
     port: Annotated[int | None, typer.Option(help="Local Runtime API port (default: a free one)")] = None,
     id_column: Annotated[list[str] | None, typer.Option(
         "--id-column", help="An identifier column of this site's file: never a feature, never sent (repeatable)")] = None,
     insecure: Annotated[bool, typer.Option(
         "--insecure", help="No TLS, no authentication (a coordinator started with --insecure)")] = False,
+    ledger_key: Annotated[Path | None, typer.Option(
+        "--ledger-key", help="Encrypt the privacy ledger with the 32-byte key in this file (created if absent)")] = None,
+    allow_no_dp: Annotated[bool, typer.Option(
+        "--allow-no-dp", help="Policy: accept runs without DP (refused by default)")] = False,
+    min_noise_multiplier: Annotated[float, typer.Option(
+        help="Policy: refuse runs whose noise multiplier is below this (0 = no minimum)")] = 0.0,
+    max_epsilon_per_run: Annotated[float | None, typer.Option(
+        help="Policy: refuse runs that would spend more epsilon than this on this site's data")] = None,
+    require_secure_aggregation: Annotated[bool, typer.Option(
+        "--require-secure-aggregation", help="Policy: refuse runs without secure aggregation (today: every run)")] = False,
     model_path: Annotated[Path | None, typer.Option(
         "--model-path", help="This site's copy of the base model folder, for language-model runs (Hugging Face "
                              "folder: config, *.safetensors, tokenizer; checked against the coordinator's)")] = None,
@@ -73,13 +84,18 @@ def start(
     """Run this site's SuperNode in the foreground until Ctrl-C or until the coordinator revokes it."""
     owner = name if name is not None else (key.stem if key is not None else "node")
     try:
+        policy = privacy_policy(allow_no_dp=allow_no_dp, min_noise_multiplier=min_noise_multiplier,
+                                max_epsilon_per_run=max_epsilon_per_run,
+                                require_secure_aggregation=require_secure_aggregation)
         cmd = supernode_command(
             coordinator=coordinator, ca_cert=ca, key=key, data=data, label=label, name=owner,
             budget_epsilon=budget_epsilon, delta=delta, device=device, state_dir=state_dir, port=port,
-            insecure=insecure, id_columns=tuple(id_column or ()), model_path=model_path,
+            insecure=insecure, id_columns=tuple(id_column or ()), model_path=model_path, policy=policy,
+            ledger_key=ledger_key,
         )
         state = state_dir.expanduser().absolute()
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ledger, encrypted = open_node_ledger(state, ledger_key)
     except FedModelError as exc:
         fail(exc, exc.exit_code)
     except OSError as exc:
@@ -93,6 +109,9 @@ def start(
     _print_node(owner, coordinator, ca, data, budget_epsilon, delta, device, state, cmd)
     if model_path is not None:
         out.print(f"{'model':<8} {escape(str(model_path.expanduser().absolute()))}", highlight=False, soft_wrap=True)
+    out.print(f"{'policy':<8} {escape(policy.describe())}", highlight=False, soft_wrap=True)
+    out.print(f"{'ledger':<8} {escape(str(ledger))}{' (encrypted)' if encrypted else ''}; audit log "
+              f"{escape(str(state / 'audit.log'))}", highlight=False, soft_wrap=True)
     lines: deque[str] = deque(maxlen=400)
     result = run_foreground(cmd, env=flwr_env(state), cwd=state, log_path=state / "supernode.log",
                             on_line=lines.append)
@@ -115,7 +134,7 @@ def _print_node(owner: str, coordinator: str, ca: Path | None, data: Path, budge
     rows = [
         ("node", f"{owner} -> coordinator {coordinator} ({trust})"),
         ("data", str(data.expanduser().absolute())),
-        ("privacy", f"budget epsilon {budget_epsilon:g}, delta {delta:g}"),
+        ("privacy", f"total budget epsilon {budget_epsilon:g} across runs, delta {delta:g}"),
         ("device", device),
         ("state", f"{state} (log {state / 'supernode.log'}, local port {port})"),
     ]

@@ -100,6 +100,10 @@ def text_options(*, task: str | None, model_path: Path | None, text_column: str 
                  lora_dropout=lora_dropout, lora_targets=lora_targets, physical_batch_size=physical_batch_size,
                  max_rows=max_rows)
 
+Ledger = Annotated[Path | None, typer.Option(
+    "--ledger", help="Folder of a privacy ledger holding every simulated owner: budgets carry across simulations "
+                     "that share it (--epsilon is each owner's total budget) [default: none]")]
+
 
 def id_columns(values: list[str] | None) -> str | None:
     """Repeated --id-column options as the config's comma-separated value."""

@@ -69,6 +69,7 @@ def simulate(
     round_timeout: opt.RoundTimeout = None,
     below_minimum: opt.BelowMinimum = None,
     resume: opt.Resume = None,
+    ledger: opt.Ledger = None,
     config: opt.ConfigFile = None,
     out_dir: opt.OutDir = None,
     output_format: opt.Format = "table",
@@ -89,7 +90,7 @@ def simulate(
         missing=missing, duplicates=duplicates, outliers=outliers, outlier_k=outlier_k, scaling=scaling,
         scaling_stats=scaling_stats, scaling_noise=scaling_noise, id_columns=opt.id_columns(id_column),
         augment=augment, aggregation=aggregation, max_update_norm=max_update_norm,
-        min_clients=min_clients, round_timeout=round_timeout, below_minimum=below_minimum,
+        min_clients=min_clients, round_timeout=round_timeout, below_minimum=below_minimum, ledger=ledger,
     )
     run_config: RunConfig | None = None
     try:
@@ -128,6 +129,8 @@ def resolve_config(config_file: Path | None, given: dict[str, Any]) -> RunConfig
             values["dataset"], values["data-path"] = "file", str(path.absolute())
     if values.get("data-path"):
         values["data-path"] = str(Path(values["data-path"]).expanduser().absolute())
+    if values.get("ledger"):
+        values["ledger"] = str(Path(values["ledger"]).expanduser().absolute())
     if not values.get("out"):
         values["out"] = str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
     values["out"] = str(Path(values["out"]).expanduser().absolute())

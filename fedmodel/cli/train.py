@@ -110,6 +110,9 @@ def _check(config: RunConfig, coordinator: str, ca: Path | None, insecure: bool)
     from fedmodel.data import load_dataset
     from fedmodel.deployment.train import connection
 
+    if config.ledger:
+        raise ConfigError([f"ledger = {config.ledger!r}: a simulation setting; each deployed node keeps its own "
+                           "privacy ledger in its state folder"])
     connection(coordinator, ca, insecure=insecure)
     if config.task != "tabular":  # the coordinator's model folder and its held-out texts
         from fedmodel.llm.federated import check_text_run

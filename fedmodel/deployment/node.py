@@ -1,8 +1,11 @@
 """A data site's side of a deployment: check its settings and build its ``flower-supernode`` command.
 
 The SuperNode hands its ``--node-config`` to every ClientApp it runs, as ``context.node_config``. The keys
-are the contract with fedmodel's ClientApp: ``data-path`` and ``state-dir`` (absolute paths), ``label``,
-``owner-name``, ``budget-epsilon``, ``delta`` and ``device``. Flower parses the value with
+are the contract with fedmodel's ClientApp (:class:`~fedmodel.config.NodeSettings`): ``data-path`` and
+``state-dir`` (absolute paths), ``label``, ``owner-name``, ``budget-epsilon``, ``delta``, ``device``,
+``coordinator``, the owner's privacy policy (``allow-no-dp``, ``min-noise-multiplier``,
+``require-secure-aggregation`` and, when set, ``max-epsilon-per-run``) and, when set, ``id-columns`` and
+``ledger-key``. Flower parses the value with
 ``flwr.common.config.parse_config_args``: space-separated ``key=value`` pairs whose values are TOML
 values, where a quoted string may not contain its own quote character.
 """
@@ -19,24 +22,27 @@ from fedmodel.config import DEVICE_PATTERN
 from fedmodel.deployment.coordinator import DeploymentError, split_address
 from fedmodel.device import resolve_device
 from fedmodel.errors import ConfigError, FedModelError
+from fedmodel.privacy.policy import PrivacyPolicy
 from fedmodel.runs import free_port as _free_port
 from fedmodel.runs import tool as _tool
 
-__all__ = ["DATA_SUFFIXES", "NODE_CONFIG_KEYS", "exit_hint", "format_node_config", "supernode_command",
-           "toml_string"]
+__all__ = ["DATA_SUFFIXES", "NODE_CONFIG_KEYS", "exit_hint", "format_node_config", "open_node_ledger",
+           "privacy_policy", "supernode_command", "toml_string"]
 
 DATA_SUFFIXES = (".csv", ".parquet", ".npz", ".jsonl")
-NODE_CONFIG_KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir", "id-columns",
-                    "model-path")
+NODE_CONFIG_KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir",
+                    "coordinator", "allow-no-dp", "min-noise-multiplier", "require-secure-aggregation",
+                    "max-epsilon-per-run", "ledger-key", "id-columns", "model-path")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KEYGEN = "`fedmodel node keygen --out DIR --name NAME`"
 
-NodeConfig = Mapping[str, str | float]
+NodeConfig = Mapping[str, str | float | bool]
 
 
 def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | None, data: Path, label: str,
                       name: str, budget_epsilon: float, delta: float, device: str, state_dir: Path,
                       port: int | None, insecure: bool, id_columns: tuple[str, ...] = (),
+                      policy: PrivacyPolicy | None = None, ledger_key: Path | None = None,
                       model_path: Path | None = None) -> list[str]:
     """The ``flower-supernode`` command of a site, after checking every setting.
 
@@ -67,6 +73,10 @@ def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | Non
         Plain HTTP and no authentication (a coordinator started with ``--insecure``).
     id_columns : tuple of str
         The site's identifier columns: dropped before anything else, never features, never sent.
+    policy : PrivacyPolicy or None
+        The owner's privacy policy (None: the default, DP required and nothing else).
+    ledger_key : Path or None
+        The 32-byte key file of the site's encrypted privacy ledger (None: not encrypted).
     model_path : Path or None
         This site's copy of the base model folder, for language-model runs (None: tables only).
 
@@ -86,11 +96,18 @@ def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | Non
         problems += _check_model(model_path)
     if problems:
         raise ConfigError(problems)
-    config: dict[str, str | float] = {
+    policy = policy if policy is not None else PrivacyPolicy()
+    config: dict[str, str | float | bool] = {
         "data-path": str(_absolute(data)), "label": label, "owner-name": name,
         "budget-epsilon": float(budget_epsilon), "delta": float(delta), "device": device,
-        "state-dir": str(_absolute(state_dir)),
+        "state-dir": str(_absolute(state_dir)), "coordinator": coordinator.strip(),
+        "allow-no-dp": not policy.dp_required, "min-noise-multiplier": float(policy.min_noise_multiplier),
+        "require-secure-aggregation": policy.require_secure_aggregation,
     }
+    if policy.max_epsilon_per_run is not None:
+        config["max-epsilon-per-run"] = float(policy.max_epsilon_per_run)
+    if ledger_key is not None:
+        config["ledger-key"] = str(_absolute(ledger_key))
     bad_ids = [c for c in id_columns if not c.strip() or "," in c]
     if bad_ids:
         raise ConfigError([f"--id-column {c!r}: expected one column name (repeat the option for several)"
@@ -107,6 +124,37 @@ def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | Non
                 str(_absolute(key))]
     return cmd + ["--port", str(port if port is not None else _free_port()),
                   "--node-config", format_node_config(config)]
+
+
+def privacy_policy(*, allow_no_dp: bool, min_noise_multiplier: float, max_epsilon_per_run: float | None,
+                   require_secure_aggregation: bool) -> PrivacyPolicy:
+    """The owner's policy from ``fedmodel node start``'s options; ConfigError naming every invalid option."""
+    problems = []
+    if not _is_number(min_noise_multiplier) or not (math.isfinite(min_noise_multiplier) and min_noise_multiplier >= 0):
+        problems.append(f"--min-noise-multiplier {min_noise_multiplier!r}: expected a finite number >= 0 "
+                        "(0 = no minimum)")
+    if max_epsilon_per_run is not None and (not _is_number(max_epsilon_per_run)
+                                            or not (math.isfinite(max_epsilon_per_run) and max_epsilon_per_run > 0)):
+        problems.append(f"--max-epsilon-per-run {max_epsilon_per_run!r}: expected a finite number > 0")
+    if problems:
+        raise ConfigError(problems)
+    return PrivacyPolicy(dp_required=not allow_no_dp, min_noise_multiplier=float(min_noise_multiplier),
+                         max_epsilon_per_run=None if max_epsilon_per_run is None else float(max_epsilon_per_run),
+                         require_secure_aggregation=require_secure_aggregation)
+
+
+def open_node_ledger(state_dir: Path, key_file: Path | None) -> tuple[Path, bool]:
+    """Open (or create) the node's privacy ledger before the node starts, so a wrong key fails now.
+
+    With ``key_file``: its key, created (32 random bytes, mode 0600) if the file does not exist yet.
+    Returns the ledger's path and whether it is encrypted. Raises LedgerError.
+    """
+    from fedmodel.privacy.ledger import PrivacyLedger, ledger_path, load_or_create_key
+
+    key = load_or_create_key(_absolute(key_file)) if key_file is not None else None
+    path = ledger_path(_absolute(state_dir))
+    with PrivacyLedger(path, key=key) as ledger:
+        return path, ledger.encrypted
 
 
 def format_node_config(config: NodeConfig) -> str:
@@ -272,7 +320,9 @@ def _check_strings(values: Mapping[str, str]) -> Iterable[str]:
             yield f"{option}: {exc}"
 
 
-def _toml_value(value: str | float) -> str:
+def _toml_value(value: str | float | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, str):
         return toml_string(value)
     return repr(float(value))

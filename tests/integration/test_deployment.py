@@ -1,4 +1,5 @@
-"""A real deployment on loopback: coordinator, admitted nodes over TLS, one broken shard, `fedmodel train`.
+"""A real deployment on loopback: coordinator, admitted nodes over TLS, one broken shard, one node whose
+privacy policy refuses the run, `fedmodel train`; the nodes' ledgers and every audit log afterwards.
 
 Everything runs through the documented commands as a user types them (`fedmodel certs init`,
 `coordinator start`, `coordinator allow-node`, `node keygen`, `node start`, `train`), on
@@ -7,6 +8,7 @@ Everything runs through the documented commands as a user types them (`fedmodel 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -27,10 +29,13 @@ from safetensors.torch import load_file
 from fedmodel.config import RunConfig
 from fedmodel.data import federated_split
 from fedmodel.runs import free_port
+from fedmodel.security.audit_log import verify
 
 pytestmark = pytest.mark.integration
-GOOD_SITES = ("site-0", "site-1", "site-2")
+GOOD_SITES = ("site-0", "site-1")
+STRICT_SITE = "site-2"  # a good shard, but its owner's policy asks for more noise than the run's plan has
 BAD_SITE = "site-bad"
+STRICT_POLICY = ["--min-noise-multiplier", "5"]
 NODE_BUDGET = 2.0
 
 
@@ -63,7 +68,7 @@ def write_shards(folder: Path) -> dict[str, Path]:
     """Breast-cancer training rows of three owners as CSV files, and one shard with a column missing."""
     split = federated_split(RunConfig(dataset="breast-cancer", clients=3))
     paths: dict[str, Path] = {}
-    for i, site in enumerate(GOOD_SITES):
+    for i, site in enumerate((*GOOD_SITES, STRICT_SITE)):
         shard = split.owner(i)
         paths[site] = folder / f"{site}.csv"
         write_csv(paths[site], shard.x, shard.y)
@@ -113,7 +118,8 @@ def federation(tmp_path: Path) -> Iterator[dict[str, object]]:
             procs.append(start(["node", "start", "--coordinator", address, "--ca", str(certs / "ca.crt"),
                                 "--key", str(keys / f"{site}.key"), "--data", str(data), "--label", "diagnosis",
                                 "--name", site, "--budget-epsilon", str(NODE_BUDGET), "--device", "cpu",
-                                "--state-dir", str(tmp_path / "nodes" / site)], tmp_path / f"{site}.log"))
+                                "--state-dir", str(tmp_path / "nodes" / site),
+                                *(STRICT_POLICY if site == STRICT_SITE else [])], tmp_path / f"{site}.log"))
         yield {"address": address, "ca": certs / "ca.crt", "tmp": tmp_path, "shards": shards}
     finally:
         for proc in reversed(procs):
@@ -132,7 +138,8 @@ def left_running(tmp_path: Path, wait_s: float = 15.0) -> list[str]:
         time.sleep(1)
 
 
-def test_three_sites_train_with_dp_while_a_broken_shard_fails_alone(federation: dict[str, object]) -> None:
+def test_sites_train_with_dp_while_a_broken_shard_and_a_strict_policy_fail_alone(
+        federation: dict[str, object]) -> None:
     tmp = federation["tmp"]
     assert isinstance(tmp, Path)
     out = tmp / "run"
@@ -149,10 +156,16 @@ def test_three_sites_train_with_dp_while_a_broken_shard_fails_alone(federation: 
 
     bad_file = federation["shards"][BAD_SITE]  # type: ignore[index]
     for row in report["rounds"]:
-        assert (row["num_replies"], row["num_failures"]) == (3, 1)
-        failure = row["failures"][0]
-        assert failure["owner"] == BAD_SITE
-        assert f"{bad_file}: 29 feature columns" in failure["reason"] and "the run schema expects 30" in failure["reason"]
+        assert (row["num_replies"], row["num_failures"]) == (2, 2)
+        failures = {f["owner"]: f["reason"] for f in row["failures"]}
+        assert set(failures) == {BAD_SITE, STRICT_SITE}
+        assert f"{bad_file}: 29 feature columns" in failures[BAD_SITE]
+        assert "the run schema expects 30" in failures[BAD_SITE]
+        assert failures[STRICT_SITE].startswith(
+            f"owner {STRICT_SITE}: refused by the owner's privacy policy (min-noise-multiplier): ")
+    refusals = report["privacy"]["refusals"]
+    assert [(r["round"], r["owner"], r["rule"]) for r in refusals] == [(1, STRICT_SITE, "min-noise-multiplier"),
+                                                                       (2, STRICT_SITE, "min-noise-multiplier")]
 
     owners = {o["owner"]: o for o in report["privacy"]["owners"]}
     assert set(owners) == set(GOOD_SITES)
@@ -163,7 +176,36 @@ def test_three_sites_train_with_dp_while_a_broken_shard_fails_alone(federation: 
         expected, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=1e-5)
         assert o["epsilon"] == pytest.approx(expected, rel=1e-9)
         assert 0 < o["epsilon"] <= NODE_BUDGET
+        assert o["epsilon_total"] == pytest.approx(o["epsilon"], rel=1e-9)  # each node's first run
     assert 0.6 <= report["final"]["accuracy"] <= 1.0
+    check_ledgers_and_audit_logs(tmp, out, owners, federation["shards"])  # type: ignore[arg-type]
+
+
+def check_ledgers_and_audit_logs(tmp: Path, out: Path, owners: dict[str, dict[str, float]],
+                                 shards: dict[str, Path]) -> None:
+    """Every node's ledger holds what its owner spent; every audit log verifies and says who ran what."""
+    for log in [out / "audit.log", tmp / "nodes" / GOOD_SITES[0] / "audit.log"]:  # as the user checks them
+        verified = fedmodel("audit-log", "verify", str(log), "--require-head")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+    for site in (*GOOD_SITES[1:], STRICT_SITE):
+        assert verify(tmp / "nodes" / site / "audit.log", require_head=True).ok
+    coordinator = [json.loads(line)["event"] for line in (out / "audit.log").read_text().splitlines()]
+    assert coordinator[0] == "run-start" and coordinator[-1] == "run-end"
+    assert coordinator.count("train-replies") == 2
+    for site in GOOD_SITES:
+        shown = fedmodel("ledger", "show", "--state-dir", str(tmp / "nodes" / site), "--format", "json")
+        assert shown.returncode == 0, shown.stderr
+        (total,) = json.loads(shown.stdout)["owners"]
+        assert (total["owner"], total["committed"], total["reserved"]) == (site, 2, 0)
+        assert total["epsilon"] == pytest.approx(owners[site]["epsilon_total"], rel=1e-9)
+        entries = [json.loads(line) for line in (tmp / "nodes" / site / "audit.log").read_text().splitlines()]
+        start = entries[0]["fields"]
+        assert entries[0]["event"] == "run-start" and start["owner"] == site
+        assert start["data"]["sha256"] == hashlib.sha256(shards[site].read_bytes()).hexdigest()
+        assert [e["event"] for e in entries].count("commit") == 2
+    strict = [json.loads(line) for line in (tmp / "nodes" / STRICT_SITE / "audit.log").read_text().splitlines()]
+    assert [e["fields"]["rule"] for e in strict if e["event"] == "refuse"] == ["min-noise-multiplier"] * 2
+    assert "reserve" not in {e["event"] for e in strict}
 
 
 # ---------------------------------------------------------------- language models: two sites fine-tune a tiny BERT

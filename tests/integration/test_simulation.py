@@ -158,3 +158,37 @@ def test_messy_file_is_cleaned_at_the_owners_with_federated_scaling_and_a_poison
         assert o["epsilon"] <= 3.0
     html = (out / "report.html").read_text()
     assert 'id="data-quality"' in html and 'id="scaling-features"' in html
+
+
+def test_two_simulations_sharing_a_ledger_the_second_is_refused_with_what_remains(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger"
+
+    def simulate(name: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "fedmodel.cli", "simulate", "--dataset", "breast-cancer", "--clients", "2",
+               "--rounds", "1", "--epsilon", "1", "--ledger", str(ledger), "--out", str(tmp_path / name)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=400, env={**os.environ, "COLUMNS": "200"})
+
+    first = simulate("first")
+    assert first.returncode == 0, first.stdout + first.stderr
+    owners = json.loads((tmp_path / "first" / "report.json").read_text())["privacy"]["owners"]
+    assert [o["owner"] for o in owners] == [0, 1]
+    assert all(o["epsilon_total"] == o["epsilon"] and 0.98 <= o["epsilon"] <= 1.0 for o in owners)
+
+    second = simulate("second")
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert "privacy budget is used up" in second.stderr and "remaining 0.0" in second.stderr
+    report = json.loads((tmp_path / "second" / "report.json").read_text())
+    assert report["status"] == "failed"
+    refusals = report["privacy"]["refusals"]
+    assert sorted(r["owner"] for r in refusals) == [0, 1] and {r["rule"] for r in refusals} == {"budget"}
+
+    shown = subprocess.run([sys.executable, "-m", "fedmodel.cli", "ledger", "show", "--state-dir", str(ledger),
+                            "--format", "json"], capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    totals = {o["owner"]: o for o in json.loads(shown.stdout)["owners"]}
+    assert set(totals) == {"0", "1"} and all(o["committed"] == 1 and o["reserved"] == 0 for o in totals.values())
+    for log in (ledger / "audit.log", tmp_path / "first" / "audit.log", tmp_path / "second" / "audit.log"):
+        verified = subprocess.run([sys.executable, "-m", "fedmodel.cli", "audit-log", "verify", str(log),
+                                   "--require-head"], capture_output=True, text=True, timeout=60)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "refuse" in (ledger / "audit.log").read_text()

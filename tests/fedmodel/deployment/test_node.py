@@ -43,7 +43,9 @@ def test_node_config_parses_back_to_the_keys(settings: dict[str, Any], tmp_path:
     cmd = supernode_command(**settings, id_columns=("patient_id", "mrn"))
     assert _node_config(cmd) == {
         "data-path": str(tmp_path / "data.csv"), "label": "y", "owner-name": "site-a", "budget-epsilon": 3.0,
-        "delta": 1e-5, "device": "cpu", "state-dir": str(tmp_path / "state"), "id-columns": "patient_id,mrn",
+        "delta": 1e-5, "device": "cpu", "state-dir": str(tmp_path / "state"), "coordinator": "127.0.0.1:9091",
+        "allow-no-dp": False, "min-noise-multiplier": 0.0, "require-secure-aggregation": False,
+        "id-columns": "patient_id,mrn",
     }
     assert set(_node_config(cmd)) <= set(NODE_CONFIG_KEYS)
     from fedmodel.config import NodeSettings
@@ -51,6 +53,31 @@ def test_node_config_parses_back_to_the_keys(settings: dict[str, Any], tmp_path:
     node = NodeSettings.from_node_config(_node_config(cmd))
     assert node is not None and node.id_columns == ("patient_id", "mrn")
     assert "id-columns" not in _node_config(supernode_command(**settings))  # none named: the key is absent
+
+
+def test_the_owners_policy_and_ledger_key_reach_the_clientapp(settings: dict[str, Any], tmp_path: Path) -> None:
+    from fedmodel.config import NodeSettings
+    from fedmodel.deployment.node import privacy_policy
+
+    policy = privacy_policy(allow_no_dp=True, min_noise_multiplier=0.8, max_epsilon_per_run=1.5,
+                            require_secure_aggregation=True)
+    cmd = supernode_command(**settings, policy=policy, ledger_key=Path("ledger.key"))
+    node = NodeSettings.from_node_config(_node_config(cmd))
+    assert node is not None and node.policy == policy
+    assert node.ledger_key == str(tmp_path / "ledger.key") and node.coordinator == "127.0.0.1:9091"
+    assert set(_node_config(cmd)) == set(NODE_CONFIG_KEYS) - {"id-columns", "model-path"}
+
+
+def test_invalid_policy_options_are_all_named() -> None:
+    from fedmodel.deployment.node import privacy_policy
+
+    with pytest.raises(ConfigError) as caught:
+        privacy_policy(allow_no_dp=False, min_noise_multiplier=-1.0, max_epsilon_per_run=0.0,
+                       require_secure_aggregation=False)
+    assert caught.value.problems == [
+        "--min-noise-multiplier -1.0: expected a finite number >= 0 (0 = no minimum)",
+        "--max-epsilon-per-run 0.0: expected a finite number > 0",
+    ]
 
 
 def test_an_id_column_with_a_comma_is_refused(settings: dict[str, Any]) -> None:
