@@ -7,8 +7,9 @@ Where the ledger and the audit log live, and which budget and policy hold, is th
 * simulated owner: the run's ``ledger`` folder if given (one ledger of every simulated owner, so
   budgets carry across simulations), the run's epsilon as its total budget, and a rehearsal policy.
 
-The run is identified by Flower's run id and the coordinator: the address the node was started
-against (deployment) and the run folder the coordinator writes.
+The run is identified by fedmodel's run id (``run-id``, kept when a run is resumed; Flower's run id
+when it is not set) and the coordinator: the address the node was started against (deployment) and
+the run folder the coordinator writes.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def _account(owner: str, config: RunConfig, context: Context) -> tuple[OwnerAcco
         folder = settings.state_dir
         key_file, budget, policy = settings.ledger_key, settings.budget_epsilon, settings.policy
         where = f"coordinator {settings.coordinator}" if settings.coordinator else "coordinator (address not given)"
-    run = RunIdentity(str(context.run_id), f"{where}, run folder {config.out or '(not named)'}")
+    run = RunIdentity(config.run_id or str(context.run_id), f"{where}, run folder {config.out or '(not named)'}")
     ledger = open_ledger(folder, key_file) if folder else None
     audit = audit_log_for(Path(folder)) if folder else None
     return OwnerAccount(owner, run, budget_epsilon=budget, policy=policy, ledger=ledger, audit=audit), settings

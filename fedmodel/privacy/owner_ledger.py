@@ -193,11 +193,17 @@ class OwnerAccount:
     def reserve_round(self, state: OwnerPrivacyState, server_round: int) -> Reservation | None:
         """Before training: the run's own check, then the round's planned steps reserved in the ledger.
 
-        Raises PrivacyBudgetExceeded (nothing reserved) if the owner's total would pass its budget.
+        A replay (the same round with the same inputs, recognised by the carried state, see
+        :mod:`fedmodel.privacy.carry`) releases nothing new: its first attempt's reservation stands,
+        and nothing is reserved again. Raises PrivacyBudgetExceeded (nothing reserved) if the
+        owner's total would pass its budget.
         """
         plan = state.plan
         if plan is None:
             raise ValueError("reserve_round needs a calibrated plan (call plan first)")
+        if getattr(state, "replay", False):
+            self._audit("replay", round=server_round)
+            return None
         OpacusDPSGD(state, self.owner, noise_seed=None).check_budget()
         return self._reserve("dp-sgd", server_round, plan.noise_multiplier, plan.sample_rate, plan.steps_per_round,
                              plan.delta)
@@ -224,9 +230,14 @@ class OwnerAccount:
         return reservation
 
     def commit(self, reservation: Reservation | None, **fields: Any) -> dict[str, float]:
-        """After training or releasing: mark the reservation committed; the ledger's numbers for the reply."""
-        if reservation is None or self.ledger is None:
+        """After training or releasing: mark the reservation committed; the ledger's numbers for the reply.
+
+        Without a reservation (a replay) the owner's total is read from the ledger.
+        """
+        if self.ledger is None:
             return {}
+        if reservation is None:
+            return {"ledger-epsilon": self.ledger.spent(self.owner), "ledger-budget": self.budget}
         self.ledger.commit(reservation)
         self._audit("commit", entry=reservation.entry_id, epsilon_total=reservation.spent,
                     budget_epsilon=self.budget, **fields)

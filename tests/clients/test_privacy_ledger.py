@@ -215,3 +215,17 @@ def test_a_deployed_owner_totals_its_runs_in_its_own_encrypted_ledger(tmp_path: 
     assert events[-1][0] == "refuse"
     verified = CliRunner().invoke(cli, ["audit-log", "verify", str(state / "audit.log")])
     assert verified.exit_code == 0, verified.output
+
+
+def test_a_replayed_round_is_not_reserved_twice_and_a_resumed_run_keeps_its_run_id(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    config = RunConfig(clients=3, rounds=2, epsilon=1.0, batch_size=15, out="/runs/a", run_id="run-a")
+    ctx = deployed(config, state, run_id=11)
+    first = client_app.train(message(1, **SCHEMA), ctx)
+    again = client_app.train(message(1, **SCHEMA), deployed(config, state, run_id=12))  # a resumed Flower run
+    assert not first.has_error() and not again.has_error(), error(first) + error(again)
+    assert float(again.content["metrics"]["epsilon"]) == float(first.content["metrics"]["epsilon"])
+    assert float(again.content["metrics"]["ledger-epsilon"]) == float(first.content["metrics"]["ledger-epsilon"])
+    with PrivacyLedger(ledger_path(state), create=False) as ledger:
+        assert [(e.run_id, e.status) for e in ledger.entries("site-a")] == [("run-a", "committed")]
+    assert [e for e, _ in audit_events(state)][-1] == "replay"
