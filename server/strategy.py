@@ -6,9 +6,11 @@ aggregates, every train reply is screened first (:func:`server.validation.valida
 the arrays sent that round); a rejected reply becomes an error reply, so the recorder reports it
 as that owner's failure with the reason and it never reaches the global model.
 
-Dropouts: each round samples every connected node. It waits for all ``clients`` nodes, at most
-``round-timeout`` seconds (without one: until ``min-clients`` are connected, or all of them when
-``min-clients`` is not set), and needs ``min-clients`` valid replies (1 when not set) to aggregate;
+Dropouts: each round samples every connected node. The first round of a run waits for all
+``clients`` nodes, at most ``round-timeout`` seconds; later rounds take the nodes connected then (a
+node that dropped out joins the next round after it is back), waiting only while fewer than
+``min-clients`` are connected (without a time-out, and when ``min-clients`` is not set: for all of
+them, as Flower does). A round needs ``min-clients`` valid replies (1 when not set) to aggregate;
 fewer raise :class:`~fedmodel.errors.BelowMinimumError` before anything is aggregated. Flower's own
 sampling would wait forever for a node that died (shared/facts/flower-deployment.md, section 5).
 """
@@ -58,6 +60,7 @@ class RecordingMixin:
     min_replies: int = 1
     round_timeout: float | None = None
     _reference: dict[str, torch.Tensor] | None = None
+    _started: bool = False  # the first round (which waits for every node) is done
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -79,10 +82,12 @@ class RecordingMixin:
         Raises BelowMinimumError when fewer than ``min_connected`` are connected after ``round_timeout``.
         """
         deadline = None if self.round_timeout is None else time.monotonic() + self.round_timeout
+        wanted = self.expected_nodes if not self._started else self.min_connected
+        self._started = True
         logged = 0.0
         while True:
             nodes = sorted(grid.get_node_ids())
-            if len(nodes) >= self.expected_nodes or (deadline is None and len(nodes) >= self.min_connected):
+            if len(nodes) >= wanted or (deadline is None and len(nodes) >= self.min_connected):
                 return nodes
             if deadline is not None and time.monotonic() >= deadline:
                 if len(nodes) >= self.min_connected:

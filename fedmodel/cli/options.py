@@ -58,9 +58,10 @@ MaxUpdateNorm = Annotated[float | None, typer.Option(
 
 
 MinClients = Annotated[str | None, typer.Option(
-    help="Owners a round needs: a count N, a fraction such as 0.8, or all. A round starts once every node is "
-         "connected or --round-timeout passed with at least this many, and aggregates only with at least this "
-         "many valid replies [default: every node connected, at least 1 valid reply]")]
+    help="Owners a round needs: a count N, a fraction such as 0.8, or all. The first round waits up to "
+         "--round-timeout for every node, later rounds take the connected nodes if at least this many; a round "
+         "aggregates only with at least this many valid replies [default: every node connected, at least 1 valid "
+         "reply]")]
 RoundTimeout = Annotated[float | None, typer.Option(
     help="Seconds a round waits for nodes to connect and for replies; late ones are named in the report as "
          "timed out. 0 = wait without limit [default: 0]")]
