@@ -56,10 +56,17 @@ def train(msg: Message, context: Context) -> Message:
         owner = resolve_text_owner(msg, context)
         config = owner.config
         _threads(owner)
+        account = base.owner_account(owner.name, config, context)  # the owner's policy, before anything else
         model, tokenizer = owner_model(msg, owner)
         shard = tokenize_shard(tokenizer, owner.texts, max_length=config.max_length)
         server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
         privacy = base.restore_privacy(msg, context, owner) if config.dp else None  # type: ignore[arg-type]
+        reservation = None
+        if privacy is not None:  # calibrated once on what remains across runs, reserved before training
+            account.plan(privacy, num_examples=len(shard), batch_size=config.batch_size,
+                         local_epochs=config.local_epochs, rounds=config.rounds, epsilon=config.epsilon,
+                         delta=config.delta, max_grad_norm=config.max_grad_norm)
+            reservation = account.reserve_round(privacy, server_round)
         try:
             metrics = train_lora_round(model, shard, train_settings(config), privacy=privacy,
                                        seed=round_seed(config.seed, owner.seed_id, server_round),
@@ -67,6 +74,7 @@ def train(msg: Message, context: Context) -> Message:
         finally:
             if privacy is not None:  # reserved steps count even if training failed part-way
                 base.save_privacy(context, privacy)
+        metrics.update(account.commit(reservation, epsilon_run=metrics.get("epsilon")))
     except Exception as exc:  # reported to the coordinator as this owner's failure
         return base._error_reply(msg, context, exc)
     reply = base._reply(msg, owner, metrics, ArrayRecord(adapter_state(model)))  # type: ignore[arg-type]
@@ -80,6 +88,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     try:
         owner = resolve_text_owner(msg, context)
         _threads(owner)
+        base.owner_account(owner.name, owner.config, context)
         model, tokenizer = owner_model(msg, owner)
         shard = tokenize_shard(tokenizer, owner.texts, max_length=owner.config.max_length)
         metrics = evaluate_task(model, shard, owner.config.task, device=resolve_device(owner.config.device))
@@ -100,8 +109,7 @@ def resolve_text_owner(msg: Message, context: Context) -> TextOwner:
             raise FedModelError(f"owner {pid}: the simulation has {partitions} nodes, the run expects {config.clients}")
         return TextOwner(str(pid), pid, True, config, Path(config.model_path), text_split(config).owner(pid))
     name = settings.owner_name
-    if not config.dp:  # before touching data
-        raise ConfigError([f"owner {name}: this node trains only with DP; the run has dp = false"])
+    settings.policy.check_run(name, dp=config.dp, secure_aggregation=False)  # before touching data
     problems = []
     if not settings.model_path:
         problems.append(f"owner {name}: this node has no copy of the base model; start it with "
