@@ -141,9 +141,12 @@ class MeteredGrid:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        """Flower's send_and_receive; train replies are metered."""
+        """Flower's send_and_receive, with the train replies metered and all replies in owner order.
+
+        Aggregation then sums the updates in the same order whatever order they arrived in.
+        """
         messages = list(messages)
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        replies = sorted(self.grid.send_and_receive(messages, timeout=timeout), key=_reply_order)
         train = [m for m in messages if m.metadata.message_type == MessageType.TRAIN]
         if train:
             sent = {m.metadata.dst_node_id: array_bytes(m) for m in train}
@@ -162,3 +165,14 @@ class MeteredGrid:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.grid, name)
+
+
+def _reply_order(reply: Message) -> tuple[int, int, str]:
+    """Owners first, in their order (numbers, then names), then replies that name none (errors) by node."""
+    try:
+        owner = owner_of(reply) if not reply.has_error() else None
+    except (KeyError, TypeError, ValueError, StopIteration):
+        owner = None
+    if owner is None:
+        return (2, int(reply.metadata.src_node_id), "")
+    return (0, owner, "") if isinstance(owner, int) else (1, 0, owner)
