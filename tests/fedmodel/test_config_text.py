@@ -38,6 +38,8 @@ def test_a_text_run_parses_its_keys() -> None:
         ({"dataset": "digits"}, "dataset = 'digits' with task = 'classification': a table of numbers"),
         ({"task": "causal-lm", "partition": "dirichlet:0.5"}, "label-based partitions need labels"),
         ({"task": "tabular"}, "dataset = 'rotten-tomatoes': a text data set"),
+        ({"resume": True}, "resume = True: not available for text runs yet"),
+        ({"min-clients": "3"}, "min-clients = '3': not available for text runs yet"),
     ],
     ids=lambda v: str(v),
 )
