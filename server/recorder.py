@@ -313,7 +313,8 @@ class RunRecorder:
         return _nan_to_none({
             "status": status, "reason": reason, "dataset": c.dataset_label, "num_clients": c.clients,
             "num_rounds": c.rounds, "strategy": c.strategy, "model": c.model, "partition": str(c.partition),
-            "initial": self.initial, "rounds": self.rows, "final": final, "owners": owners, "privacy": privacy,
+            "initial": self.initial, "rounds": self.rows, "unfinished_round": self._unfinished(), "final": final,
+            "owners": owners, "privacy": privacy,
             "data_quality": {
                 "note": "counts of each owner's rows before and after cleaning; no value leaves an owner",
                 "cleaning": {k: c.to_mapping()[k] for k in ("missing", "duplicates", "outliers", "outlier-k",
@@ -334,6 +335,13 @@ class RunRecorder:
                 "the metrics of the global model on its shard are released as plain numbers, outside it.",
             ],
         })
+
+    def _unfinished(self) -> dict[str, Any] | None:
+        """The round in progress when the run stopped (who replied, failed, timed out), or None."""
+        rnd = self._round
+        if rnd is None:
+            return None
+        return {"round": rnd.number, **_attempt_summary(rnd), **({"retried": rnd.earlier} if rnd.earlier else {})}
 
     def _ledger(self) -> str | None:
         """Where the owners' totals across runs come from, if anywhere."""

@@ -75,7 +75,7 @@ def render_html(report: Mapping[str, Any], plots: Mapping[str, Path]) -> str:
         _section("Plots", _plots(plots)),
         _section("Privacy", _privacy(report)),
         _section("Rounds", _rounds_table(report)),
-        _section("Failures", _failures(report)),
+        _section("Participation", _participation(report)),
         _section("Owners", _owners(report)),
         _section("Data quality", _data_quality(report)) if _as_map(report.get("data_quality")) else "",
         _section("Scaling statistics", _scaling(report)) if _as_map(report.get("scaling")) else "",
@@ -593,8 +593,73 @@ def _failure_item(failure: Mapping[str, Any]) -> str:
     return f"<li>{who}: {_text(failure.get('reason'))}</li>"
 
 
-def _failures(report: Mapping[str, Any]) -> str:
-    """Render the failures of each round that had any.
+def _owner_list(value: Any) -> str:
+    """Format a list of owners as ``"(n) a, b"``, or a dash when there are none or it is unknown.
+
+    Parameters
+    ----------
+    value : Any
+        A list of owner names or numbers from the report.
+
+    Returns
+    -------
+    str
+        Escaped text.
+    """
+    owners = _as_list(value)
+    return (f"({len(owners)}) " + ", ".join(_text(o) for o in owners)) if owners else MISSING
+
+
+def _participation_row(label: str, entry: Mapping[str, Any]) -> list[str]:
+    """Format one round (or one retried attempt) of the participation table.
+
+    Parameters
+    ----------
+    label : str
+        Escaped round label.
+    entry : Mapping[str, Any]
+        The round entry, or one of its ``retried`` attempts.
+
+    Returns
+    -------
+    list[str]
+        Escaped cells: round, replied, failed with reasons, timed out, not connected.
+    """
+    failures = _maps(entry.get("failures"))
+    failed = (f'<ul class="failures">{"".join(_failure_item(f) for f in failures)}</ul>'
+              if failures else MISSING)
+    return [label, _owner_list(entry.get("replied")), failed, _owner_list(entry.get("timed_out")),
+            _owner_list(entry.get("not_connected"))]
+
+
+def _attempt_rows(number: str, label: str, entry: Mapping[str, Any]) -> list[list[str]]:
+    """The participation rows of one round: its retried attempts, then ``entry`` itself as ``label``.
+
+    Parameters
+    ----------
+    number : str
+        Escaped round number.
+    label : str
+        Escaped label of the round's last attempt.
+    entry : Mapping[str, Any]
+        The round entry.
+
+    Returns
+    -------
+    list[list[str]]
+        Rows of escaped cells.
+    """
+    rows = [_participation_row(f"{number} (attempt {_int(earlier.get('attempt'))})", earlier)
+            for earlier in _maps(entry.get("retried"))]
+    return rows + [_participation_row(label, entry)]
+
+
+def _participation(report: Mapping[str, Any]) -> str:
+    """Render, per round, the owners that replied, failed (with the reason), timed out or were not connected.
+
+    A retried round (``below-minimum = retry``) shows each earlier attempt on its own row first, and
+    the round a run stopped in (``unfinished_round``) comes last. The lists are ``report.json``'s
+    ``replied``, ``failures``, ``timed_out`` and ``not_connected``.
 
     Parameters
     ----------
@@ -606,16 +671,20 @@ def _failures(report: Mapping[str, Any]) -> str:
     str
         HTML.
     """
-    parts = []
+    rows = []
     for position, entry in enumerate(_maps(report.get("rounds")), start=1):
-        failures = _maps(entry.get("failures"))
-        if not failures:
-            continue
-        number = entry.get("round")
-        items = "\n".join(_failure_item(f) for f in failures)
-        parts.append(f"<h3>Round {_int(position if number is None else number)}</h3>\n"
-                     f'<ul class="failures">\n{items}\n</ul>')
-    return "\n".join(parts) if parts else '<p class="note">No failures.</p>'
+        number = _int(position if entry.get("round") is None else entry.get("round"))
+        attempt = finite_number(entry.get("attempt"))
+        last = f"{number} (attempt {_int(attempt)})" if attempt is not None and attempt > 1 else number
+        rows += _attempt_rows(number, last, entry)
+    unfinished = _as_map(report.get("unfinished_round"))
+    if unfinished:  # the round the run stopped in
+        number = _int(unfinished.get("round"))
+        rows += _attempt_rows(number, f"{number} (not completed)", unfinished)
+    if not rows:
+        return '<p class="note">No rounds recorded.</p>'
+    headers = ("Round", "Replied", "Failed (reason)", "Timed out", "Not connected")
+    return _table(headers, rows, "participation", "meta")
 
 
 def _owners(report: Mapping[str, Any]) -> str:

@@ -95,7 +95,9 @@ def run(strategy: FedAvg, recorder: RunRecorder, config: RunConfig, grid: Nodes)
 def test_owners_that_do_not_answer_are_named_per_round_and_the_run_goes_on(tmp_path: Path) -> None:
     strategy, recorder, config = setup(tmp_path, **{"min-clients": 2, "round-timeout": 5})
     run(strategy, recorder, config, Nodes(4, silent={2: {1, 3}, 3: {3}}))
-    rows = recorder.report("completed")["rounds"]
+    report = recorder.report("completed")
+    rows = report["rounds"]
+    assert report["unfinished_round"] is None
     assert [r["replied"] for r in rows] == [[0, 1, 2, 3], [0, 2], [0, 1, 2]]
     assert [r["timed_out"] for r in rows] == [[], [1, 3], [3]]  # named by the owner the node answered for
     assert [r["num_timed_out"] for r in rows] == [0, 2, 1]
@@ -108,6 +110,9 @@ def test_below_the_minimum_the_run_stops_with_the_reason_before_aggregating(tmp_
                                                 r"owner 1 timed out; owner 3 timed out"):
         run(strategy, recorder, config, Nodes(4, silent={2: {1, 3}}))
     assert [r["round"] for r in recorder.rows] == [1]
+    report = recorder.report("failed", "below the minimum")
+    assert report["unfinished_round"] == {"round": 2, "attempt": 1, "replied": [0, 2], "failures": [],
+                                          "timed_out": [1, 3], "not_connected": []}
 
 
 def test_retry_runs_the_round_again_and_reports_the_earlier_attempt(tmp_path: Path) -> None:

@@ -249,3 +249,33 @@ def test_write_html_atomic(report: dict[str, Any], plots: dict[str, Path],
     assert target.read_text(encoding="utf-8") == render_html(report, plots)
     assert not (tmp_path / "out" / "report.html.tmp").exists()
     assert sorted(p.name for p in target.parent.iterdir()) == ["report.html"]
+
+
+def test_participation_names_who_replied_failed_timed_out_and_was_not_connected(
+        report: dict[str, Any], plots: dict[str, Path]) -> None:
+    rounds = report["rounds"]
+    rounds[0].update(replied=["site-0", "site-1", "site-2"], timed_out=[], not_connected=[], attempt=1)
+    rounds[1].update(replied=["site-0"], attempt=2, timed_out=["site-2"], not_connected=[],
+                     failures=[{"node_id": 123, "owner": "site-1", "reason": "Node Unavailable"}],
+                     retried=[{"attempt": 1, "replied": ["site-0"], "failures": [], "timed_out": ["site-1", "site-2"],
+                               "not_connected": []}])
+    rounds[2].update(replied=["site-0", "site-1"], timed_out=[], not_connected=["site-2"], attempt=1)
+    report["unfinished_round"] = {"round": 4, "attempt": 1, "replied": ["site-0"], "timed_out": [],
+                                  "failures": [{"node_id": 7, "owner": "site-1", "reason": "update rejected: NaN"}],
+                                  "not_connected": ["site-2"]}
+    parsed = tables(render_html(report, plots))["participation"]
+    assert parsed == [
+        ["Round", "Replied", "Failed (reason)", "Timed out", "Not connected"],
+        ["1", "(3) site-0, site-1, site-2", "—", "—", "—"],
+        ["2 (attempt 1)", "(1) site-0", "—", "(2) site-1, site-2", "—"],
+        ["2 (attempt 2)", "(1) site-0", "node 123 (owner site-1): Node Unavailable", "(1) site-2", "—"],
+        ["3", "(2) site-0, site-1", "—", "—", "(1) site-2"],
+        ["4 (not completed)", "(1) site-0", "node 7 (owner site-1): update rejected: NaN", "—", "(1) site-2"],
+    ]
+
+
+def test_participation_of_a_report_without_the_lists(report: dict[str, Any], plots: dict[str, Path]) -> None:
+    parsed = tables(render_html(report, plots))["participation"]  # an older report.json: counts only
+    assert [row[0] for row in parsed[1:]] == ["1", "2", "3"]
+    assert parsed[2] == ["2", "—", "node 123: node timed out", "—", "—"]
+    assert "No rounds recorded." in render_html({"rounds": []}, plots)
