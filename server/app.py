@@ -10,6 +10,7 @@ import logging
 import platform
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ from server.recorder import RunRecorder
 from server.resume import handbacks, open_checkpoint, resume, save_round, train_config
 from server.rounds import run_rounds
 from server.stats import collect_feature_stats
-from server.strategy import build_strategy
+from server.strategy import RecordingMixin, build_strategy
 
 app = ServerApp()
 log = logging.getLogger("fedmodel.server")
@@ -76,7 +77,7 @@ def main(grid: Grid, context: Context) -> None:
         strategy = build_strategy(config, recorder)
         saved: dict[str, object] | None = None
         if checkpoint is None:
-            stats, impute = scaling_statistics(grid, config, split, spec, recorder)
+            stats, impute = scaling_statistics(grid, config, split, spec, cast(RecordingMixin, strategy))
         else:  # the statistics the owners scale with are the checkpoint's: never asked (nor charged) twice
             saved = resume(checkpoint, strategy, recorder, folder)
             stats, impute = stats_from_config(saved)
@@ -118,7 +119,7 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def scaling_statistics(grid: Grid, config: RunConfig, split: FederatedSplit, spec: CleaningSpec,
-                       recorder: RunRecorder) -> tuple[FeatureStats | None, np.ndarray | None]:
+                       strategy: RecordingMixin) -> tuple[FeatureStats | None, np.ndarray | None]:
     """The statistics every party scales (and mean-imputes) with; (None, None) when each uses its own.
 
     Public bounds come from the coordinator's held-out rows. ``zscore`` asks the owners for DP sums
@@ -131,7 +132,7 @@ def scaling_statistics(grid: Grid, config: RunConfig, split: FederatedSplit, spe
     if spec.scaling == "minmax":
         return FeatureStats(count=0.0, mean=bounds.centre, std=bounds.half_width, minimum=bounds.lo,
                             maximum=bounds.hi), None
-    fed = collect_feature_stats(grid, config, bounds, split.schema, recorder)
+    fed = collect_feature_stats(grid, config, bounds, split.schema, strategy)
     stats = FeatureStats(count=float(np.mean(fed.count)), mean=fed.mean, std=fed.std, minimum=bounds.lo,
                          maximum=bounds.hi)
     return stats, (fed.mean if spec.missing == "mean" else None)

@@ -5,23 +5,27 @@ loop is the same sequence of strategy calls (configure and aggregate train, conf
 evaluate, central evaluation), starting at ``first_round``, telling the recorder which nodes did not
 answer within ``round-timeout``, retrying a round that fell below ``min-clients`` when
 ``below-minimum = retry``, and calling ``after_round`` (the checkpoint) when a round is complete.
+The scaling-statistics query before round 1 (``server.stats``) retries the same way.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TypeVar
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
 from fedmodel.config import RETRY_ATTEMPTS, RunConfig
 from fedmodel.errors import AllClientsFailedError, BelowMinimumError
+from fedmodel.report.run_folder import RunFolder
 
 log = logging.getLogger("fedmodel.server")
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 AfterRound = Callable[[int, ArrayRecord], None]
+T = TypeVar("T")
 
 
 def run_rounds(strategy: object, grid: Grid, config: RunConfig, *, arrays: ArrayRecord, first_round: int,
@@ -47,21 +51,35 @@ def run_rounds(strategy: object, grid: Grid, config: RunConfig, *, arrays: Array
 
 def _train(strategy: object, grid: Grid, config: RunConfig, server_round: int, arrays: ArrayRecord,
            train_config: ConfigRecord, timeout: float | None) -> ArrayRecord:
-    attempts = RETRY_ATTEMPTS if config.below_minimum == "retry" else 1
     recorder = strategy.recorder  # type: ignore[attr-defined]
-    for attempt in range(1, attempts + 1):
+
+    def attempt() -> ArrayRecord:
+        messages = list(strategy.configure_train(server_round, arrays, train_config, grid))  # type: ignore[attr-defined]
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        recorder.train_sent(server_round, messages, replies)
+        aggregated, _ = strategy.aggregate_train(server_round, replies)  # type: ignore[attr-defined]
+        return aggregated if aggregated is not None else arrays
+
+    return with_retries(config, recorder.folder, f"round {server_round}", attempt, server_round=server_round)
+
+
+def with_retries(config: RunConfig, folder: RunFolder, what: str, attempt: Callable[[], T], *,
+                 server_round: int) -> T:
+    """``attempt()``; while it falls below the minimum, again (up to 3 tries) if ``below-minimum = retry``.
+
+    ``what`` names the step in the log (``round 2``, ``scaling statistics``); each retry is a
+    ``retry`` event in ``folder``'s progress with ``server_round`` (0 before round 1). Raises the
+    last BelowMinimumError or AllClientsFailedError.
+    """
+    attempts = RETRY_ATTEMPTS if config.below_minimum == "retry" else 1
+    for number in range(1, attempts + 1):
         try:
-            messages = list(strategy.configure_train(server_round, arrays, train_config, grid))  # type: ignore[attr-defined]
-            replies = list(grid.send_and_receive(messages, timeout=timeout))
-            recorder.train_sent(server_round, messages, replies)
-            aggregated, _ = strategy.aggregate_train(server_round, replies)  # type: ignore[attr-defined]
-            return aggregated if aggregated is not None else arrays
+            return attempt()
         except (BelowMinimumError, AllClientsFailedError) as exc:
-            if attempt == attempts:
+            if number == attempts:
                 if attempts > 1:
                     raise type(exc)(f"{exc} (tried {attempts} times; below-minimum = retry)") from None
                 raise
-            log.warning("round %d, attempt %d of %d: %s; trying the round again", server_round, attempt,
-                        attempts, exc)
-            recorder.folder.event("retry", round=server_round, attempt=attempt, reason=str(exc))
+            log.warning("%s, attempt %d of %d: %s; trying again", what, number, attempts, exc)
+            folder.event("retry", round=server_round, attempt=number, reason=str(exc))
     raise AssertionError("unreachable")  # pragma: no cover

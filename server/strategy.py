@@ -6,11 +6,12 @@ aggregates, every train reply is screened first (:func:`server.validation.valida
 the arrays sent that round); a rejected reply becomes an error reply, so the recorder reports it
 as that owner's failure with the reason and it never reaches the global model.
 
-Dropouts: each round samples every connected node. The first round of a run waits for all
-``clients`` nodes, at most ``round-timeout`` seconds; later rounds take the nodes connected then (a
-node that dropped out joins the next round after it is back), waiting only while fewer than
-``min-clients`` are connected (without a time-out, and when ``min-clients`` is not set: for all of
-them, as Flower does). A round needs ``min-clients`` valid replies (1 when not set) to aggregate;
+Dropouts: each round samples every connected node. The first round of a run (or the
+scaling-statistics query before it, ``server.stats``) waits for all ``clients`` nodes, at most
+``round-timeout`` seconds; later rounds take the nodes connected then (a node that dropped out
+joins the next round after it is back), waiting only while fewer than ``min-clients`` are
+connected (without a time-out, and when ``min-clients`` is not set: for all of them, as Flower
+does). A round needs ``min-clients`` valid replies (1 when not set) to aggregate;
 fewer raise :class:`~fedmodel.errors.BelowMinimumError` before anything is aggregated. Flower's own
 sampling would wait forever for a node that died (shared/facts/flower-deployment.md, section 5).
 """
@@ -76,11 +77,14 @@ class RecordingMixin:
             return []
         return super().configure_evaluate(server_round, arrays, config, _Connected(grid, nodes))  # type: ignore[misc]
 
-    def connected_nodes(self, grid: Grid, server_round: int) -> list[int]:
+    def connected_nodes(self, grid: Grid, server_round: int, what: str | None = None) -> list[int]:
         """The nodes to sample: all of them once connected, or what is connected when the wait ends.
 
-        Raises BelowMinimumError when fewer than ``min_connected`` are connected after ``round_timeout``.
+        The run's first query (the scaling statistics, else round 1) waits for every node; ``what``
+        names the step in messages (default ``round N``). Raises BelowMinimumError when fewer than
+        ``min_connected`` are connected after ``round_timeout``.
         """
+        what = what or f"round {server_round}"
         deadline = None if self.round_timeout is None else time.monotonic() + self.round_timeout
         wanted = self.expected_nodes if not self._started else self.min_connected
         self._started = True
@@ -93,12 +97,12 @@ class RecordingMixin:
                 if len(nodes) >= self.min_connected:
                     return nodes
                 raise BelowMinimumError(
-                    f"round {server_round}: {len(nodes)} of {self.expected_nodes} owners' nodes connected after "
+                    f"{what}: {len(nodes)} of {self.expected_nodes} owners' nodes connected after "
                     f"{self.round_timeout:g} s; min-clients needs {self.min_connected}"
                 )
             if time.monotonic() - logged > 10:
                 logged = time.monotonic()
-                log.info("round %d: waiting for nodes: %d of %d connected (minimum %d)", server_round, len(nodes),
+                log.info("%s: waiting for nodes: %d of %d connected (minimum %d)", what, len(nodes),
                          self.expected_nodes, self.min_connected)
             time.sleep(1.0)
 
