@@ -36,6 +36,7 @@ TASKS: tuple[str, ...] = ("tabular", "classification", "causal-lm")
 TEXT_DATASETS: tuple[str, ...] = ("rotten-tomatoes",)
 """Named text data sets (``task`` classification or causal-lm); see :mod:`fedmodel.llm.corpus`."""
 BELOW_MINIMUM: tuple[str, ...] = ("stop", "retry")
+CENTRAL_DP: tuple[str, ...] = ("none", "fixed", "adaptive")
 RETRY_ATTEMPTS = 3
 """With ``below-minimum = retry``: how many times a round is tried before the run stops."""
 _RUN_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -195,6 +196,13 @@ class RunConfig:
     below_minimum: str = "stop"  # fewer replies than min-clients: stop the run, or retry the round
     resume: bool = False  # set by --resume: continue the run in ``out`` from its latest checkpoint
     run_id: str = ""  # fedmodel's own id of the run, kept across --resume (names each node's privacy file)
+    # Central (client-level) DP: Flower's client-side clipping wrappers and mods (server.central_dp)
+    central_dp: str = "none"  # none | fixed | adaptive
+    central_noise: float = 1.0  # noise multiplier z: noise std z * clip on the sum of the owners' clipped updates
+    central_clip: float = 1.0  # L2 clipping norm of an owner's update (adaptive: the first round's norm)
+    central_target_quantile: float = 0.5  # adaptive: the share of updates the norm should leave unclipped
+    central_clip_lr: float = 0.2  # adaptive: the geometric learning rate of the clipping norm
+    central_count_stddev: float = 0.0  # adaptive: noise std of the clipped-update count; 0 = clients / 20
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -314,6 +322,7 @@ class RunConfig:
         need(not twice, "inject-faults", ",".join(str(f) for f in self.inject_faults),
              f"at most one fault per owner (owners {twice} have several)")
         p.extend(self._reliability_problems())
+        p.extend(self._central_dp_problems())
         if p:
             raise ConfigError(p)
 
@@ -399,6 +408,48 @@ class RunConfig:
             p.append(f"run-id = {self.run_id!r}: expected 1 to 64 letters, digits, '-' or '_'")
         return p
 
+    def _central_dp_problems(self) -> list[str]:
+        """Central (client-level) DP settings and the combinations Flower's wrappers cannot honour."""
+        p: list[str] = []
+        if self.central_dp not in CENTRAL_DP:
+            p.append(f"central-dp = {self.central_dp!r}: expected {' | '.join(CENTRAL_DP)}")
+        checks = [
+            (_finite(self.central_noise) and self.central_noise > 0, "central-noise", self.central_noise,
+             "a noise multiplier > 0"),
+            (_finite(self.central_clip) and self.central_clip > 0, "central-clip", self.central_clip,
+             "a clipping norm > 0 (the L2 norm of an owner's whole update)"),
+            (_finite(self.central_target_quantile) and 0 <= self.central_target_quantile <= 1,
+             "central-target-quantile", self.central_target_quantile, "a share in [0, 1]"),
+            (_finite(self.central_clip_lr) and self.central_clip_lr > 0, "central-clip-lr", self.central_clip_lr,
+             "a learning rate > 0"),
+            (_finite(self.central_count_stddev) and self.central_count_stddev >= 0, "central-count-stddev",
+             self.central_count_stddev, "a standard deviation >= 0 (0 = clients / 20)"),
+        ]
+        p.extend(f"{key} = {value!r}: expected {expected}" for ok, key, value, expected in checks if not ok)
+        if self.central_dp not in ("fixed", "adaptive") or p:
+            return p
+        if self.aggregation.kind != "fedavg":
+            p.append(f"central-dp = {self.central_dp!r} with aggregation = '{self.aggregation}': central DP adds "
+                     "noise calibrated to the mean of clipped updates (sensitivity clip / owners); a robust "
+                     "aggregator (median, trimmed mean, Krum) has another sensitivity, so the noise would not "
+                     "cover it. Use aggregation = 'fedavg' with central DP")
+        if self.strategy == "fedadam":
+            p.append(f"central-dp = {self.central_dp!r} with strategy = 'fedadam': Flower's DP wrapper noises what "
+                     "the strategy returns, and FedAdam's server step rescales the mean update per coordinate, so "
+                     "the noise would not match its sensitivity. Use strategy = 'fedavg' or 'fedprox'")
+        if self.task != "tabular":
+            p.append(f"central-dp = {self.central_dp!r} with task = {self.task!r}: not available for text runs yet")
+        if self.central_dp == "adaptive":
+            stddev = self.central_count_stddev or self.clients / 20
+            if self.central_noise >= 2 * stddev:
+                p.append(
+                    f"central-noise = {self.central_noise!r} with central-count-stddev = {stddev:g}"
+                    f"{' (clients / 20)' if not self.central_count_stddev else ''}: adaptive clipping splits the "
+                    "noise between the update and the clipped count (Andrew et al. 2021) and needs "
+                    "central-noise < 2 x central-count-stddev; raise central-count-stddev or lower central-noise"
+                )
+        return p
+
     @property
     def min_replies(self) -> int:
         """The fewest valid train replies a round may aggregate: ``min-clients``, or 1 when it is not set.
@@ -473,6 +524,8 @@ _STR_FIELDS = {"dataset", "data_path", "label", "strategy", "model", "device", "
 _INT_FIELDS |= {"max_length", "lora_rank", "lora_alpha", "physical_batch_size", "max_rows"}  # language models
 _FLOAT_FIELDS |= {"lora_dropout"}
 _STR_FIELDS |= {"task", "model_path", "text_column"}
+_FLOAT_FIELDS |= {"central_noise", "central_clip", "central_target_quantile", "central_clip_lr", "central_count_stddev"}
+_STR_FIELDS |= {"central_dp"}  # central (client-level) DP
 
 
 def _coerce(name: str, raw: Any) -> Any:
