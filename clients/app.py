@@ -49,6 +49,7 @@ from fedmodel.privacy.accounting import gaussian_sum_epsilon
 from fedmodel.protocol import FEATURE_SUMS_QUERY, OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, QUALITY_RECORD_KEY
 from clients.privacy_account import owner_account, record_refusal
 from clients.carry import REPLY_KEY, keep_privacy, privacy_record, restore_privacy
+from clients.central_dp import central_dp_mod
 
 app = ClientApp()
 log = logging.getLogger("fedmodel.client")
@@ -201,7 +202,7 @@ def _owner_label(context: Context) -> str:
     return f"node {context.node_id}"
 
 
-@app.train()
+@app.train(mods=[central_dp_mod])  # central DP: the update is clipped before it leaves (clients.central_dp)
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this owner's shard with DP-SGD (or without, if --no-dp)."""
     if context.run_config.get("task", "tabular") != "tabular":  # a language model: LoRA adapters (clients.text)

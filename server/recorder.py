@@ -23,6 +23,7 @@ from fedmodel.protocol import OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, PRIVACY_RE
 from fedmodel.config import RunConfig
 from fedmodel.errors import AllClientsFailedError, refusal_rule
 from fedmodel.privacy import ACCOUNTANT
+from fedmodel.privacy.central import summary as central_summary
 from fedmodel.report.run_folder import RunFolder
 from fedmodel.security.audit_log import AuditLog
 
@@ -65,6 +66,7 @@ class RunRecorder:
         self.owner_state: dict[OwnerId, tuple[int, dict[str, Any]]] = {}  # owner -> (round, privacy state) reported
         self.node_owner: dict[int, OwnerId] = {}
         self.resumes: list[dict[str, Any]] = []
+        self.central: dict[str, Any] | None = None  # central DP's releases (server.central_dp)
         self._seconds_before = 0.0  # ServerApp time spent before the latest resume
         self._round: _Round | None = None
 
@@ -248,6 +250,7 @@ class RunRecorder:
             "owner_quality": pairs(self.owner_quality), "scaling": self.scaling,
             "owner_state": [[o, r, s] for o, (r, s) in self.owner_state.items()],
             "node_owner": pairs(self.node_owner), "resumes": self.resumes, "refusals": self.refusals,
+            "central": self.central,
             "seconds_before": round(time.time() - self.started, 3) + self._seconds_before,
         }
 
@@ -266,6 +269,7 @@ class RunRecorder:
         self.node_owner = {int(n): o for n, o in state["node_owner"]}
         self.resumes = list(state["resumes"])
         self.refusals = list(state.get("refusals", []))
+        self.central = state.get("central")
         self._seconds_before = float(state.get("seconds_before", 0.0))
 
     def _keep_state(self, server_round: int, owner: OwnerId, msg: Message) -> None:
@@ -310,6 +314,7 @@ class RunRecorder:
         else:
             privacy.update({"delta": None, "accountant": None, "budget_epsilon": None, "max_epsilon": None,
                             "ledger": None, "refusals": self.refusals, "owners": []})
+        privacy["client_level"] = central_summary(self.central, c.delta)
         return _nan_to_none({
             "status": status, "reason": reason, "dataset": c.dataset_label, "num_clients": c.clients,
             "num_rounds": c.rounds, "strategy": c.strategy, "model": c.model, "partition": str(c.partition),

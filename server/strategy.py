@@ -281,7 +281,11 @@ def build_strategy(config: RunConfig, recorder: RunRecorder, *, max_examples: in
     }
     agg = config.aggregation
     strategy: FedAvg
-    if config.strategy == "fedprox":
+    if config.central_dp != "none":  # equal weights, clipped updates only, in Flower's DP wrapper (below)
+        from server import central_dp
+
+        strategy = central_dp.inner_strategy(config, common)
+    elif config.strategy == "fedprox":
         strategy = RecordingFedProx(proximal_mu=config.proximal_mu, **common)
     elif config.strategy == "fedadam":
         strategy = RecordingFedAdam(eta=config.server_lr, eta_l=config.lr, **common)
@@ -303,6 +307,8 @@ def build_strategy(config: RunConfig, recorder: RunRecorder, *, max_examples: in
     strategy.min_connected = config.min_connected  # type: ignore[attr-defined]
     strategy.min_replies = config.min_replies  # type: ignore[attr-defined]
     strategy.round_timeout = config.round_timeout or None  # type: ignore[attr-defined]
+    if config.central_dp != "none":  # the wrapper passes every other attribute through to the strategy
+        return central_dp.wrap(strategy, config)  # type: ignore[no-any-return]
     return strategy
 
 
