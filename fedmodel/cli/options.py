@@ -101,6 +101,31 @@ def text_options(*, task: str | None, model_path: Path | None, text_column: str 
                  lora_dropout=lora_dropout, lora_targets=lora_targets, physical_batch_size=physical_batch_size,
                  max_rows=max_rows)
 
+CentralDp = Annotated[str | None, typer.Option(
+    help="Central (client-level) DP on top of DP-SGD: none | fixed | adaptive. Owners clip their update to "
+         "--central-clip, the coordinator adds noise to the mean [default: none]")]
+CentralNoise = Annotated[float | None, typer.Option(
+    help="Central DP noise multiplier z: noise std z * clip on the sum of the clipped updates [default: 1]")]
+CentralClip = Annotated[float | None, typer.Option(
+    help="Central DP L2 clipping norm of an owner's whole update (adaptive: the first round's) [default: 1]")]
+CentralTargetQuantile = Annotated[float | None, typer.Option(
+    help="Adaptive clipping: share of updates the norm should leave unclipped [default: 0.5]")]
+CentralClipLr = Annotated[float | None, typer.Option(
+    help="Adaptive clipping: learning rate of the norm's geometric update [default: 0.2]")]
+CentralCountStddev = Annotated[float | None, typer.Option(
+    help="Adaptive clipping: noise std of the clipped count; must exceed --central-noise / 2 "
+         "[default: clients / 20]")]
+
+
+def central_options(*, central_dp: str | None, central_noise: float | None, central_clip: float | None,
+                    central_target_quantile: float | None, central_clip_lr: float | None,
+                    central_count_stddev: float | None) -> dict[str, Any]:
+    """The central-DP options given, under their config keys."""
+    return given(central_dp=central_dp, central_noise=central_noise, central_clip=central_clip,
+                 central_target_quantile=central_target_quantile, central_clip_lr=central_clip_lr,
+                 central_count_stddev=central_count_stddev)
+
+
 Ledger = Annotated[Path | None, typer.Option(
     "--ledger", help="Folder of a privacy ledger holding every simulated owner: budgets carry across simulations "
                      "that share it (--epsilon is each owner's total budget) [default: none]")]

@@ -68,6 +68,12 @@ def simulate(
     min_clients: opt.MinClients = None,
     round_timeout: opt.RoundTimeout = None,
     below_minimum: opt.BelowMinimum = None,
+    central_dp: opt.CentralDp = None,
+    central_noise: opt.CentralNoise = None,
+    central_clip: opt.CentralClip = None,
+    central_target_quantile: opt.CentralTargetQuantile = None,
+    central_clip_lr: opt.CentralClipLr = None,
+    central_count_stddev: opt.CentralCountStddev = None,
     resume: opt.Resume = None,
     ledger: opt.Ledger = None,
     config: opt.ConfigFile = None,
@@ -80,7 +86,11 @@ def simulate(
     text = opt.text_options(task=task, model_path=model_path, text_column=text_column, max_length=max_length,
                             lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                             lora_targets=lora_targets, physical_batch_size=physical_batch_size, max_rows=max_rows)
-    values = text | opt.given(
+    central = opt.central_options(
+        central_dp=central_dp, central_noise=central_noise, central_clip=central_clip,
+        central_target_quantile=central_target_quantile, central_clip_lr=central_clip_lr,
+        central_count_stddev=central_count_stddev)
+    values = text | central | opt.given(
         dataset=dataset, label=label, clients=clients, rounds=rounds, partition=partition, epsilon=epsilon,
         delta=delta, dp=False if no_dp else None, max_grad_norm=max_grad_norm, strategy=strategy,
         proximal_mu=proximal_mu, server_lr=server_lr, model=model, local_epochs=local_epochs,
@@ -219,6 +229,11 @@ def print_summary(report: dict[str, Any], run_dir: Path) -> None:
         if eps:
             table.add_row("epsilon per owner", f"max {max(eps):.3f}, min {min(eps):.3f} "
                                                f"(budget {privacy['budget_epsilon']:g})")
+    client_level = privacy.get("client_level")
+    if client_level:  # central DP (server.central_dp)
+        table.add_row("client-level epsilon", f"{client_level['epsilon']:.3f} at delta {client_level['delta']:g} "
+                                              f"(central DP, {client_level['rounds']} rounds, noise multiplier "
+                                              f"{client_level['noise_multiplier']:g})")
     failures = sum(r["num_failures"] for r in report["rounds"])
     table.add_row("owner failures", str(failures))
     resources = report.get("resources")

@@ -60,6 +60,12 @@ def train(
     min_clients: opt.MinClients = None,
     round_timeout: opt.RoundTimeout = None,
     below_minimum: opt.BelowMinimum = None,
+    central_dp: opt.CentralDp = None,
+    central_noise: opt.CentralNoise = None,
+    central_clip: opt.CentralClip = None,
+    central_target_quantile: opt.CentralTargetQuantile = None,
+    central_clip_lr: opt.CentralClipLr = None,
+    central_count_stddev: opt.CentralCountStddev = None,
     resume: opt.Resume = None,
     config: opt.ConfigFile = None,
     out_dir: opt.OutDir = None,
@@ -73,7 +79,11 @@ def train(
     text = opt.text_options(task=task, model_path=model_path, text_column=text_column, max_length=max_length,
                             lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                             lora_targets=lora_targets, physical_batch_size=physical_batch_size, max_rows=max_rows)
-    values = text | opt.given(
+    central = opt.central_options(
+        central_dp=central_dp, central_noise=central_noise, central_clip=central_clip,
+        central_target_quantile=central_target_quantile, central_clip_lr=central_clip_lr,
+        central_count_stddev=central_count_stddev)
+    values = text | central | opt.given(
         dataset=dataset, label=label, clients=clients, rounds=rounds, epsilon=epsilon, delta=delta,
         max_grad_norm=max_grad_norm, strategy=strategy, proximal_mu=proximal_mu, server_lr=server_lr,
         model=model, local_epochs=local_epochs, batch_size=batch_size, lr=lr, seed=seed,

@@ -517,6 +517,7 @@ def _privacy(report: Mapping[str, Any]) -> str:
         parts.append(_table(headers, rows, "privacy-owners"))
     elif str(privacy.get("mode")).strip().lower() in ("none", ""):
         parts.append('<p class="note">No differential privacy: no epsilon spent.</p>')
+    parts.append(_client_level(privacy.get("client_level")))
     refusals = _maps(privacy.get("refusals"))
     if refusals:
         parts.append('<p class="note">Owners that refused to train (their budget or their policy):</p>')
@@ -524,6 +525,38 @@ def _privacy(report: Mapping[str, Any]) -> str:
                             [(_int(r.get("round")), _text(r.get("owner")), _text(r.get("rule")),
                               _text(r.get("reason"))) for r in refusals], "privacy-refusals"))
     return "\n".join(parts)
+
+
+def _client_level(value: Any) -> str:
+    """Render central DP's client-level guarantee (``privacy.client_level``), or nothing without central DP.
+
+    Parameters
+    ----------
+    value : Any
+        ``report["privacy"]["client_level"]``.
+
+    Returns
+    -------
+    str
+        HTML.
+    """
+    level = _as_map(value)
+    if not level:
+        return ""
+    facts = {
+        "Client-level epsilon": _num(level.get("epsilon"), ".3f"),
+        "Delta": _num(level.get("delta"), ".3g"),
+        "Accountant": _text(level.get("accountant")),
+        "Mechanism": _text(level.get("mechanism")),
+        "Protects": _text(level.get("level")),
+        "Noise multiplier (requested / charged)": (f"{_num(level.get('noise_multiplier'))} / "
+                                                   f"{_num(level.get('accounted_noise_multiplier'))}"),
+        "Clipping norm": _num(level.get("clip")) + (f" (adaptive, last {_num(level.get('clip_final'))})"
+                                                    if level.get("clip_final") is not None else ""),
+        "Rounds released (charged)": f"{_int(level.get('rounds'))} ({_int(level.get('releases_charged'))})",
+    }
+    return ('<p class="note">Central DP: the guarantee for each owner as a whole, on top of the sample-level '
+            'one above.</p>\n' + _key_value_table(facts, "privacy-client-level", fmt=str))
 
 
 def _round_row(label: Any, entry: Mapping[str, Any]) -> list[str]:
