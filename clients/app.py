@@ -50,6 +50,7 @@ from fedmodel.protocol import FEATURE_SUMS_QUERY, OWNER_RECORD_KEY, PLACEMENT_RE
 from clients.privacy_account import owner_account, record_refusal
 from clients.carry import REPLY_KEY, keep_privacy, privacy_record, restore_privacy
 from clients.central_dp import central_dp_mod
+from clients.secure import require_masked_train, secure_aggregation_in_effect, secure_aggregation_mod
 
 app = ClientApp()
 log = logging.getLogger("fedmodel.client")
@@ -123,7 +124,8 @@ def resolve_owner(msg: Message, context: Context) -> Owner:
         split = federated_split(config)
         raw = _partition(split, pid, config.dataset_label)
         return Owner(str(pid), pid, True, config, raw, split.schema, cleaning_spec(config))
-    settings.policy.check_run(settings.owner_name, dp=config.dp, secure_aggregation=False)  # before touching data
+    settings.policy.check_run(settings.owner_name, dp=config.dp,  # before touching data
+                              secure_aggregation=secure_aggregation_in_effect(config))
     schema = Schema.from_config(dict(msg.content["config"]))
     if schema is None:
         raise FedModelError(f"owner {settings.owner_name}: the run declared no data schema; refusing to guess it")
@@ -202,7 +204,7 @@ def _owner_label(context: Context) -> str:
     return f"node {context.node_id}"
 
 
-@app.train(mods=[central_dp_mod])  # central DP: the update is clipped before it leaves (clients.central_dp)
+@app.train(mods=[secure_aggregation_mod, central_dp_mod])  # SecAgg+ masks what central DP clipped (clients.secure)
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this owner's shard with DP-SGD (or without, if --no-dp)."""
     if context.run_config.get("task", "tabular") != "tabular":  # a language model: LoRA adapters (clients.text)
@@ -211,6 +213,7 @@ def train(msg: Message, context: Context) -> Message:
         return text.train(msg, context)
     torch.set_num_threads(1)
     try:
+        require_masked_train(_owner_label(context).removeprefix("owner "), run_config(context))
         owner = resolve_owner(msg, context)
         config = owner.config
         privacy = restore_privacy(msg, context, owner) if config.dp else None  # charged before the first step

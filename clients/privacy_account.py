@@ -24,6 +24,7 @@ from fedmodel.config import NodeSettings, RunConfig
 from fedmodel.errors import PolicyViolation, PrivacyBudgetExceeded
 from fedmodel.privacy.owner_ledger import DataFingerprint, OwnerAccount, RunIdentity, audit_log_for, open_ledger
 from fedmodel.privacy.policy import PrivacyPolicy
+from clients.secure import secure_aggregation_in_effect
 
 log = logging.getLogger("fedmodel.client")
 RUN_STARTED_KEY = "fedmodel-run-audit"
@@ -41,7 +42,7 @@ def owner_account(owner: str, config: RunConfig, context: Context) -> OwnerAccou
                           delta=config.delta, rounds=config.rounds, clients=config.clients, model=config.model,
                           local_epochs=config.local_epochs, batch_size=config.batch_size)
         context.state[RUN_STARTED_KEY] = ConfigRecord({"started": time.time()})
-    account.check_run(dp=config.dp, secure_aggregation=False)  # the run config declares no secure aggregation yet
+    account.check_run(dp=config.dp, secure_aggregation=secure_aggregation_in_effect(config))
     return account
 
 

@@ -196,6 +196,10 @@ class RunConfig:
     below_minimum: str = "stop"  # fewer replies than min-clients: stop the run, or retry the round
     resume: bool = False  # set by --resume: continue the run in ``out`` from its latest checkpoint
     run_id: str = ""  # fedmodel's own id of the run, kept across --resume (names each node's privacy file)
+    # Secure aggregation: Flower's SecAgg+ for the train stage (server.secure, clients.secure)
+    secure_aggregation: bool = False
+    secagg_shares: int = 0  # key shares per owner (its neighbours, itself included); 0 = from clients
+    secagg_threshold: int = 0  # shares that rebuild a key; 0 = a majority of secagg-shares
     # Central (client-level) DP: Flower's client-side clipping wrappers and mods (server.central_dp)
     central_dp: str = "none"  # none | fixed | adaptive
     central_noise: float = 1.0  # noise multiplier z: noise std z * clip on the sum of the owners' clipped updates
@@ -322,6 +326,7 @@ class RunConfig:
         need(not twice, "inject-faults", ",".join(str(f) for f in self.inject_faults),
              f"at most one fault per owner (owners {twice} have several)")
         p.extend(self._reliability_problems())
+        p.extend(self._secure_aggregation_problems())
         p.extend(self._central_dp_problems())
         if p:
             raise ConfigError(p)
@@ -450,6 +455,43 @@ class RunConfig:
                 )
         return p
 
+    def _secure_aggregation_problems(self) -> list[str]:
+        """SecAgg+ settings, and what cannot work when the coordinator sees only the sum of the updates."""
+        p: list[str] = []
+        shares, threshold = self.secagg_shares, self.secagg_threshold
+        if shares and not (3 <= shares <= self.clients and (shares % 2 == 1 or shares == self.clients)):
+            p.append(f"secagg-shares = {shares!r}: expected 0 (derived from clients) or an odd number in [3, clients "
+                     f"= {self.clients}] (or clients itself): each owner's key is split among that many owners")
+        if threshold and not 2 <= threshold < (shares or self.secagg_shares_resolved):
+            p.append(f"secagg-threshold = {threshold!r}: expected 0 (a majority) or an integer >= 2 and below "
+                     f"secagg-shares = {shares or self.secagg_shares_resolved}")
+        if not self.secure_aggregation:
+            return p
+        if self.clients < 3:
+            p.append(f"secure-aggregation = true with clients = {self.clients}: with two owners each learns the "
+                     "other's update from the sum; use at least 3 clients")
+        if self.aggregation.kind != "fedavg":
+            p.append(f"secure-aggregation = true with aggregation = '{self.aggregation}': SecAgg+ reveals only the "
+                     "weighted sum of the updates, and median, trimmed-mean and Krum need each owner's update; use "
+                     "aggregation = 'fedavg' (max-update-norm then bounds the aggregate)")
+        if self.task != "tabular":
+            p.append(f"secure-aggregation = true with task = {self.task!r}: not available for text runs yet")
+        return p
+
+    @property
+    def secagg_shares_resolved(self) -> int:
+        """``secagg-shares``, or from ``clients``: every owner up to 9, else the odd number nearest 2 log2(n) + 1."""
+        if self.secagg_shares:
+            return self.secagg_shares
+        if self.clients <= 9:
+            return max(self.clients, 3)
+        return min(2 * math.ceil(math.log2(self.clients)) + 1, self.clients - (1 - self.clients % 2))
+
+    @property
+    def secagg_threshold_resolved(self) -> int:
+        """``secagg-threshold``, or a majority of the shares (at least 2)."""
+        return self.secagg_threshold or max(2, self.secagg_shares_resolved // 2 + 1)
+
     @property
     def min_replies(self) -> int:
         """The fewest valid train replies a round may aggregate: ``min-clients``, or 1 when it is not set.
@@ -526,6 +568,7 @@ _FLOAT_FIELDS |= {"lora_dropout"}
 _STR_FIELDS |= {"task", "model_path", "text_column"}
 _FLOAT_FIELDS |= {"central_noise", "central_clip", "central_target_quantile", "central_clip_lr", "central_count_stddev"}
 _STR_FIELDS |= {"central_dp"}  # central (client-level) DP
+_INT_FIELDS |= {"secagg_shares", "secagg_threshold"}  # secure aggregation
 
 
 def _coerce(name: str, raw: Any) -> Any:
@@ -551,7 +594,7 @@ def _coerce(name: str, raw: Any) -> Any:
         if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
             raise ValueError("expected 'all', a count N >= 1 or a fraction in (0, 1)")
         return raw.strip() if isinstance(raw, str) else (str(raw) if isinstance(raw, int) else repr(raw))
-    if name in ("dp", "resume"):
+    if name in ("dp", "resume", "secure_aggregation"):
         if isinstance(raw, bool):
             return raw
         if isinstance(raw, str) and raw.lower() in ("true", "false"):

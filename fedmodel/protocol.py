@@ -17,3 +17,6 @@ PRIVACY_REPLY_KEY = "privacy-state"
 
 HANDBACK_PREFIX = "fedmodel-resume:"
 """Train-config keys of a resumed simulation: ``fedmodel-resume:<owner>`` holds that owner's privacy hand-back."""
+
+SECAGG_NAMES_KEY = "fedmodel-array-names"
+"""Train-config key of a SecAgg+ round: the names of the global model's arrays, in the order of the legacy Parameters."""

@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from fedmodel.config import RETRY_ATTEMPTS, RunConfig
 from fedmodel.errors import AllClientsFailedError, BelowMinimumError
 from fedmodel.report.run_folder import RunFolder
+from server.secure import secure_train
 
 log = logging.getLogger("fedmodel.server")
 
@@ -54,6 +55,8 @@ def _train(strategy: object, grid: Grid, config: RunConfig, server_round: int, a
     recorder = strategy.recorder  # type: ignore[attr-defined]
 
     def attempt() -> ArrayRecord:
+        if config.secure_aggregation:  # Flower's SecAgg+ for the train stage (server.secure)
+            return secure_train(strategy, grid, config, server_round, arrays, train_config, timeout)
         messages = list(strategy.configure_train(server_round, arrays, train_config, grid))  # type: ignore[attr-defined]
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         recorder.train_sent(server_round, messages, replies)

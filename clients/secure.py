@@ -1,0 +1,166 @@
+"""The owner's side of secure aggregation: Flower's SecAgg+ mod around fedmodel's train function.
+
+Flower's :func:`~flwr.client.mod.secaggplus_mod` runs the four SecAgg+ stages at the owner (setup:
+key pairs; share keys: Shamir shares of its mask seed and key to its neighbours, encrypted for
+each; collect masked vectors: train, then quantise the update and add a private mask and pairwise
+masks; unmask: hand the coordinator the shares it needs to remove the masks of the sum). It speaks
+the legacy ``FitIns``/``FitRes`` layout; :func:`secure_aggregation_mod` translates between it and
+fedmodel's train message (``arrays`` + ``config``), so the same train function serves both.
+
+What leaves the node in a secure round: the masked, quantised update (the mod clears every array
+of the reply), the metrics (``num-examples``, ``train-loss``, the owner's epsilon: not hidden by
+SecAgg+) and the owner's privacy state record. The update masked is ``new - global`` (the delta),
+which keeps it inside SecAgg+'s clipping range of +-8 per coordinate.
+
+The owner's policy learns that a round is secure from the protocol itself: fedmodel's train
+function sees :func:`masked_stage_active` only while Flower's mod, on this node, has run the setup
+and share-keys stages and is about to mask the reply. Nothing in a message can set it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app.message.message import make_message
+from flwr.app.message_type import MessageType
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
+from flwr.compat.common import recorddict_compat as compat
+
+from fedmodel.config import RunConfig
+from fedmodel.errors import PolicyViolation
+from fedmodel.privacy.policy import RULE_SECURE_AGGREGATION
+from fedmodel.protocol import SECAGG_NAMES_KEY
+
+log = logging.getLogger("fedmodel.client")
+_MASKED_STAGE: ContextVar[bool] = ContextVar("fedmodel_secagg_masked_stage", default=False)
+MIN_OTHER_NEIGHBOURS = 2
+"""The fewest other owners whose pairwise masks must cover this owner's update before it is sent."""
+
+
+class _OwnerFailed(Exception):
+    """fedmodel's train function replied with an error: pass it on instead of a masked vector."""
+
+    def __init__(self, error: Error) -> None:
+        super().__init__(error.reason)
+        self.error = error
+
+
+def masked_stage_active() -> bool:
+    """True only inside the SecAgg+ masked-vector stage run by Flower's mod on this node."""
+    return _MASKED_STAGE.get()
+
+
+def secure_aggregation_in_effect(config: RunConfig) -> bool:
+    """What the owner's policy checks: the protocol observed (train), else what the run declares (other messages).
+
+    A train message of a run that declares secure aggregation is checked again by
+    :func:`require_masked_train`, so a coordinator that declares it but sends a plain train
+    message gets a refusal, not an update.
+    """
+    return masked_stage_active() or config.secure_aggregation
+
+
+def require_masked_train(owner: str, config: RunConfig) -> None:
+    """Refuse a train message outside SecAgg+ in a run that declares secure aggregation (PolicyViolation)."""
+    if config.secure_aggregation and not masked_stage_active():
+        raise PolicyViolation(owner, RULE_SECURE_AGGREGATION,
+                              "the run declares secure aggregation but this train request did not come through "
+                              "Flower's SecAgg+ protocol; an unmasked update is never sent")
+
+
+def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Run a SecAgg+ stage with Flower's mod; a plain train message (no SecAgg+ record) goes straight through."""
+    if msg.metadata.message_type != MessageType.TRAIN or RECORD_KEY_CONFIGS not in msg.content.config_records:
+        return call_next(msg, context)
+    _check_stage(msg, context)
+
+    def masked_train(legacy: Message, ctxt: Context) -> Message:
+        plain, reference = _fedmodel_message(legacy)
+        with _masked_stage():
+            reply = call_next(plain, ctxt)
+        if reply.has_error():
+            raise _OwnerFailed(reply.error)
+        return _legacy_reply(reply, plain, reference, _max_weight(ctxt))
+
+    try:
+        return secaggplus_mod(msg, context, masked_train)
+    except _OwnerFailed as failed:  # the owner's own failure (budget, policy, data): its reason goes back
+        return Message(failed.error, reply_to=msg)
+
+
+@contextmanager
+def _masked_stage() -> Iterator[None]:
+    token = _MASKED_STAGE.set(True)
+    try:
+        yield
+    finally:
+        _MASKED_STAGE.reset(token)
+
+
+def _check_stage(msg: Message, context: Context) -> None:
+    """Checks Flower's mod leaves out: enough other owners mask the update; no owner is both alive and dead."""
+    configs = msg.content.config_records[RECORD_KEY_CONFIGS]
+    stage = configs.get(Key.STAGE)
+    if stage == Stage.COLLECT_MASKED_VECTORS:
+        state = context.state.config_records.get(RECORD_KEY_STATE, ConfigRecord())
+        others = len(state.get("public_keys_dict:K", [])) - 1  # type: ignore[arg-type]
+        if int(state.get("threshold", 0)) < 2 or others < MIN_OTHER_NEIGHBOURS:  # type: ignore[arg-type]
+            raise ValueError(f"SecAgg+: refusing to send an update masked by {others} other owners with reconstruction "
+                             f"threshold {state.get('threshold')}: it needs >= {MIN_OTHER_NEIGHBOURS} others and "
+                             "threshold >= 2")
+    elif stage == Stage.UNMASK:
+        alive = set(configs.get(Key.ACTIVE_NODE_ID_LIST, []))  # type: ignore[arg-type]
+        dead = set(configs.get(Key.DEAD_NODE_ID_LIST, []))  # type: ignore[arg-type]
+        if alive & dead:
+            raise ValueError(f"SecAgg+: nodes {sorted(alive & dead)} are listed both as active and as dropped; "
+                             "revealing both shares would unmask their update")
+
+
+def _fedmodel_message(legacy: Message) -> tuple[Message, dict[str, np.ndarray]]:
+    """The legacy FitIns as fedmodel's train message (named ``arrays`` + ``config``), and the global arrays."""
+    # read the records as they are: compat.recorddict_to_fitins refuses list values (the names, the schema)
+    config = dict(legacy.content.config_records["fitins.config"])
+    names = config.pop(SECAGG_NAMES_KEY, None)
+    parameters = compat.arrayrecord_to_parameters(legacy.content.array_records["fitins.parameters"], keep_input=True)
+    arrays = parameters_to_ndarrays(parameters)
+    if not isinstance(names, list) or len(names) != len(arrays):
+        raise ValueError(f"SecAgg+ train message: {SECAGG_NAMES_KEY!r} must name each of the {len(arrays)} arrays")
+    reference = {str(n): a for n, a in zip(names, arrays, strict=True)}
+    content = RecordDict({"arrays": ArrayRecord(array_dict={n: Array(a) for n, a in reference.items()}),
+                          "config": ConfigRecord(config)})  # type: ignore[arg-type]
+    return make_message(metadata=legacy.metadata, content=content), reference
+
+
+def _legacy_reply(reply: Message, plain: Message, reference: dict[str, np.ndarray], max_weight: float) -> Message:
+    """fedmodel's train reply in the FitRes layout the mod masks: the delta, weighted by the example count.
+
+    Every other record (metrics, owner, privacy state) rides along unmasked. An owner with more
+    examples than the round's ``max_weight`` counts as ``max_weight`` (SecAgg+ would overflow).
+    """
+    new = reply.content["arrays"]
+    deltas = [new[name].numpy().astype(np.float64) - ref.astype(np.float64) for name, ref in reference.items()]
+    metrics = next(iter(reply.content.metric_records.values()))
+    examples = float(metrics["num-examples"])  # type: ignore[arg-type]
+    weight = int(min(round(examples), max_weight))
+    if weight < examples:
+        log.warning("SecAgg+: %g examples counted as %d, the round's largest weight", examples, weight)
+    fitres = FitRes(status=Status(Code.OK, ""), parameters=ndarrays_to_parameters(deltas), num_examples=weight,
+                    metrics={})
+    content = compat.fitres_to_recorddict(fitres, keep_input=False)
+    for name, record in reply.content.items():
+        if not isinstance(record, ArrayRecord):
+            content[name] = record
+    return Message(content=content, reply_to=plain)
+
+
+def _max_weight(context: Context) -> float:
+    state = context.state.config_records.get(RECORD_KEY_STATE, ConfigRecord())
+    return float(state.get("max_weight", 0.0)) or float("inf")  # type: ignore[arg-type]
