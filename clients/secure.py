@@ -88,7 +88,8 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
             reply = call_next(plain, ctxt)
         if reply.has_error():
             raise _OwnerFailed(reply.error)
-        return _legacy_reply(reply, plain, reference, _max_weight(ctxt))
+        equal = ctxt.run_config.get("central-dp", "none") != "none"  # central DP averages with equal weights
+        return _legacy_reply(reply, plain, reference, 1.0 if equal else _max_weight(ctxt))
 
     try:
         return secaggplus_mod(msg, context, masked_train)
@@ -143,14 +144,15 @@ def _legacy_reply(reply: Message, plain: Message, reference: dict[str, np.ndarra
     """fedmodel's train reply in the FitRes layout the mod masks: the delta, weighted by the example count.
 
     Every other record (metrics, owner, privacy state) rides along unmasked. An owner with more
-    examples than the round's ``max_weight`` counts as ``max_weight`` (SecAgg+ would overflow).
+    examples than the round's ``max_weight`` counts as ``max_weight`` (SecAgg+ would overflow); with
+    central DP ``max_weight`` is 1, so every owner weighs the same (the noise is calibrated to that).
     """
     new = reply.content["arrays"]
     deltas = [new[name].numpy().astype(np.float64) - ref.astype(np.float64) for name, ref in reference.items()]
     metrics = next(iter(reply.content.metric_records.values()))
     examples = float(metrics["num-examples"])  # type: ignore[arg-type]
     weight = int(min(round(examples), max_weight))
-    if weight < examples:
+    if weight < examples and max_weight > 1:
         log.warning("SecAgg+: %g examples counted as %d, the round's largest weight", examples, weight)
     fitres = FitRes(status=Status(Code.OK, ""), parameters=ndarrays_to_parameters(deltas), num_examples=weight,
                     metrics={})

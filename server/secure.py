@@ -117,7 +117,7 @@ def secure_train(strategy: Any, grid: Grid, config: RunConfig, server_round: int
                                 f"{threshold} owners' nodes, {len(messages)} connected")
     names = list(arrays.keys())
     shares = min(config.secagg_shares_resolved, len(messages))
-    max_weight = _max_weight(recorder)
+    max_weight = 1.0 if config.central_dp != "none" else _max_weight(recorder)  # central DP: equal weights
     levels = quantisation_range(len(messages))
     workflow = SecAggPlusWorkflow(shares, threshold, max_weight=max_weight, clipping_range=CLIPPING_RANGE,
                                   quantization_range=levels, modulus_range=MODULUS_RANGE, timeout=timeout)

@@ -76,7 +76,8 @@ def start(
     max_epsilon_per_run: Annotated[float | None, typer.Option(
         help="Policy: refuse runs that would spend more epsilon than this on this site's data")] = None,
     require_secure_aggregation: Annotated[bool, typer.Option(
-        "--require-secure-aggregation", help="Policy: refuse runs without secure aggregation (today: every run)")] = False,
+        "--require-secure-aggregation",
+        help="Policy: train only inside Flower's SecAgg+ protocol; refuse runs without --secure-aggregation")] = False,
     model_path: Annotated[Path | None, typer.Option(
         "--model-path", help="This site's copy of the base model folder, for language-model runs (Hugging Face "
                              "folder: config, *.safetensors, tokenizer; checked against the coordinator's)")] = None,

@@ -126,6 +126,24 @@ def central_options(*, central_dp: str | None, central_noise: float | None, cent
                  central_count_stddev=central_count_stddev)
 
 
+SecureAggregation = Annotated[bool, typer.Option(
+    "--secure-aggregation", help="Flower's SecAgg+ for training: the coordinator sees only the weighted mean of the "
+                                 "owners' updates, never one update (needs >= 3 clients and --aggregation fedavg)")]
+SecaggShares = Annotated[int | None, typer.Option(
+    help="SecAgg+: owners each owner's key is shared with, itself included (odd, >= 3) [default: every owner up "
+         "to 9, else about 2 log2(clients) + 1]")]
+SecaggThreshold = Annotated[int | None, typer.Option(
+    help="SecAgg+: shares that rebuild a key; a round survives dropouts while every owner keeps this many live "
+         "neighbours [default: a majority of --secagg-shares]")]
+
+
+def secure_options(*, secure_aggregation: bool, secagg_shares: int | None,
+                   secagg_threshold: int | None) -> dict[str, Any]:
+    """The secure-aggregation options given, under their config keys."""
+    return given(secure_aggregation=True if secure_aggregation else None, secagg_shares=secagg_shares,
+                 secagg_threshold=secagg_threshold)
+
+
 Ledger = Annotated[Path | None, typer.Option(
     "--ledger", help="Folder of a privacy ledger holding every simulated owner: budgets carry across simulations "
                      "that share it (--epsilon is each owner's total budget) [default: none]")]

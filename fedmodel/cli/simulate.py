@@ -74,6 +74,9 @@ def simulate(
     central_target_quantile: opt.CentralTargetQuantile = None,
     central_clip_lr: opt.CentralClipLr = None,
     central_count_stddev: opt.CentralCountStddev = None,
+    secure_aggregation: opt.SecureAggregation = False,
+    secagg_shares: opt.SecaggShares = None,
+    secagg_threshold: opt.SecaggThreshold = None,
     resume: opt.Resume = None,
     ledger: opt.Ledger = None,
     config: opt.ConfigFile = None,
@@ -89,7 +92,8 @@ def simulate(
     central = opt.central_options(
         central_dp=central_dp, central_noise=central_noise, central_clip=central_clip,
         central_target_quantile=central_target_quantile, central_clip_lr=central_clip_lr,
-        central_count_stddev=central_count_stddev)
+        central_count_stddev=central_count_stddev) | opt.secure_options(
+        secure_aggregation=secure_aggregation, secagg_shares=secagg_shares, secagg_threshold=secagg_threshold)
     values = text | central | opt.given(
         dataset=dataset, label=label, clients=clients, rounds=rounds, partition=partition, epsilon=epsilon,
         delta=delta, dp=False if no_dp else None, max_grad_norm=max_grad_norm, strategy=strategy,

@@ -22,6 +22,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.supercore.task_identity import TaskIdentity
 
 import clients.app as client_app
+from clients.central_dp import central_dp_mod
 from clients.secure import require_masked_train, secure_aggregation_mod
 from fedmodel.config import RunConfig
 from fedmodel.errors import BelowMinimumError, ConfigError, PolicyViolation
@@ -46,7 +47,7 @@ DELTAS = {node: _deltas(node) for node in WEIGHTS}
 toy = ClientApp()
 
 
-@toy.train(mods=[secure_aggregation_mod])
+@toy.train(mods=[secure_aggregation_mod, central_dp_mod])  # as in clients.app
 def _toy_train(msg: Message, context: Context) -> Message:
     """An owner whose update is fixed in advance: the global arrays plus its own delta."""
     node = context.node_id
@@ -145,6 +146,23 @@ def test_secagg_plus_gives_the_fedavg_aggregate_within_its_quantisation_error(tm
     # metrics (and the owners' epsilon) survive SecAgg+
     assert {o: m["num-examples"] for o, m in recorder.owner_train.items()} == {n - 100: w for n, w in WEIGHTS.items()}
     assert {o: m["epsilon"] for o, m in recorder.owner_privacy.items()} == {n - 100: 0.5 + n - 100 for n in WEIGHTS}
+
+
+def test_with_central_dp_owners_clip_inside_secagg_and_weigh_the_same(tmp_path: Path) -> None:
+    config = RunConfig(clients=OWNERS, rounds=1, secure_aggregation=True, central_dp="fixed", central_clip=0.5,
+                       central_noise=1e-9)  # noise std 1e-10 / 4: the comparison below is about the mean
+    grid = toy_grid(config)
+    secure, recorder = one_round(config, grid, tmp_path)
+    plain, _ = one_round(config.replace(secure_aggregation=False), toy_grid(config), tmp_path)
+    weights = [1.0] * OWNERS  # central DP: equal weights, max_weight 1
+    for key, value in plain.items():
+        deltas = [DELTAS[n][key].astype(np.float64) for n in sorted(WEIGHTS)]
+        bound = quantisation_bound(weights, deltas, max_weight=1.0, levels=quantisation_range(OWNERS))
+        diff = np.abs(secure[key].double().numpy() - value.double().numpy())
+        assert np.all(diff <= bound + 1e-6), (key, float(diff.max()))
+    norm = float(torch.sqrt(sum(((secure[k] - GLOBAL[k]) ** 2).sum() for k in GLOBAL)))
+    assert 0.1 < norm <= 0.5 * (1 + 1e-3)  # the mean of updates clipped to 0.5 moved the model
+    assert len(recorder.central["releases"]) == 1 and recorder.central["releases"][0]["owners"] == OWNERS
 
 
 def test_an_owner_lost_before_masking_is_left_out_of_the_sum(tmp_path: Path) -> None:
