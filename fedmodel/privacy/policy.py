@@ -34,7 +34,8 @@ class PrivacyPolicy:
     max_epsilon_per_run
         Refuse a run whose plan would spend more epsilon on this owner (None = no limit).
     require_secure_aggregation
-        Refuse runs that do not declare secure aggregation.
+        Refuse runs that do not declare secure aggregation; train only inside Flower's SecAgg+
+        protocol (the ClientApp passes what it observed, :mod:`clients.secure`).
     """
 
     dp_required: bool = True
