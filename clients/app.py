@@ -46,6 +46,7 @@ from fedmodel.errors import FedModelError, PrivacyBudgetExceeded
 from fedmodel.owner import evaluate_owner, round_seed, train_owner_round
 from fedmodel.privacy import OwnerPrivacyState
 from fedmodel.privacy.accounting import gaussian_sum_epsilon
+from fedmodel.privacy.audit import shard_with_canaries
 from fedmodel.protocol import FEATURE_SUMS_QUERY, OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, QUALITY_RECORD_KEY
 from clients.privacy_account import owner_account, record_refusal
 from clients.carry import REPLY_KEY, keep_privacy, privacy_record, restore_privacy
@@ -219,16 +220,17 @@ def train(msg: Message, context: Context) -> Message:
         privacy = restore_privacy(msg, context, owner) if config.dp else None  # charged before the first step
         train_config = msg.content["config"]
         prepared = owner.prepared(train_config)
+        shard = shard_with_canaries(config, owner.seed_id, owner.simulated, prepared.data)  # --audit's canaries
         account = owner_account(owner.name, config, context)
         reservation = None
         if privacy is not None:  # calibrated on what remains across runs, checked, reserved before training
-            account.plan(privacy, num_examples=len(prepared.data), batch_size=config.batch_size,
+            account.plan(privacy, num_examples=len(shard), batch_size=config.batch_size,
                          local_epochs=config.local_epochs, rounds=config.rounds, epsilon=config.epsilon,
                          delta=config.delta, max_grad_norm=config.max_grad_norm)
             reservation = account.reserve_round(privacy, int(train_config["server-round"]))  # type: ignore[arg-type]
         try:
             update = train_owner_round(
-                config, owner.seed_id, prepared.data, msg.content["arrays"].to_torch_state_dict(), privacy=privacy,
+                config, owner.seed_id, shard, msg.content["arrays"].to_torch_state_dict(), privacy=privacy,
                 server_round=int(train_config["server-round"]),  # type: ignore[arg-type]
                 proximal_mu=float(train_config.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
                 device=resolve_device(config.device),

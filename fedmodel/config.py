@@ -196,6 +196,10 @@ class RunConfig:
     below_minimum: str = "stop"  # fewer replies than min-clients: stop the run, or retry the round
     resume: bool = False  # set by --resume: continue the run in ``out`` from its latest checkpoint
     run_id: str = ""  # fedmodel's own id of the run, kept across --resume (names each node's privacy file)
+    # Empirical privacy audit (fedmodel.privacy.audit): a testing aid, simulation only
+    audit: bool = False  # insert canaries and report the one-run lower bound on epsilon beside the proven one
+    audit_canaries: int = 200  # canaries, each in its owner's training data with probability 1/2
+    audit_owners: tuple[int, ...] = ()  # the owners given canaries; () = every owner
     # Secure aggregation: Flower's SecAgg+ for the train stage (server.secure, clients.secure)
     secure_aggregation: bool = False
     secagg_shares: int = 0  # key shares per owner (its neighbours, itself included); 0 = from clients
@@ -326,6 +330,7 @@ class RunConfig:
         need(not twice, "inject-faults", ",".join(str(f) for f in self.inject_faults),
              f"at most one fault per owner (owners {twice} have several)")
         p.extend(self._reliability_problems())
+        p.extend(self._audit_problems())
         p.extend(self._secure_aggregation_problems())
         p.extend(self._central_dp_problems())
         if p:
@@ -492,6 +497,23 @@ class RunConfig:
         """``secagg-threshold``, or a majority of the shares (at least 2)."""
         return self.secagg_threshold or max(2, self.secagg_shares_resolved // 2 + 1)
 
+    def _audit_problems(self) -> list[str]:
+        """Audit settings (checked against the data's size by ``fedmodel simulate`` and the coordinator)."""
+        p: list[str] = []
+        if self.audit_canaries < 2:
+            p.append(f"audit-canaries = {self.audit_canaries!r}: expected an integer >= 2")
+        bad = [o for o in self.audit_owners if not 0 <= o < max(self.clients, 1)]
+        if bad:
+            p.append(f"audit-owners = {bad}: expected owner ids in [0, {self.clients - 1}]")
+        if self.audit and self.task != "tabular":
+            p.append(f"audit = true with task = {self.task!r}: the privacy audit is for tables only")
+        return p
+
+    @property
+    def audited_owners(self) -> tuple[int, ...]:
+        """The owners the audit gives canaries: ``audit-owners``, or every owner."""
+        return tuple(sorted(set(self.audit_owners))) or tuple(range(self.clients))
+
     @property
     def min_replies(self) -> int:
         """The fewest valid train replies a round may aggregate: ``min-clients``, or 1 when it is not set.
@@ -566,6 +588,7 @@ _STR_FIELDS = {"dataset", "data_path", "label", "strategy", "model", "device", "
 _INT_FIELDS |= {"max_length", "lora_rank", "lora_alpha", "physical_batch_size", "max_rows"}  # language models
 _FLOAT_FIELDS |= {"lora_dropout"}
 _STR_FIELDS |= {"task", "model_path", "text_column"}
+_INT_FIELDS |= {"audit_canaries"}  # privacy audit
 _FLOAT_FIELDS |= {"central_noise", "central_clip", "central_target_quantile", "central_clip_lr", "central_count_stddev"}
 _STR_FIELDS |= {"central_dp"}  # central (client-level) DP
 _INT_FIELDS |= {"secagg_shares", "secagg_threshold"}  # secure aggregation
@@ -600,6 +623,8 @@ def _coerce(name: str, raw: Any) -> Any:
         if isinstance(raw, str) and raw.lower() in ("true", "false"):
             return raw.lower() == "true"
         raise ValueError("expected true or false")
+    if name == "audit":
+        return _coerce("dp", raw)
     if name == "partition":
         if isinstance(raw, PartitionSpec):
             return raw
@@ -615,7 +640,7 @@ def _coerce(name: str, raw: Any) -> Any:
     if name in ("id_columns", "lora_targets"):
         items = [str(x) for x in raw] if isinstance(raw, (list, tuple)) else str(raw).split(",")
         return tuple(x.strip() for x in items if x.strip())
-    if name == "inject_failure_owners":
+    if name in ("inject_failure_owners", "audit_owners"):
         if isinstance(raw, (list, tuple)):
             items = [str(x) for x in raw]
         else:

@@ -12,6 +12,8 @@ turns its honest update into a faulty one before replying:
 ``shape``      add a row of zeros to the first array (wrong shape)
 ``hang:S``     sleep S seconds, then reply honestly (a straggler)
 ``crash``      fail with an error reply, like ``inject-failure-owners`` (which fails before training)
+``no-noise``   train DP-SGD with noise multiplier 0 while reporting the planned noise and epsilon: a
+               privacy bug on purpose, for the empirical privacy audit (``--audit``) to catch
 =============  ==================================================================================
 
 Parsing needs no torch, so the run config can use it cheaply; applying imports torch.
@@ -30,9 +32,12 @@ from fedmodel.errors import FedModelError
 if TYPE_CHECKING:
     import torch
 
-FaultKind = Literal["signflip", "scale", "nan", "inf", "shape", "hang", "crash"]
-_PLAIN: tuple[FaultKind, ...] = ("signflip", "nan", "inf", "shape", "crash")
-FAULT_SYNTAX = "OWNER:signflip | OWNER:scaleK | OWNER:nan | OWNER:inf | OWNER:shape | OWNER:hang:SECONDS | OWNER:crash"
+FaultKind = Literal["signflip", "scale", "nan", "inf", "shape", "hang", "crash", "no-noise"]
+_PLAIN: tuple[FaultKind, ...] = ("signflip", "nan", "inf", "shape", "crash", "no-noise")
+FAULT_SYNTAX = (
+    "OWNER:signflip | OWNER:scaleK | OWNER:nan | OWNER:inf | OWNER:shape | OWNER:hang:SECONDS | OWNER:crash | "
+    "OWNER:no-noise"
+)
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,8 @@ def apply_fault(
 ) -> dict[str, torch.Tensor]:
     """The faulty version of an owner's ``update`` of ``global_weights`` (new tensors; inputs unchanged).
 
-    ``hang`` sleeps, then returns the update; ``crash`` raises FedModelError naming the owner.
+    ``hang`` sleeps, then returns the update; ``crash`` raises FedModelError naming the owner;
+    ``no-noise`` acts during training (:func:`fedmodel.owner.train_owner_round`), so the update is kept.
     """
     import torch
 

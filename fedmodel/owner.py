@@ -47,7 +47,7 @@ def train_owner_round(
     if owner in config.inject_failure_owners:
         raise FedModelError(f"owner {owner}: injected failure (testing aid: inject-failure-owners)")
     fault = fault_for(config.inject_faults, owner)
-    if fault is not None:  # testing aid (inject-faults): train honestly, then corrupt the update
+    if fault is not None and fault.kind != "no-noise":  # testing aid: train honestly, then corrupt the update
         honest = train_owner_round(
             replace(config, inject_faults=()), owner, shard, global_weights, privacy=privacy,
             server_round=server_round, proximal_mu=proximal_mu, device=device,
@@ -78,6 +78,8 @@ def train_owner_round(
                 raise PrivacyBudgetExceeded(owner, exc.spent, exc.planned, exc.budget) from None
         mechanism = OpacusDPSGD(privacy, owner, noise_seed=seed)
     train_model, train_optimizer, train_loader = mechanism.wrap(model, optimizer, loader)
+    if fault is not None and privacy is not None:  # testing aid (no-noise): a DP bug for the audit to catch
+        train_optimizer.noise_multiplier = 0.0  # type: ignore[attr-defined]  # the plan's sigma is still reported
     loss = train_epochs(
         train_model, train_optimizer, train_loader, epochs=config.local_epochs, device=device,
         proximal_mu=proximal_mu, anchor=anchor, lr=config.lr,

@@ -34,6 +34,7 @@ from fedmodel.privacy.owner_ledger import AUDIT_LOG_NAME
 from fedmodel.report.run_folder import RunFolder
 from fedmodel.security.audit_log import AuditLog
 from fedmodel.training import evaluate
+from server.audit import audit_run
 from server.recorder import RunRecorder
 from server.resume import handbacks, open_checkpoint, resume, save_round, train_config
 from server.rounds import run_rounds
@@ -105,6 +106,10 @@ def main(grid: Grid, context: Context) -> None:
             evaluate_config=ConfigRecord(shared), evaluate_fn=central_eval,
             after_round=lambda r, a: save_round(folder, r, a, strategy, recorder, shared, config),
         )
+        if config.audit:  # --audit: the canaries scored with the final model (server.audit)
+            recorder.privacy_audit = audit_run(config, split, final.to_torch_state_dict(),
+                                               num_features=test.num_features, num_classes=test.num_classes,
+                                               owner_privacy=recorder.owner_privacy)
         folder.write_model(final.to_torch_state_dict())
         folder.write_report(recorder.report("completed"))
         audit.append("run-end", run_id=str(context.run_id), status="completed")

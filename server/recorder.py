@@ -66,6 +66,7 @@ class RunRecorder:
         self.owner_state: dict[OwnerId, tuple[int, dict[str, Any]]] = {}  # owner -> (round, privacy state) reported
         self.node_owner: dict[int, OwnerId] = {}
         self.resumes: list[dict[str, Any]] = []
+        self.privacy_audit: dict[str, Any] | None = None  # --audit's outcome (server.audit), set after the last round
         self.central: dict[str, Any] | None = None  # central DP's releases (server.central_dp)
         self._seconds_before = 0.0  # ServerApp time spent before the latest resume
         self._round: _Round | None = None
@@ -314,6 +315,8 @@ class RunRecorder:
         else:
             privacy.update({"delta": None, "accountant": None, "budget_epsilon": None, "max_epsilon": None,
                             "ledger": None, "refusals": self.refusals, "owners": []})
+        if self.privacy_audit is not None:
+            privacy["audit"] = self.privacy_audit
         privacy["client_level"] = central_summary(self.central, c.delta)
         return _nan_to_none({
             "status": status, "reason": reason, "dataset": c.dataset_label, "num_clients": c.clients,

@@ -84,6 +84,12 @@ def simulate(
     output_format: opt.Format = "table",
     inject_failure_owners: Annotated[str | None, typer.Option(hidden=True, help="Testing aid: owners that fail")] = None,
     inject_faults: Annotated[str | None, typer.Option(hidden=True, help="Testing aid: faulty owners")] = None,
+    audit: Annotated[bool, typer.Option(
+        "--audit", help="Empirical privacy audit (testing aid): train on canaries and report a lower bound on "
+                        "epsilon beside the proven one")] = False,
+    audit_canaries: Annotated[int | None, typer.Option(help="Canaries of --audit [default: 200]")] = None,
+    audit_owners: Annotated[str | None, typer.Option(
+        help="Owners given the canaries of --audit, comma-separated [default: every owner]")] = None,
 ) -> None:
     """Split a real data set across simulated owners and train with per-owner DP-SGD on Flower."""
     text = opt.text_options(task=task, model_path=model_path, text_column=text_column, max_length=max_length,
@@ -105,7 +111,7 @@ def simulate(
         scaling_stats=scaling_stats, scaling_noise=scaling_noise, id_columns=opt.id_columns(id_column),
         augment=augment, aggregation=aggregation, max_update_norm=max_update_norm,
         min_clients=min_clients, round_timeout=round_timeout, below_minimum=below_minimum, ledger=ledger,
-    )
+    ) | opt.given(audit=True if audit else None, audit_canaries=audit_canaries, audit_owners=audit_owners)
     run_config: RunConfig | None = None
     try:
         with interruptible():
@@ -174,6 +180,10 @@ def check_inputs(config: RunConfig) -> None:
             f"partition {config.partition} leaves {len(empty)} of {config.clients} owners without training rows "
             f"(owners {', '.join(map(str, empty[:10]))}); use fewer owners or another partition"
         )
+    if config.audit:  # enough features and classes for the canaries
+        from fedmodel.privacy.audit import run_canaries
+
+        run_canaries(config, split)
 
 
 def _run(config: RunConfig, *, show_progress: bool) -> Any:
@@ -238,6 +248,9 @@ def print_summary(report: dict[str, Any], run_dir: Path) -> None:
         table.add_row("client-level epsilon", f"{client_level['epsilon']:.3f} at delta {client_level['delta']:g} "
                                               f"(central DP, {client_level['rounds']} rounds, noise multiplier "
                                               f"{client_level['noise_multiplier']:g})")
+    audit = privacy.get("audit")
+    if audit:
+        table.add_row("privacy audit", audit_line(audit))
     failures = sum(r["num_failures"] for r in report["rounds"])
     table.add_row("owner failures", str(failures))
     resources = report.get("resources")
@@ -251,3 +264,14 @@ def print_summary(report: dict[str, Any], run_dir: Path) -> None:
     table.add_row("run folder", str(run_dir))
     table.add_row("report", str(run_dir / "report.html"))
     out.print(table)
+
+
+def audit_line(audit: dict[str, Any]) -> str:
+    """The audit's summary: the lower bound, the proven epsilon and the verdict."""
+    bound = audit.get("lower_bound_epsilon")
+    if bound is None:
+        return str(audit.get("verdict"))
+    proven = audit.get("proven_epsilon")
+    beside = f" (proven {proven:.3f})" if isinstance(proven, (int, float)) else ""
+    return (f"epsilon >= {bound:.3f}{beside} at {1 - audit['beta']:.0%} confidence, {audit['correct']} of "
+            f"{audit['guesses']} guesses right on {audit['canaries']} canaries: {audit['verdict']}")

@@ -127,6 +127,10 @@ def _check(config: RunConfig, coordinator: str, ca: Path | None, insecure: bool)
     if config.ledger:
         raise ConfigError([f"ledger = {config.ledger!r}: a simulation setting; each deployed node keeps its own "
                            "privacy ledger in its state folder"])
+    if config.audit:
+        raise ConfigError(["audit = true: the privacy audit runs in simulation only (fedmodel simulate --audit): "
+                           "it needs every owner's secret canary bits, and a deployed owner does not train on "
+                           "canaries a coordinator chose"])
     connection(coordinator, ca, insecure=insecure)
     if config.task != "tabular":  # the coordinator's model folder and its held-out texts
         from fedmodel.llm.federated import check_text_run

@@ -518,6 +518,7 @@ def _privacy(report: Mapping[str, Any]) -> str:
     elif str(privacy.get("mode")).strip().lower() in ("none", ""):
         parts.append('<p class="note">No differential privacy: no epsilon spent.</p>')
     parts.append(_client_level(privacy.get("client_level")))
+    parts.append(_audit(privacy.get("audit")))
     refusals = _maps(privacy.get("refusals"))
     if refusals:
         parts.append('<p class="note">Owners that refused to train (their budget or their policy):</p>')
@@ -557,6 +558,43 @@ def _client_level(value: Any) -> str:
     }
     return ('<p class="note">Central DP: the guarantee for each owner as a whole, on top of the sample-level '
             'one above.</p>\n' + _key_value_table(facts, "privacy-client-level", fmt=str))
+
+
+def _audit(value: Any) -> str:
+    """Render the empirical privacy audit (``privacy.audit``, with ``--audit``), or nothing without one.
+
+    Parameters
+    ----------
+    value : Any
+        ``report["privacy"]["audit"]``.
+
+    Returns
+    -------
+    str
+        HTML.
+    """
+    audit = _as_map(value)
+    if not audit:
+        return ""
+    beta = finite_number(audit.get("beta"))
+    verdict = _text(audit.get("verdict"))
+    if str(audit.get("verdict", "")).startswith("VIOLATION"):
+        verdict = f"<strong>{verdict}</strong>"
+    facts = {
+        "Verdict": verdict,
+        "Lower bound on epsilon": _num(audit.get("lower_bound_epsilon"), ".3f"),
+        "Proven epsilon (largest of the audited owners)": _num(audit.get("proven_epsilon"), ".3f"),
+        "Audited owners": _owner_list(audit.get("owners")),
+        "Canaries (included)": f"{_int(audit.get('canaries'))} ({_int(audit.get('canaries_included'))})",
+        "Guesses (in / out), correct": (f"{_int(audit.get('guesses'))} ({_int(audit.get('guesses_in'))} / "
+                                        f"{_int(audit.get('guesses_out'))}), {_int(audit.get('correct'))}"),
+        "Confidence, delta": f"{_pct(1 - beta) if beta is not None else MISSING}, {_num(audit.get('delta'), '.3g')}",
+        "Method": _text(audit.get("method")),
+    }
+    return ('<p class="note">Empirical privacy audit (a testing aid): a lower bound on the epsilon this run '
+            'really has, from canaries scored on the final model. A bound above the proven epsilon means the '
+            'run is not private as claimed; a bound below it proves nothing more (black-box canaries give '
+            'loose bounds).</p>\n' + _key_value_table(facts, "privacy-audit", fmt=str))
 
 
 def _round_row(label: Any, entry: Mapping[str, Any]) -> list[str]:

@@ -93,3 +93,16 @@ def test_error_text_is_not_parsed_as_markup(invoke: Any, tmp_path: Path) -> None
     path.write_text("a,[/x],[bold]c\n1,2,0\n3,4,1\n", encoding="utf-8")
     check_rejected(invoke(["--dataset", str(path), "--label", "y"]),
                    ["no label column 'y'", "a, [/x], [bold]c"])
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--audit", "--dataset", "breast-cancer"], ["audit-canaries = 200", "at most features x classes", "60"]),
+        (["--audit", "--audit-owners", "0,12"], ["audit-owners = [12]"]),
+        (["--audit", "--audit-canaries", "1"], ["audit-canaries = 1"]),
+    ],
+    ids=["too-many-canaries", "owner", "count"],
+)
+def test_bad_audit_settings(invoke: Any, args: list[str], needles: list[str]) -> None:
+    check_rejected(invoke(args), needles)
