@@ -135,8 +135,8 @@ def secure_train(strategy: Any, grid: Grid, config: RunConfig, server_round: int
     reached_masking = len(watched.stages) >= 3
     if handoff.aggregate is None:
         owners = [_owner_reply(r, None, reached_masking) for r in replies]
-        if any(not r.has_error() for r in owners):
-            recorder.train_replies(server_round, owners)  # they trained: their privacy spent is recorded
+        if any(r.has_error() or not _before_masking(r) for r in replies):  # an owner failed, or trained
+            recorder.train_replies(server_round, owners)  # records both; raises when every owner failed
         raise BelowMinimumError(f"round {server_round}: secure aggregation halted: an owner kept fewer than "
                                 f"secagg-threshold = {threshold} live neighbours, so the masks cannot be removed "
                                 f"({recorder.shortfall(server_round)})")
@@ -253,12 +253,17 @@ def _apply(arrays: ArrayRecord, names: list[str], deltas: list[np.ndarray]) -> d
     return out
 
 
+def _before_masking(reply: Message) -> bool:
+    """A setup or share-keys answer (the protocol stopped before this owner trained)."""
+    records = reply.content.config_records
+    return RECORD_KEY_CONFIGS in records and "fitres.status" not in records
+
+
 def _owner_reply(reply: Message, aggregate: ArrayRecord | None, reached_masking: bool) -> Message:
     """A node's last SecAgg+ reply as fedmodel's train reply: its own records, the aggregate as its arrays."""
     if reply.has_error():
         return reply
-    if RECORD_KEY_CONFIGS in reply.content.config_records and "fitres.status" not in reply.content.config_records:
-        # a setup or share-keys answer: the protocol stopped before this owner trained
+    if _before_masking(reply):
         why = "SecAgg+ halted before the masked-vector stage" if not reached_masking else "no masked vector"
         return make_message(metadata=reply.metadata, error=Error(
             code=ErrorCode.UNKNOWN, reason=f"node {reply.metadata.src_node_id}: {why}; this owner did not train"))

@@ -294,3 +294,72 @@ def test_a_run_declaring_secure_aggregation_never_gets_a_plain_update(tmp_path: 
     with pytest.raises(PolicyViolation) as refused:
         PrivacyPolicy(require_secure_aggregation=True).check_run("site-0", dp=True, secure_aggregation=False)
     assert refused.value.rule == RULE_SECURE_AGGREGATION
+
+
+# ---------------------------------------------------------------- checkpoints and --resume under SecAgg+
+class Crash(Exception):
+    """The coordinator died."""
+
+
+class CrashingGrid(AppGrid):
+    """Simulated owners on the real ClientApp; dies right after the owners sent round ``crash_round``'s masked updates."""
+
+    def __init__(self, config: RunConfig, crash_round: int | None = None) -> None:
+        contexts = {100 + i: Context(run_id=1, node_id=100 + i, state=RecordDict(), run_config=config.to_mapping(),
+                                     node_config={"partition-id": i, "num-partitions": config.clients})
+                    for i in range(config.clients)}
+        super().__init__(client_app.app, contexts)
+        self.crash_round = crash_round
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        messages = list(messages)
+        replies = super().send_and_receive(messages, timeout=timeout)
+        if any(m.metadata.group_id == str(self.crash_round) and "fitins.config" in m.content.config_records
+               for m in messages):
+            raise Crash  # the owners trained and masked; the coordinator never unmasked
+        return replies
+
+
+def secure_coordinator(config: RunConfig, run_dir: Path, grid: AppGrid) -> tuple[dict[str, torch.Tensor], RunRecorder]:
+    """What server.app.main does for a table run, minus Flower (fresh or resumed), with a checkpoint per round."""
+    from fedmodel.data import federated_split
+    from fedmodel.models import build_model
+    from server.resume import handbacks, open_checkpoint, resume, save_round, train_config
+    from server.rounds import run_rounds
+
+    folder = RunFolder(run_dir)
+    checkpoint = open_checkpoint(run_dir, config) if config.resume else None
+    if checkpoint is None:
+        folder.create(config.to_mapping())
+    recorder = RunRecorder(config, folder)
+    strategy = build_strategy(config, recorder)
+    shared = resume(checkpoint, strategy, recorder, folder) if checkpoint else federated_split(config).schema.to_config()
+    if checkpoint is None:
+        arrays, first, extra = ArrayRecord(build_model(config.model, 64, 10, seed=config.seed).state_dict()), 1, {}
+        save_round(folder, 0, arrays, strategy, recorder, shared, config)
+    else:
+        arrays, first = ArrayRecord(checkpoint.arrays), checkpoint.server_round + 1
+        extra = handbacks(recorder, config, in_flight_round=first)
+    final = run_rounds(strategy, grid, config, arrays=arrays, first_round=first,  # type: ignore[arg-type]
+                       train_config=train_config(config, shared, extra), evaluate_config=ConfigRecord(shared),
+                       evaluate_fn=lambda r, a: None,
+                       after_round=lambda r, a: save_round(folder, r, a, strategy, recorder, shared, config))
+    return final.to_torch_state_dict(), recorder
+
+
+def test_a_secure_run_resumed_after_a_crash_mid_round_ends_as_the_uninterrupted_one(tmp_path: Path) -> None:
+    config = RunConfig(clients=3, rounds=2, batch_size=64, secure_aggregation=True, out=str(tmp_path / "a"),
+                       run_id="whole")
+    expected, whole = secure_coordinator(config, tmp_path / "a", CrashingGrid(config))
+
+    crashed = config.replace(out=str(tmp_path / "b"), run_id="crashed")
+    with pytest.raises(Crash):
+        secure_coordinator(crashed, tmp_path / "b", CrashingGrid(crashed, crash_round=2))
+    resumed = crashed.replace(resume=True)
+    weights, recorder = secure_coordinator(resumed, tmp_path / "b", CrashingGrid(resumed))  # owners' state died too
+
+    assert {o: m["epsilon"] for o, m in recorder.owner_privacy.items()} == {
+        o: m["epsilon"] for o, m in whole.owner_privacy.items()}  # the in-flight round counted once
+    assert recorder.resumes[0]["in_flight_round"] == 2
+    for key, value in expected.items():  # the same training; only SecAgg+'s stochastic rounding differs
+        assert torch.allclose(weights[key], value, atol=1e-4), key
