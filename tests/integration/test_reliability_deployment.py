@@ -1,9 +1,14 @@
 """Deployment faults on loopback: nodes and the coordinator killed with SIGKILL, `fedmodel train` stopped with SIGTERM.
 
-Five data-owner nodes (what two cores hold: each round starts one Python process with torch per
-node and message) run the documented commands over TLS on 127.0.0.1. Every process a test starts
-is killed by id at the end (its whole process tree), and nothing mentioning the test's folder is
-left running. Marked ``slow``: several minutes each (`pytest -m slow tests/integration`).
+Data-owner nodes run the documented commands over TLS on 127.0.0.1: ten for the node-kill test,
+five for the coordinator test. Ten is what this shared 2-core machine held (load average 12 to 18
+from other work): every round completed, 118 to 142 s without faults, but in rounds 1 and 2 the
+SuperLink's SQLite store stayed locked past its 5 s busy time-out and answered two nodes' uploads
+with HTTP 500, so their replies were lost and named (failed: "Reply message objects are
+unavailable", or timed out). Every process a test starts is killed by id at the end (its whole
+process tree), and nothing mentioning the test's folder is left running. Marked ``slow``
+(`pytest -m slow tests/integration`): the ten-node test took 30 minutes here (10 of them starting
+the nodes, 20 the run), the coordinator test about 12.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ from server.resume import open_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2700)]
 SITES = tuple(f"site-{i}" for i in range(5))
-ROUND_TIMEOUT = "150"  # seconds; a loaded 2-core machine needs 30-60 s for a normal round
+MANY_SITES = tuple(f"site-{i}" for i in range(10))
+ROUND_TIMEOUT = "150"  # seconds; a loaded 2-core machine needs 30-60 s for a normal round of five nodes
+MANY_ROUND_TIMEOUT = "240"  # ten nodes: about 120 s a round on a loaded 2-core machine
 
 
 def fedmodel(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -75,10 +82,10 @@ def left_running(folder: Path) -> list[psutil.Process]:
 
 
 class Federation:
-    """A coordinator and five nodes started with the documented commands; every process is tracked."""
+    """A coordinator and ``sites`` nodes started with the documented commands; every process is tracked."""
 
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
+    def __init__(self, tmp: Path, sites: tuple[str, ...]) -> None:
+        self.tmp, self.sites = tmp, sites
         self.address = f"127.0.0.1:{free_port()}"
         self.certs, self.state, self.keys = tmp / "certs", tmp / "coordinator", tmp / "keys"
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -121,8 +128,8 @@ class Federation:
         made = fedmodel("certs", "init", "--out", str(self.certs), "--host", "localhost", "--host", "127.0.0.1")
         assert made.returncode == 0, made.stderr
         self.start_coordinator()
-        split = federated_split(RunConfig(dataset="breast-cancer", clients=len(SITES)))
-        for i, site in enumerate(SITES):
+        split = federated_split(RunConfig(dataset="breast-cancer", clients=len(self.sites)))
+        for i, site in enumerate(self.sites):
             self.shards[site] = self.tmp / f"{site}.csv"
             write_csv(self.shards[site], split.owner(i).x, split.owner(i).y)
             assert fedmodel("node", "keygen", "--out", str(self.keys), "--name", site).returncode == 0
@@ -155,8 +162,8 @@ class Federation:
 
 
 @pytest.fixture
-def federation(tmp_path: Path) -> Iterator[Federation]:
-    fed = Federation(tmp_path)
+def federation(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Federation]:
+    fed = Federation(tmp_path, getattr(request, "param", SITES))
     try:
         fed.setup()
         yield fed
@@ -187,44 +194,59 @@ def finished_report(proc: subprocess.Popen[bytes], output: Path, timeout: float 
     return dict(json.loads(output.read_text()))
 
 
+def missing(row: dict[str, Any]) -> set[str]:
+    """The owners a report row names as not having replied: failed, timed out or not connected."""
+    return set(row["timed_out"]) | {f["owner"] for f in row["failures"]} | set(row["not_connected"])
+
+
+@pytest.mark.parametrize("federation", [MANY_SITES], indirect=True, ids=["10-nodes"])
 def test_nodes_killed_during_a_round_the_run_completes_and_a_restarted_node_rejoins(federation: Federation) -> None:
     started = time.monotonic()
     run_dir = federation.tmp / "run"
     output = federation.tmp / "train.out"
-    train = federation.train("--dataset", "breast-cancer", "--clients", "5", "--rounds", "5", "--min-clients", "3",
-                             "--round-timeout", ROUND_TIMEOUT, "--out", str(run_dir), out=output)
+    train = federation.train("--dataset", "breast-cancer", "--clients", str(len(MANY_SITES)), "--rounds", "5",
+                             "--min-clients", "5", "--round-timeout", MANY_ROUND_TIMEOUT, "--out", str(run_dir),
+                             out=output)
     wait_for(run_dir, "round-start", 2, proc=train)
-    time.sleep(5)  # into round 2
-    for site in ("site-3", "site-4"):
+    time.sleep(5)  # into round 2: the nodes' train processes are running
+    # three owners the coordinator knows by name (they replied in round 1; a node never heard from is "node N")
+    heard = open_checkpoint(run_dir).state["recorder"]["rows"][0]["replied"]
+    killed = heard[-3:]
+    restarted = killed[0]
+    for site in killed:
         kill_tree(federation.nodes[site])
     wait_for(run_dir, "round-start", 3, proc=train)
-    federation.start_node("site-3")  # same key, same state folder: the same owner comes back
+    federation.start_node(restarted)  # during round 3; same key, same state folder: the same owner comes back
     report = finished_report(train, output)
-    print(f"5 nodes, 2 killed in round 2, one restarted: fedmodel train took {time.monotonic() - started:.0f} s")
+    print(f"{len(MANY_SITES)} nodes, {killed} SIGKILLed in round 2, {restarted} restarted in round 3: "
+          f"fedmodel train took {time.monotonic() - started:.0f} s")
+    rows = report["rounds"]
+    for row in rows:
+        print(row["round"], f"{row['seconds']:.0f} s", "replied", row["replied"], "failed",
+              [(f["owner"] or f"node {f['node_id']}", f["reason"][:120]) for f in row["failures"]],
+              "timed out", row["timed_out"], "not connected", row["not_connected"])
 
     assert report["status"] == "completed"
-    rows = report["rounds"]
     assert [r["round"] for r in rows] == [1, 2, 3, 4, 5]
-    assert rows[0]["replied"] == list(SITES)
     for row in rows:
-        assert len(row["replied"]) >= 3
-        print(row["round"], "replied", row["replied"], "failed", [f["owner"] for f in row["failures"]],
-              "timed out", row["timed_out"], "not connected", row["not_connected"])
-    missing_in_2 = set(rows[1]["timed_out"]) | {f["owner"] for f in rows[1]["failures"]} | set(rows[1]["not_connected"])
-    assert {"site-3", "site-4"} <= missing_in_2  # named, not silently dropped
-    assert not {"site-3", "site-4"} & set(rows[1]["replied"])
-    for row in rows[2:]:  # site-4 never came back: named every round
-        assert "site-4" not in row["replied"]
-        assert "site-4" in set(row["timed_out"]) | {f["owner"] for f in row["failures"]} | set(row["not_connected"])
-    assert any("site-3" in row["replied"] for row in rows[3:])  # the restarted node replied in a later round
+        assert len(row["replied"]) >= 5
+        assert not set(row["replied"]) & missing(row)
+        # every node accounted for once (a failure of a node never heard from is named by its node id)
+        named = len(row["replied"]) + len(row["failures"]) + len(row["timed_out"]) + len(row["not_connected"])
+        assert named == len(MANY_SITES), row
+    assert set(killed) <= missing(rows[1])  # named in the round they were killed in, not silently dropped
+    assert set(killed) <= missing(rows[2])  # the restarted node joins after round 3 began
+    for row in rows[2:]:  # the other two never came back: named every round
+        assert set(killed[1:]) <= missing(row)
+    assert any(restarted in row["replied"] for row in rows[3:])  # the restarted node replied in a later round
 
     # the restarted node carried its privacy state of the run over from disk, never forgetting a round
-    owners = {o["owner"]: o for o in report["privacy"]["owners"]}
-    per_round = owners["site-0"]["steps"] // 5
-    rounds_replied = sum("site-3" in row["replied"] for row in rows)
-    assert rounds_replied * per_round <= owners["site-3"]["steps"] <= (rounds_replied + 1) * per_round
     run_id = tomllib.loads((run_dir / "config.toml").read_text())["fedmodel"]["run-id"]
-    assert (federation.node_dir("site-3") / "privacy-runs" / f"{run_id}.json").is_file()
+    record = json.loads((federation.node_dir(restarted) / "privacy-runs" / f"{run_id}.json").read_text())
+    per_round = int(record["state"]["plan-steps-per-round"])
+    steps = {o["owner"]: o["steps"] for o in report["privacy"]["owners"]}[restarted]
+    rounds_replied = sum(restarted in row["replied"] for row in rows)
+    assert rounds_replied * per_round <= steps <= (rounds_replied + 1) * per_round  # + the round it was killed in
 
 
 def test_train_stopped_with_sigterm_and_a_killed_coordinator_both_resume_to_the_end(federation: Federation) -> None:
