@@ -34,7 +34,9 @@ from fedmodel.llm import (
     LoraSettings, LoraTrainSettings, TextShard, adapter_state, add_lora, check_fingerprint, evaluate_task,
     load_adapter_state, load_base, read_text_shard, tokenize_shard, train_lora_round,
 )
-from fedmodel.llm.federated import CLASSES_KEY, FINGERPRINT_KEY, text_split
+from fedmodel.llm.federated import CLASSES_KEY, FINGERPRINT_KEY, POOLING_KEY, text_split
+from fedmodel.llm.pooling import POOLINGS
+from fedmodel.llm.train import HEAD_LR_FACTOR
 from fedmodel.owner import round_seed
 
 
@@ -136,7 +138,11 @@ def owner_model(msg: Message, owner: TextOwner) -> tuple[nn.Module, Any]:
     config = owner.config
     num_labels = len(owner.texts.classes) if config.task == "classification" else None
     settings = LoraSettings(config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets or None)
-    model, tokenizer = _lora_model(str(owner.model_path), config.task, num_labels, settings, config.seed)
+    pooling = str(record.get(POOLING_KEY, "model"))
+    if pooling not in POOLINGS:
+        raise FedModelError(f"owner {owner.name}: the coordinator sent {POOLING_KEY} = {pooling!r}; expected "
+                            f"{' or '.join(POOLINGS)}")
+    model, tokenizer = _lora_model(str(owner.model_path), config.task, num_labels, settings, config.seed, pooling)
     load_adapter_state(model, msg.content["arrays"].to_torch_state_dict())  # type: ignore[union-attr]
     return model, tokenizer
 
@@ -157,14 +163,15 @@ _CHECKED: dict[tuple[object, ...], str] = {}
 def train_settings(config: RunConfig) -> LoraTrainSettings:
     """Local training and the privacy plan's parameters, from the run config (as this owner applies it)."""
     return LoraTrainSettings(batch_size=config.batch_size, max_physical_batch_size=config.physical_batch_size,
-                             lr=config.lr, epochs=config.local_epochs, rounds=config.rounds, epsilon=config.epsilon,
+                             lr=config.lr, head_lr=config.head_lr or HEAD_LR_FACTOR * config.lr,
+                             epochs=config.local_epochs, rounds=config.rounds, epsilon=config.epsilon,
                              delta=config.delta, max_grad_norm=config.max_grad_norm)
 
 
 @lru_cache(maxsize=1)  # one base model per process: loading is slow and the weights are large
 def _lora_model(path: str, task: str, num_labels: int | None, settings: LoraSettings,
-                seed: int) -> tuple[nn.Module, Any]:
-    loaded = load_base(Path(path), task, num_labels, seed=seed)  # type: ignore[arg-type]
+                seed: int, pooling: str) -> tuple[nn.Module, Any]:
+    loaded = load_base(Path(path), task, num_labels, seed=seed, pooling=pooling)  # type: ignore[arg-type]
     return add_lora(loaded.model, settings, seed=seed), loaded.tokenizer
 
 

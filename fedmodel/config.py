@@ -176,6 +176,8 @@ class RunConfig:
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ()  # layer names to adapt; () = the architecture's default
     physical_batch_size: int = 32  # most examples per forward pass; larger logical batches are split
+    pooling: str = "auto"  # classification: auto | mean | model (fedmodel.llm.pooling)
+    head_lr: float = 0.0  # learning rate of the classification head; 0 = 10 x lr (fedmodel.llm.train)
     max_rows: int = 0  # a text run uses a seeded, stratified sample of this many rows (0 = all)
     # Cleaning at the owner (fedmodel.data.cleaning), applied to data files before training.
     missing: str = "error"
@@ -350,6 +352,9 @@ class RunConfig:
             if self.max_rows:
                 p.append(f"max-rows = {self.max_rows!r}: applies to text data sets only (task classification "
                          "or causal-lm)")
+            p.extend(f"{key} = {value!r}: applies to text classification only (task classification)"
+                     for key, value, default in (("pooling", self.pooling, "auto"), ("head-lr", self.head_lr, 0.0))
+                     if value != default)
             return p
         if not self.model_path or not Path(self.model_path).is_absolute():
             p.append(f"model-path = {self.model_path!r}: a text task needs the absolute path of a local Hugging Face "
@@ -361,7 +366,10 @@ class RunConfig:
                   (_finite(self.lora_dropout) and 0 <= self.lora_dropout < 1, "lora-dropout", self.lora_dropout,
                    "a number in [0, 1)"),
                   (self.physical_batch_size >= 1, "physical-batch-size", self.physical_batch_size, "an integer >= 1"),
-                  (self.max_rows >= 0, "max-rows", self.max_rows, "an integer >= 0 (0 = all rows)")]
+                  (self.max_rows >= 0, "max-rows", self.max_rows, "an integer >= 0 (0 = all rows)"),
+                  (self.pooling in ("auto", "mean", "model"), "pooling", self.pooling, "auto | mean | model"),
+                  (_finite(self.head_lr) and self.head_lr >= 0, "head-lr", self.head_lr,
+                   "a number >= 0 (0 = 10 x lr)")]
         p.extend(f"{key} = {value!r}: expected {expected}" for ok, key, value, expected in checks if not ok)
         if self.strategy == "fedprox":
             p.append(f"strategy = 'fedprox' with task = {self.task!r}: LoRA training has no proximal term; use "
@@ -586,8 +594,8 @@ _STR_FIELDS = {"dataset", "data_path", "label", "strategy", "model", "device", "
                "ledger"}
 
 _INT_FIELDS |= {"max_length", "lora_rank", "lora_alpha", "physical_batch_size", "max_rows"}  # language models
-_FLOAT_FIELDS |= {"lora_dropout"}
-_STR_FIELDS |= {"task", "model_path", "text_column"}
+_FLOAT_FIELDS |= {"lora_dropout", "head_lr"}
+_STR_FIELDS |= {"task", "model_path", "text_column", "pooling"}
 _INT_FIELDS |= {"audit_canaries"}  # privacy audit
 _FLOAT_FIELDS |= {"central_noise", "central_clip", "central_target_quantile", "central_clip_lr", "central_count_stddev"}
 _STR_FIELDS |= {"central_dp"}  # central (client-level) DP

@@ -30,8 +30,9 @@ from fedmodel.llm import (
     LoraSettings, adapter_state, add_lora, evaluate_task, fingerprint, load_adapter_state, load_base, payload_sizes,
     save_adapter, tokenize_shard,
 )
-from fedmodel.llm.federated import CLASSES_KEY, FINGERPRINT_KEY, text_split
+from fedmodel.llm.federated import CLASSES_KEY, FINGERPRINT_KEY, POOLING_KEY, text_split
 from fedmodel.llm.lora import unwrap
+from fedmodel.llm.pooling import resolve_pooling
 from fedmodel.report.run_folder import RunFolder
 from server.recorder import RunRecorder, owner_of
 from server.strategy import build_strategy
@@ -58,7 +59,8 @@ def run_text(grid: Grid, config: RunConfig, folder: RunFolder, recorder: RunReco
     base_fingerprint = fingerprint(base_path)
     split = text_split(config)
     num_labels = len(split.classes) if config.task == "classification" else None
-    base = load_base(base_path, config.task, num_labels, seed=config.seed)  # type: ignore[arg-type]
+    pooling = resolve_pooling(config.pooling, base_path) if config.task == "classification" else "model"
+    base = load_base(base_path, config.task, num_labels, seed=config.seed, pooling=pooling)  # type: ignore[arg-type]
     settings = lora_settings(config)
     model = add_lora(base.model, settings, seed=config.seed)
     test = tokenize_shard(base.tokenizer, split.test(), max_length=config.max_length)
@@ -73,7 +75,7 @@ def run_text(grid: Grid, config: RunConfig, folder: RunFolder, recorder: RunReco
         recorder.central_evaluation(server_round, {**_NOT_CLASSIFICATION, **metrics})
         return MetricRecord({k: v for k, v in metrics.items() if math.isfinite(v)})
 
-    shared = {FINGERPRINT_KEY: base_fingerprint, CLASSES_KEY: "\x1f".join(split.classes)}
+    shared = {FINGERPRINT_KEY: base_fingerprint, CLASSES_KEY: "\x1f".join(split.classes), POOLING_KEY: pooling}
     strategy = build_strategy(config, recorder)
     strategy.fraction_evaluate = 0.0  # the coordinator evaluates; owners' forward passes would add a third
     meter = MeteredGrid(grid)
@@ -86,9 +88,10 @@ def run_text(grid: Grid, config: RunConfig, folder: RunFolder, recorder: RunReco
         evaluate_fn=central_eval,
     )
     load_adapter_state(model, result.arrays.to_torch_state_dict())
-    save_adapter(model, folder.path / ADAPTER_FILE, settings, base_fingerprint=base_fingerprint)
+    save_adapter(model, folder.path / ADAPTER_FILE, settings, base_fingerprint=base_fingerprint, pooling=pooling)
     report = recorder.report("completed")
     report.update(text_report(config, model, base_fingerprint, split.classes, meter, perplexity))
+    report["language_model"]["pooling"] = pooling
     for row in report["rounds"]:
         row["perplexity"] = perplexity.get(row["round"])
     if report.get("final") is not None and perplexity:

@@ -88,18 +88,25 @@ PhysicalBatchSize = Annotated[int | None, typer.Option(
     help="Most texts per forward pass; a larger --batch-size is split (Opacus BatchMemoryManager) [default: 32]")]
 MaxRows = Annotated[int | None, typer.Option(
     help="Use a seeded, stratified sample of this many rows of a text data set (0 = all) [default: 0]")]
+Pooling = Annotated[str | None, typer.Option(
+    help="Classification: how a text's token states become one vector: auto (mean when the model folder "
+         "declares mean pooling, as sentence-embedding models do) | mean | model (the architecture's own head) "
+         "[default: auto]")]
+HeadLr = Annotated[float | None, typer.Option(
+    help="Learning rate of the classification head (the adapters use --lr) [default: 10 x --lr]")]
 TEXT_LR = 5e-3
 """The learning rate of a text run when --lr is not given: AdamW on LoRA adapters (tables: SGD, 2.0)."""
 
 
 def text_options(*, task: str | None, model_path: Path | None, text_column: str | None, max_length: int | None,
                  lora_rank: int | None, lora_alpha: int | None, lora_dropout: float | None, lora_targets: str | None,
-                 physical_batch_size: int | None, max_rows: int | None) -> dict[str, Any]:
+                 physical_batch_size: int | None, max_rows: int | None, pooling: str | None = None,
+                 head_lr: float | None = None) -> dict[str, Any]:
     """The language-model options given, under their config keys; a model path made absolute."""
     return given(task=task, model_path=model_path.expanduser().absolute() if model_path else None,
                  text_column=text_column, max_length=max_length, lora_rank=lora_rank, lora_alpha=lora_alpha,
                  lora_dropout=lora_dropout, lora_targets=lora_targets, physical_batch_size=physical_batch_size,
-                 max_rows=max_rows)
+                 max_rows=max_rows, pooling=pooling, head_lr=head_lr)
 
 CentralDp = Annotated[str | None, typer.Option(
     help="Central (client-level) DP on top of DP-SGD: none | fixed | adaptive. Owners clip their update to "

@@ -65,6 +65,8 @@ def simulate(
     lora_targets: opt.LoraTargets = None,
     physical_batch_size: opt.PhysicalBatchSize = None,
     max_rows: opt.MaxRows = None,
+    pooling: opt.Pooling = None,
+    head_lr: opt.HeadLr = None,
     min_clients: opt.MinClients = None,
     round_timeout: opt.RoundTimeout = None,
     below_minimum: opt.BelowMinimum = None,
@@ -94,7 +96,8 @@ def simulate(
     """Split a real data set across simulated owners and train with per-owner DP-SGD on Flower."""
     text = opt.text_options(task=task, model_path=model_path, text_column=text_column, max_length=max_length,
                             lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                            lora_targets=lora_targets, physical_batch_size=physical_batch_size, max_rows=max_rows)
+                            lora_targets=lora_targets, physical_batch_size=physical_batch_size, max_rows=max_rows,
+                            pooling=pooling, head_lr=head_lr)
     central = opt.central_options(
         central_dp=central_dp, central_noise=central_noise, central_clip=central_clip,
         central_target_quantile=central_target_quantile, central_clip_lr=central_clip_lr,

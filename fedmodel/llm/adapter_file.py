@@ -17,6 +17,7 @@ from torch import nn
 
 from fedmodel.llm.errors import ModelSourceError
 from fedmodel.llm.lora import LoraSettings, adapter_state, task_of, unwrap
+from fedmodel.llm.pooling import Pooling
 from fedmodel.llm.source import TASKS, Task
 
 FORMAT = "fedmodel-lora-1"
@@ -31,9 +32,11 @@ class AdapterFile:
     task: Task
     num_labels: int | None
     base_fingerprint: str | None
+    pooling: Pooling = "model"
 
 
-def save_adapter(model: nn.Module, path: Path, settings: LoraSettings, *, base_fingerprint: str | None) -> Path:
+def save_adapter(model: nn.Module, path: Path, settings: LoraSettings, *, base_fingerprint: str | None,
+                 pooling: Pooling = "model") -> Path:
     """Write the model's adapter state and its description to ``path`` (safetensors).
 
     Parameters
@@ -46,6 +49,8 @@ def save_adapter(model: nn.Module, path: Path, settings: LoraSettings, *, base_f
         The LoRA settings the adapter was built with.
     base_fingerprint
         The base model's fingerprint (see :func:`~fedmodel.llm.source.fingerprint`), checked when merging.
+    pooling
+        The pooling the head was trained on (see :mod:`fedmodel.llm.pooling`), restored when merging.
 
     Returns
     -------
@@ -61,7 +66,7 @@ def save_adapter(model: nn.Module, path: Path, settings: LoraSettings, *, base_f
         "format": FORMAT, "task": task, "num-labels": json.dumps(num_labels),
         "rank": str(settings.rank), "alpha": str(settings.alpha), "dropout": repr(float(settings.dropout)),
         "target-modules": json.dumps(list(settings.target_modules) if settings.target_modules else None),
-        "base-fingerprint": base_fingerprint or "",
+        "base-fingerprint": base_fingerprint or "", "pooling": pooling,
     }
     state = {k: v.contiguous() for k, v in adapter_state(model).items()}
     save_file(state, str(path), metadata=metadata)
@@ -97,4 +102,5 @@ def read_adapter(path: Path) -> AdapterFile:
     except (KeyError, ValueError) as exc:
         raise ModelSourceError(f"{path}: adapter description is incomplete ({exc})") from None
     task: Task = "classification" if meta["task"] == "classification" else "causal-lm"
-    return AdapterFile(state, settings, task, num_labels, meta.get("base-fingerprint") or None)
+    pooling: Pooling = "mean" if meta.get("pooling") == "mean" else "model"  # files from before pooling: model
+    return AdapterFile(state, settings, task, num_labels, meta.get("base-fingerprint") or None, pooling)

@@ -22,8 +22,10 @@ from fedmodel.llm.text import TextShard, read_text_shard
 
 FINGERPRINT_KEY = "base-fingerprint"
 CLASSES_KEY = "text-classes"
+POOLING_KEY = "text-pooling"
 """Keys of a text run's train and evaluate configs: the base weights' fingerprint (every owner checks its
-copy against it) and the class names in label-index order, joined by ``\\x1f`` (empty for language modelling)."""
+copy against it), the class names in label-index order, joined by ``\\x1f`` (empty for language modelling),
+and the pooling the coordinator resolved (``mean`` or ``model``, see :mod:`fedmodel.llm.pooling`)."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -25,7 +25,10 @@ def merge_adapter(base_path: Path, adapter_file: Path, out_dir: Path) -> Path:
     Returns
     -------
     Path
-        ``out_dir``, loadable with :func:`~fedmodel.llm.source.load_base` or ``from_pretrained``.
+        ``out_dir``, loadable with :func:`~fedmodel.llm.source.load_base` or ``from_pretrained``. A head
+        trained on mean pooling needs ``load_base(out_dir, ..., pooling="mean")`` (or ``auto``: the folder's
+        ``config.json`` declares it as ``fedmodel_pooling``); plain ``from_pretrained`` would read the
+        first token's pooler instead.
 
     Raises
     ------
@@ -37,7 +40,7 @@ def merge_adapter(base_path: Path, adapter_file: Path, out_dir: Path) -> Path:
     adapter = read_adapter(adapter_file)
     if adapter.base_fingerprint is not None:
         check_fingerprint(base_path, adapter.base_fingerprint)
-    base = load_base(base_path, adapter.task, adapter.num_labels)
+    base = load_base(base_path, adapter.task, adapter.num_labels, pooling=adapter.pooling)
     model = add_lora(base.model, adapter.settings)
     load_adapter_state(model, adapter.state)
     merged = model.merge_and_unload()

@@ -19,6 +19,7 @@ import torch
 from fedmodel.errors import ConfigError
 from fedmodel.llm.errors import FingerprintMismatch, ModelSourceError
 from fedmodel.llm.offline import force_offline
+from fedmodel.llm.pooling import POOLINGS, use_mean_pooling
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -88,7 +89,8 @@ def check_model_folder(path: Path) -> list[Path]:
     return weights
 
 
-def load_base(path: Path, task: Task, num_labels: int | None, *, seed: int = 0) -> BaseModel:
+def load_base(path: Path, task: Task, num_labels: int | None, *, seed: int = 0,
+              pooling: str = "model") -> BaseModel:
     """Load a base model and its tokenizer from a local folder, never from the network.
 
     Parameters
@@ -103,6 +105,9 @@ def load_base(path: Path, task: Task, num_labels: int | None, *, seed: int = 0) 
         another size, is initialised afresh (seeded), to be trained with the adapter.
     seed
         Seeds the initialisation of any head the folder lacks, so every party builds the same one.
+    pooling
+        Classification only: ``model`` (the architecture's own head) or ``mean`` (the mean of the
+        token states, see :mod:`fedmodel.llm.pooling`).
 
     Returns
     -------
@@ -139,6 +144,10 @@ def load_base(path: Path, task: Task, num_labels: int | None, *, seed: int = 0) 
         tokenizer.pad_token = tokenizer.eos_token
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    if task == "classification" and pooling == "mean":
+        use_mean_pooling(model)
+    elif pooling not in POOLINGS:
+        raise ConfigError([f"pooling = {pooling!r}: expected one of {', '.join(POOLINGS)}"])
     model.train()
     return BaseModel(model, tokenizer, path, task)
 

@@ -28,6 +28,9 @@ from fedmodel.llm.lora import task_of, unwrap
 from fedmodel.llm.source import Task
 from fedmodel.privacy import NoPrivacy, OpacusDPSGD, OwnerPrivacyState, PrivacyMechanism, plan_for_owner
 
+HEAD_LR_FACTOR = 10.0
+"""A run's head learning rate when none is given: this many times the adapters' (see ``head_lr``)."""
+
 
 @dataclass(frozen=True)
 class LoraTrainSettings:
@@ -40,7 +43,11 @@ class LoraTrainSettings:
     max_physical_batch_size
         Most examples in one forward pass (larger logical batches are split, one step per logical batch).
     lr
-        AdamW learning rate.
+        AdamW learning rate of the LoRA adapters.
+    head_lr
+        AdamW learning rate of the classification head (None: ``lr``). Under DP noise Adam moves every
+        coordinate by about ``lr`` per step, so adapters need a small rate while the head, which
+        carries most of the gradient signal, needs a larger one.
     epochs
         Local epochs per round.
     rounds, epsilon, delta, max_grad_norm
@@ -51,6 +58,7 @@ class LoraTrainSettings:
     batch_size: int = 32
     max_physical_batch_size: int = 32
     lr: float = 5e-3
+    head_lr: float | None = None
     epochs: int = 1
     rounds: int = 1
     epsilon: float = 3.0
@@ -63,6 +71,8 @@ class LoraTrainSettings:
             (self.max_physical_batch_size >= 1,
              f"max_physical_batch_size = {self.max_physical_batch_size}: expected an integer >= 1"),
             (self.lr > 0 and math.isfinite(self.lr), f"lr = {self.lr}: expected a number > 0"),
+            (self.head_lr is None or (self.head_lr > 0 and math.isfinite(self.head_lr)),
+             f"head_lr = {self.head_lr}: expected a number > 0"),
             (self.epochs >= 1, f"epochs = {self.epochs}: expected an integer >= 1"),
             (self.rounds >= 1, f"rounds = {self.rounds}: expected an integer >= 1"),
             (self.epsilon > 0 and math.isfinite(self.epsilon), f"epsilon = {self.epsilon}: expected a number > 0"),
@@ -118,8 +128,7 @@ def train_lora_round(
         raise DataValidationError(f"owner {owner}: a classification shard needs labels")
     model.to(device)
     model.train()  # Opacus refuses a model in eval mode (after an evaluation in the same process, say)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(_param_groups(model, settings), weight_decay=0.0)
     loader = _loader(shard, task, settings.batch_size, seed)
     mechanism: PrivacyMechanism
     if privacy is None:
@@ -147,6 +156,16 @@ def train_lora_round(
     metrics = {"num-examples": float(len(shard)), "train-loss": loss}
     metrics.update(mechanism.finish())
     return metrics
+
+
+def _param_groups(model: nn.Module, settings: LoraTrainSettings) -> list[dict[str, Any]]:
+    """The adapters at ``lr``; the classification head (peft ``modules_to_save``) at ``head_lr``."""
+    head = [p for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" in n]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" not in n]
+    groups: list[dict[str, Any]] = [{"params": rest, "lr": settings.lr}]
+    if head:
+        groups.append({"params": head, "lr": settings.head_lr if settings.head_lr is not None else settings.lr})
+    return [g for g in groups if g["params"]]
 
 
 def _loader(shard: TokenizedShard, task: Task, batch_size: int, seed: int) -> DataLoader[Any]:
