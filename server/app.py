@@ -34,7 +34,7 @@ from fedmodel.privacy.owner_ledger import AUDIT_LOG_NAME
 from fedmodel.report.run_folder import RunFolder
 from fedmodel.security.audit_log import AuditLog
 from fedmodel.training import evaluate
-from server.audit import audit_run
+from server.audit import UpdateAudit, audit_run
 from server.recorder import RunRecorder
 from server.resume import handbacks, open_checkpoint, resume, save_round, train_config
 from server.rounds import run_rounds
@@ -101,6 +101,9 @@ def main(grid: Grid, context: Context) -> None:
         else:
             arrays, first = ArrayRecord(checkpoint.arrays), checkpoint.server_round + 1
             extra = handbacks(recorder, config, in_flight_round=first)
+        if config.audit and not config.secure_aggregation:  # --audit also reads each owner's updates
+            recorder.update_audit = UpdateAudit(config, split, num_features=test.num_features,
+                                                num_classes=test.num_classes)
         final = run_rounds(
             strategy, grid, config, arrays=arrays, first_round=first, train_config=train_config(config, shared, extra),
             evaluate_config=ConfigRecord(shared), evaluate_fn=central_eval,
@@ -109,7 +112,7 @@ def main(grid: Grid, context: Context) -> None:
         if config.audit:  # --audit: the canaries scored with the final model (server.audit)
             recorder.privacy_audit = audit_run(config, split, final.to_torch_state_dict(),
                                                num_features=test.num_features, num_classes=test.num_classes,
-                                               owner_privacy=recorder.owner_privacy)
+                                               owner_privacy=recorder.owner_privacy, updates=recorder.update_audit)
         folder.write_model(final.to_torch_state_dict())
         folder.write_report(recorder.report("completed"))
         audit.append("run-end", run_id=str(context.run_id), status="completed")

@@ -67,6 +67,7 @@ class RunRecorder:
         self.node_owner: dict[int, OwnerId] = {}
         self.resumes: list[dict[str, Any]] = []
         self.privacy_audit: dict[str, Any] | None = None  # --audit's outcome (server.audit), set after the last round
+        self.update_audit: Any = None  # --audit: server.audit.UpdateAudit, shown every round's train replies
         self.central: dict[str, Any] | None = None  # central DP's releases (server.central_dp)
         self._seconds_before = 0.0  # ServerApp time spent before the latest resume
         self._round: _Round | None = None
@@ -91,6 +92,8 @@ class RunRecorder:
         rnd.not_connected = sorted({o for o in self.node_owner.values() if o not in asked}, key=_sort_key)
         if rnd.timed_out:
             self.folder.event("timed-out", round=server_round, owners=rnd.timed_out)
+        if self.update_audit is not None:
+            self.update_audit.observe(list(messages), list(replies))
 
     def train_replies(self, server_round: int, replies: Iterable[Message]) -> list[Message]:
         """Record replies (metrics and failures); raise if every sampled owner failed."""

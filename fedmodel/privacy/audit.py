@@ -25,9 +25,11 @@ Choices, fixed in advance:
   share directions the real rows use and the audit weakens.
 * score: the gain in the canary label's centred logit (its logit less the mean logit, the
   log-probability up to a term common to all labels) from the initial to the final global model.
-* guesses: ``k+ = k- = k`` for every ``k`` in :data:`GUESS_FRACTIONS` of ``m`` (the last guesses
-  every canary); every ``k`` is tested at ``beta / number of k`` (Bonferroni), so the largest bound
-  over the grid still holds with probability ``1 - beta``.
+* guesses: ``k+ = k- = k`` and ``k+ = k, k- = 0`` for every ``k`` in :data:`GUESS_FRACTIONS` of
+  ``m`` (``k = m / 2`` guesses every canary); every pair is tested at ``beta / number of pairs``
+  (Bonferroni), so the largest bound over the grid still holds with probability ``1 - beta``.
+  "In" guesses alone help when the model already predicted some included canaries before they
+  were trained on (no push, no gain: they look excluded, which spoils "out" guesses).
 * epsilon: the paper's p-value for (eps, delta)-DP (its Algorithm, :func:`p_value`), the bound the
   largest eps whose p-value is below the level (:func:`epsilon_lower_bound`). With ``delta = 0``
   it is the binomial tail of Theorem 1.
@@ -236,7 +238,7 @@ class AuditResult:
 def guess_pairs(m: int) -> list[tuple[int, int]]:
     """The (k+, k-) pairs tried for m canaries, fixed before looking at any score."""
     ks = sorted({min(max(1, int(f * m)), m // 2) for f in GUESS_FRACTIONS})
-    return [(k, k) for k in ks]
+    return [(k, k) for k in ks] + [(k, 0) for k in ks]
 
 
 def audit_scores(scores: np.ndarray, included: np.ndarray, *, delta: float, beta: float = BETA) -> AuditResult:
@@ -274,7 +276,7 @@ def audit_report(result: AuditResult, *, proven_epsilon: float | None, dp: bool,
     else:
         verdict = "consistent"
     return {
-        "method": "one-run audit (Steinke, Nasr and Jagielski 2023): canaries scored on the final global model",
+        "method": "one-run audit (Steinke, Nasr and Jagielski 2023): canaries scored with the run's models",
         "owners": owners, "canaries": result.canaries, "canaries_included": result.included,
         "guesses": result.guesses, "guesses_in": result.guesses_in, "guesses_out": result.guesses_out,
         "correct": result.correct, "beta": result.beta, "delta": result.delta,

@@ -582,7 +582,8 @@ def _audit(value: Any) -> str:
         verdict = f"<strong>{verdict}</strong>"
     facts = {
         "Verdict": verdict,
-        "Lower bound on epsilon": _num(audit.get("lower_bound_epsilon"), ".3f"),
+        "Lower bound on epsilon": _num(audit.get("lower_bound_epsilon"), ".3f") + (
+            f" (read from {_text(audit['read_from'])})" if audit.get("read_from") else ""),
         "Proven epsilon (largest of the audited owners)": _num(audit.get("proven_epsilon"), ".3f"),
         "Audited owners": _owner_list(audit.get("owners")),
         "Canaries (included)": f"{_int(audit.get('canaries'))} ({_int(audit.get('canaries_included'))})",

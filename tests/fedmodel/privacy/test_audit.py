@@ -95,9 +95,10 @@ def test_bonferroni_levels_and_perfect_scores() -> None:
     included = np.array([True, False] * 100)
     scores = np.where(included, 1.0, -1.0) + np.linspace(0, 0.1, 200)
     result = audit_scores(scores, included, delta=0.0)
-    assert guess_pairs(200) == [(10, 10), (20, 20), (40, 40), (60, 60), (100, 100)]
-    assert (result.guesses, result.correct, result.pairs_tried) == (200, 200, 5)
-    q = (0.05 / 5) ** (1 / 200)
+    ks = [10, 20, 40, 60, 100]
+    assert guess_pairs(200) == [(k, k) for k in ks] + [(k, 0) for k in ks]
+    assert (result.guesses, result.correct, result.pairs_tried) == (200, 200, 10)
+    q = (0.05 / 10) ** (1 / 200)
     assert result.lower_bound == pytest.approx(math.log(q / (1 - q)), abs=1e-6)
 
 

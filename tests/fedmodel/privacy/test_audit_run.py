@@ -72,3 +72,58 @@ def test_run_without_noise_is_flagged_far_above_its_claim() -> None:
     assert result.lower_bound > 3 * claimed, result
     assert audit_report(result, proven_epsilon=claimed, dp=True, owners=[0, 1])["verdict"].startswith("VIOLATION")
     assert np.isfinite(result.lower_bound)
+
+
+def _federate_through_the_client_app(config: RunConfig) -> dict[str, object]:
+    """The real ClientApp in process (canaries, accounting, faults), FedAvg here; the coordinator's audit."""
+    import time
+
+    from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, Metadata, RecordDict
+    from flwr.app.message.message import make_message
+
+    import clients.app as client_app
+    from server.audit import UpdateAudit, audit_run
+
+    split = federated_split(config)
+    test = split.test()
+    weights = build_model(config.model, test.num_features, test.num_classes, seed=config.seed).state_dict()
+    contexts = [Context(run_id=1, node_id=100 + o, state=RecordDict(), run_config=config.to_mapping(),
+                        node_config={"partition-id": o, "num-partitions": config.clients})
+                for o in range(config.clients)]
+    updates = UpdateAudit(config, split, num_features=test.num_features, num_classes=test.num_classes)
+    privacy: dict[object, dict[str, float]] = {}
+    for server_round in range(1, config.rounds + 1):
+        messages = [make_message(metadata=Metadata(
+            run_id=1, message_id=f"r{server_round}o{o}", src_node_id=0, dst_node_id=100 + o, reply_to_message_id="",
+            group_id=str(server_round), created_at=time.time(), ttl=600.0, message_type=MessageType.TRAIN),
+            content=RecordDict({"arrays": ArrayRecord(weights),
+                                "config": ConfigRecord({"server-round": server_round})}))
+            for o in range(config.clients)]
+        replies = [client_app.train(m, contexts[o]) for o, m in enumerate(messages)]
+        assert not any(r.has_error() for r in replies), [r.error.reason for r in replies if r.has_error()]
+        updates.observe(messages, replies)
+        metrics = [dict(r.content["metrics"]) for r in replies]
+        total = sum(float(m["num-examples"]) for m in metrics)
+        states = [r.content["arrays"].to_torch_state_dict() for r in replies]
+        weights = {k: sum(float(m["num-examples"]) * s[k] for m, s in zip(metrics, states, strict=True)) / total
+                   for k in weights}
+        privacy = {int(m["owner"]): {k: float(v) for k, v in m.items()} for m in metrics}  # type: ignore[arg-type]
+    return audit_run(config, split, weights, num_features=test.num_features, num_classes=test.num_classes,
+                     owner_privacy=privacy, updates=updates)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["", "0:no-noise"], ids=["honest", "owner-0-no-noise"])
+def test_one_broken_owner_among_honest_ones_shows_in_its_own_updates(fault: str) -> None:
+    """Owner 0 of 4 audited alone: the global model hides its missing noise, its own updates do not."""
+    config = RunConfig.from_mapping({"clients": 4, "rounds": 3, "local-epochs": 5, "epsilon": CLAIMED, "audit": True,
+                                     "audit-canaries": 200, "audit-owners": "0", "inject-faults": fault})
+    audit = _federate_through_the_client_app(config)
+    bounds = {b["read_from"]: b["lower_bound_epsilon"] for b in audit["lower_bounds"]}  # type: ignore[attr-defined]
+    assert audit["proven_epsilon"] == pytest.approx(CLAIMED, rel=0.02)
+    if not fault:
+        assert audit["verdict"] == "consistent" and max(bounds.values()) <= CLAIMED, audit
+    else:
+        assert audit["verdict"].startswith("VIOLATION"), audit  # type: ignore[attr-defined]
+        assert bounds["the audited owners' own updates"] > 3 * CLAIMED, audit
+        assert audit["read_from"] == "the audited owners' own updates"
