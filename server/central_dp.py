@@ -75,7 +75,8 @@ class EqualMeanMixin:
         key: str = self.arrayrecord_key  # type: ignore[attr-defined]
         unit = [RecordDict({key: msg.content.array_records[key], _UNIT: MetricRecord({_UNIT: 1})}) for msg in valid]
         arrays = aggregate_arrayrecords(unit, _UNIT)
-        metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)  # type: ignore[attr-defined]
+        aggregate_metrics = self.train_metrics_aggr_fn  # type: ignore[attr-defined]
+        metrics = aggregate_metrics([m.content for m in valid], self.weighted_by_key)  # type: ignore[attr-defined]
         return arrays, metrics
 
 
