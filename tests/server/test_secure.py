@@ -148,6 +148,19 @@ def test_secagg_plus_gives_the_fedavg_aggregate_within_its_quantisation_error(tm
     assert {o: m["epsilon"] for o, m in recorder.owner_privacy.items()} == {n - 100: 0.5 + n - 100 for n in WEIGHTS}
 
 
+@pytest.mark.parametrize("strategy", ["fedprox", "fedadam"])
+def test_fedprox_and_fedadam_take_their_step_from_the_secure_mean(tmp_path: Path, strategy: str) -> None:
+    config = RunConfig(clients=OWNERS, rounds=1, secure_aggregation=True, strategy=strategy)
+    secure, _ = one_round(config, toy_grid(config), tmp_path)
+    plain, _ = one_round(config.replace(secure_aggregation=False), toy_grid(config), tmp_path)
+    if strategy == "fedprox":  # FedAvg's mean: the same bound
+        check_close(secure, plain, bound_for(sorted(WEIGHTS)))
+    else:  # FedAdam's step eta * m / (sqrt(v) + tau) from a mean that differs by < 1e-4: far below eta = 0.1
+        for key, value in plain.items():
+            assert torch.allclose(secure[key], value, atol=1e-3), key
+        assert float(torch.abs(secure["fc.weight"] - GLOBAL["fc.weight"]).max()) > 0.05
+
+
 def test_with_central_dp_owners_clip_inside_secagg_and_weigh_the_same(tmp_path: Path) -> None:
     config = RunConfig(clients=OWNERS, rounds=1, secure_aggregation=True, central_dp="fixed", central_clip=0.5,
                        central_noise=1e-9)  # noise std 1e-10 / 4: the comparison below is about the mean
