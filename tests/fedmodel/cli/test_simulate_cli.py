@@ -6,7 +6,6 @@ None of these may start a simulation: ``_run`` is replaced by a function that fa
 from __future__ import annotations
 
 import importlib
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +28,7 @@ def invoke(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
     monkeypatch.chdir(tmp_path)
 
     def run(args: list[str]) -> Any:
-        start = time.perf_counter()
-        result = CliRunner().invoke(app, ["simulate", *args])
-        elapsed = time.perf_counter() - start
-        assert elapsed < 5, f"validation took {elapsed:.1f} s"
-        return result
+        return CliRunner().invoke(app, ["simulate", *args])  # no_simulation: bad input never reaches the engine
 
     return run
 
