@@ -212,10 +212,43 @@ def finish(folder: RunFolder, status: str, details: str, started: float, logs: s
     return RunResult(folder.path, report)
 
 
+def descendant_groups(pid: int) -> set[int]:
+    """Process groups of every descendant of ``pid`` (from ``ps``), except this process's own group.
+
+    Flower's SuperLink starts SuperExec in a session of its own, and SuperExec starts flwr-simulation
+    (and Ray) there: killing the SuperLink's group alone leaves them running as orphans. Collect the
+    groups while the tree is still linked (a dead parent's children are adopted by init).
+    """
+    try:
+        out = subprocess.run(["ps", "-A", "-o", "pid=,ppid=,pgid="], capture_output=True, text=True, timeout=10,
+                             check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    children: dict[int, list[tuple[int, int]]] = {}
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and all(f.isdigit() for f in fields):
+            child, parent, group = (int(f) for f in fields)
+            children.setdefault(parent, []).append((child, group))
+    groups, todo, seen = set(), [pid], {pid}
+    while todo:
+        for child, group in children.get(todo.pop(), []):
+            if child not in seen:
+                seen.add(child)
+                groups.add(group)
+                todo.append(child)
+    return groups - {os.getpgid(0)}
+
+
 def stop_process(proc: subprocess.Popen[bytes] | None, grace_s: float = 10.0) -> None:
-    """Stop a process and, if it leads its own process group, the whole group: SIGTERM, then SIGKILL."""
+    """Stop a process and, if it leads its own process group, the whole group: SIGTERM, then SIGKILL.
+
+    The process groups its descendants started for themselves are killed afterwards (see
+    :func:`descendant_groups`), so nothing it started outlives it.
+    """
     if proc is None or proc.poll() is not None:
         return
+    orphans = descendant_groups(proc.pid)
     try:
         pgid = os.getpgid(proc.pid)
         own_group = pgid == os.getpgid(0)
@@ -238,6 +271,11 @@ def stop_process(proc: subprocess.Popen[bytes] | None, grace_s: float = 10.0) ->
                 pass
     except ProcessLookupError:
         pass
+    for group in orphans:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
 
 def free_port() -> int:
