@@ -177,7 +177,7 @@ class RunConfig:
     lora_targets: tuple[str, ...] = ()  # layer names to adapt; () = the architecture's default
     physical_batch_size: int = 32  # most examples per forward pass; larger logical batches are split
     pooling: str = "auto"  # classification: auto | mean | model (fedmodel.llm.pooling)
-    head_lr: float = 0.0  # learning rate of the classification head; 0 = 10 x lr (fedmodel.llm.train)
+    head_lr: float = 0.0  # learning rate of the classification head; 0 = 100 x lr (fedmodel.llm.train)
     max_rows: int = 0  # a text run uses a seeded, stratified sample of this many rows (0 = all)
     # Cleaning at the owner (fedmodel.data.cleaning), applied to data files before training.
     missing: str = "error"
@@ -369,7 +369,7 @@ class RunConfig:
                   (self.max_rows >= 0, "max-rows", self.max_rows, "an integer >= 0 (0 = all rows)"),
                   (self.pooling in ("auto", "mean", "model"), "pooling", self.pooling, "auto | mean | model"),
                   (_finite(self.head_lr) and self.head_lr >= 0, "head-lr", self.head_lr,
-                   "a number >= 0 (0 = 10 x lr)")]
+                   "a number >= 0 (0 = 100 x lr)")]
         p.extend(f"{key} = {value!r}: expected {expected}" for ok, key, value, expected in checks if not ok)
         if self.strategy == "fedprox":
             p.append(f"strategy = 'fedprox' with task = {self.task!r}: LoRA training has no proximal term; use "

