@@ -12,7 +12,7 @@ import dp_accounting
 import pytest
 from dp_accounting.rdp import RdpAccountant
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]  # ~1-2 min; the wrapper, mods and accounting have in-process tests in tests/server and tests/clients
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # 1-2 min; in-process tests cover wrapper, mods, accounting
 
 
 def test_simulate_with_central_dp_reports_both_epsilons(tmp_path: Path) -> None:
