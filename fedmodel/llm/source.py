@@ -122,6 +122,8 @@ def load_base(path: Path, task: Task, num_labels: int | None, *, seed: int = 0,
         The folder or one of its files is missing, or Hugging Face cannot load it.
     """
     _check_task(task, num_labels)
+    if pooling not in POOLINGS:  # before any file is read or model built
+        raise ConfigError([f"pooling = {pooling!r}: expected one of {', '.join(POOLINGS)}"])
     check_model_folder(path)
     force_offline()
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
@@ -146,8 +148,6 @@ def load_base(path: Path, task: Task, num_labels: int | None, *, seed: int = 0,
         model.config.pad_token_id = tokenizer.pad_token_id
     if task == "classification" and pooling == "mean":
         use_mean_pooling(model)
-    elif pooling not in POOLINGS:
-        raise ConfigError([f"pooling = {pooling!r}: expected one of {', '.join(POOLINGS)}"])
     model.train()
     return BaseModel(model, tokenizer, path, task)
 
