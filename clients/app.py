@@ -51,6 +51,7 @@ from fedmodel.protocol import FEATURE_SUMS_QUERY, OWNER_RECORD_KEY, PLACEMENT_RE
 from clients.privacy_account import owner_account, record_refusal
 from clients.carry import REPLY_KEY, keep_privacy, privacy_record, restore_privacy
 from clients.central_dp import central_dp_mod
+from clients.cohort import is_cohort_message, serve_cohort
 from clients.secure import require_masked_train, secure_aggregation_in_effect, secure_aggregation_mod
 
 app = ClientApp()
@@ -213,6 +214,13 @@ def train(msg: Message, context: Context) -> Message:
 
         return text.train(msg, context)
     torch.set_num_threads(1)
+    if is_cohort_message(msg):  # a simulated node hosting many owners: each in turn (clients.cohort)
+        return serve_cohort(msg, context, train_owner)
+    return train_owner(msg, context)
+
+
+def train_owner(msg: Message, context: Context) -> Message:
+    """One owner's train step: the reply with its update, or an error reply naming it."""
     try:
         require_masked_train(_owner_label(context).removeprefix("owner "), run_config(context))
         owner = resolve_owner(msg, context)
@@ -255,6 +263,13 @@ def evaluate(msg: Message, context: Context) -> Message:
 
         return text.evaluate(msg, context)
     torch.set_num_threads(1)
+    if is_cohort_message(msg):
+        return serve_cohort(msg, context, evaluate_owner_message)
+    return evaluate_owner_message(msg, context)
+
+
+def evaluate_owner_message(msg: Message, context: Context) -> Message:
+    """One owner's evaluation: its aggregate metrics, or an error reply naming it."""
     try:
         owner = resolve_owner(msg, context)
         owner_account(owner.name, owner.config, context)  # the owner's policy holds for every message

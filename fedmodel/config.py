@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 BUNDLED_DATASETS: tuple[str, ...] = ("digits", "breast-cancer")
 STRATEGIES: tuple[str, ...] = ("fedavg", "fedprox", "fedadam")
 MODELS: tuple[str, ...] = ("logreg", "mlp")
-PartitionKind = Literal["iid", "dirichlet", "pathological"]
+PartitionKind = Literal["iid", "dirichlet", "pathological", "sample"]
 MISSING_POLICIES: tuple[str, ...] = ("error", "drop", "mean", "median", "mode")
 DUPLICATE_POLICIES: tuple[str, ...] = ("keep", "drop")
 OUTLIER_POLICIES: tuple[str, ...] = ("keep", "clip", "drop")
@@ -51,12 +51,15 @@ class PartitionSpec:
     """How the training data is split across owners.
 
     ``iid``; ``dirichlet:ALPHA`` (label skew, smaller alpha is more skewed); ``pathological:K``
-    (each owner holds K classes).
+    (each owner holds K classes); ``sample:R`` (each owner draws R distinct rows at random from all the
+    training rows, independently of the others: owners share rows, so a million owners fit a small
+    data set; for rehearsing scale, since a record held by several owners is protected per owner only).
     """
 
     kind: PartitionKind = "iid"
     alpha: float | None = None
     classes_per_owner: int | None = None
+    rows_per_owner: int | None = None
 
     @classmethod
     def parse(cls, text: str) -> PartitionSpec:
@@ -76,13 +79,19 @@ class PartitionSpec:
             if not arg.isdigit() or int(arg) < 1:
                 raise ValueError(f"pathological needs a class count >= 1, as in pathological:2, got {text!r}")
             return cls("pathological", classes_per_owner=int(arg))
-        raise ValueError(f"expected iid, dirichlet:ALPHA or pathological:K, got {text!r}")
+        if kind == "sample":
+            if not arg.isdigit() or int(arg) < 1:
+                raise ValueError(f"sample needs a row count >= 1, as in sample:2, got {text!r}")
+            return cls("sample", rows_per_owner=int(arg))
+        raise ValueError(f"expected iid, dirichlet:ALPHA, pathological:K or sample:R, got {text!r}")
 
     def __str__(self) -> str:
         if self.kind == "dirichlet":
             return f"dirichlet:{self.alpha!r}"
         if self.kind == "pathological":
             return f"pathological:{self.classes_per_owner}"
+        if self.kind == "sample":
+            return f"sample:{self.rows_per_owner}"
         return "iid"
 
 
@@ -162,6 +171,9 @@ class RunConfig:
     ray_address: str = ""  # "" = a private local Ray; HOST:PORT (GCS) or ray://HOST:PORT = an existing cluster
     cpus_per_worker: int = 1
     gpus_per_worker: float = 0.0
+    # Simulation at scale (simulations.cohorts): Flower nodes that each host a cohort of owners, and sampling
+    nodes: int = 0  # Flower nodes of a simulation; 0 = one per owner; fewer = each trains a cohort in turn
+    owners_per_round: int = 0  # owners sampled (uniformly, without replacement) each round; 0 = every owner
     inject_failure_owners: tuple[int, ...] = ()  # testing aid: these owners raise during training
     aggregation: AggregationSpec = field(default_factory=AggregationSpec)
     max_update_norm: float = 0.0  # reject updates farther than this (L2) from the global model; 0 = no bound
@@ -335,6 +347,7 @@ class RunConfig:
         p.extend(self._audit_problems())
         p.extend(self._secure_aggregation_problems())
         p.extend(self._central_dp_problems())
+        p.extend(self._cohort_problems())
         if p:
             raise ConfigError(p)
 
@@ -517,6 +530,48 @@ class RunConfig:
             p.append(f"audit = true with task = {self.task!r}: the privacy audit is for tables only")
         return p
 
+    def _cohort_problems(self) -> list[str]:
+        """Nodes hosting cohorts of owners, and sampling owners per round: what they cannot be combined with."""
+        p: list[str] = []
+        if not 0 <= self.nodes <= max(self.clients, 1):
+            p.append(f"nodes = {self.nodes!r}: expected 0 (one node per owner) or a count in [1, clients = "
+                     f"{self.clients}]")
+        if not 0 <= self.owners_per_round <= max(self.clients, 1):
+            p.append(f"owners-per-round = {self.owners_per_round!r}: expected 0 (every owner) or a count in "
+                     f"[1, clients = {self.clients}]")
+        if self.owners_per_round and not self.cohorts:
+            p.append(f"owners-per-round = {self.owners_per_round} needs nodes < clients (each Flower node then hosts "
+                     f"a cohort of owners and trains those sampled): add --nodes, e.g. --nodes 2")
+        if self.partition.kind == "sample" and self.task != "tabular":
+            p.append(f"partition = {self.partition} with task = {self.task!r}: sampled shards are for tables only")
+        if not self.cohorts:
+            return p
+        clash = {
+            "secure-aggregation": self.secure_aggregation, "central-dp": self.central_dp != "none",
+            "audit": self.audit, "min-clients": bool(self.min_clients), "round-timeout": self.round_timeout > 0,
+            "below-minimum": self.below_minimum != "stop",
+            "resume and owners-per-round": self.resume and self.owners_per_round > 0,
+            "scaling-stats = federated with scaling = zscore": (self.scaling == "zscore"
+                                                                 and self.scaling_stats == "federated"),
+        }
+        for key, on in clash.items():
+            if on:
+                p.append(f"nodes = {self.nodes} (cohorts of owners per node) with {key}: not supported yet; "
+                         "use --nodes 0 (one node per owner)")
+        if self.task != "tabular":
+            p.append(f"nodes = {self.nodes} with task = {self.task!r}: cohorts are for tables only; use --nodes 0")
+        return p
+
+    @property
+    def cohorts(self) -> bool:
+        """True when each simulated Flower node hosts a cohort of owners (``0 < nodes < clients``)."""
+        return 0 < self.nodes < self.clients
+
+    @property
+    def flower_nodes(self) -> int:
+        """The simulation's Flower nodes: ``nodes``, or one per owner."""
+        return self.nodes if self.cohorts else self.clients
+
     @property
     def audited_owners(self) -> tuple[int, ...]:
         """The owners the audit gives canaries: ``audit-owners``, or every owner."""
@@ -533,7 +588,7 @@ class RunConfig:
     @property
     def min_connected(self) -> int:
         """The fewest connected nodes a round may start with: ``min-clients``, or every owner when it is not set."""
-        return resolve_min_clients(self.min_clients, self.clients) if self.min_clients else self.clients
+        return resolve_min_clients(self.min_clients, self.clients) if self.min_clients else self.flower_nodes
 
     # ------------------------------------------------------------------ serialisation
     def to_mapping(self) -> dict[str, Any]:
@@ -586,7 +641,8 @@ def _finite(x: float) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-_INT_FIELDS = {"clients", "rounds", "local_epochs", "batch_size", "seed", "cpus_per_worker"}
+_INT_FIELDS = {"clients", "rounds", "local_epochs", "batch_size", "seed", "cpus_per_worker", "nodes",
+               "owners_per_round"}
 _FLOAT_FIELDS = {"epsilon", "delta", "max_grad_norm", "proximal_mu", "server_lr", "lr", "test_fraction",
                  "gpus_per_worker", "outlier_k", "scaling_noise", "max_update_norm", "round_timeout"}
 _STR_FIELDS = {"dataset", "data_path", "label", "strategy", "model", "device", "out", "ray_address", "missing",

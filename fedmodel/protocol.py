@@ -20,3 +20,12 @@ HANDBACK_PREFIX = "fedmodel-resume:"
 
 SECAGG_NAMES_KEY = "fedmodel-array-names"
 """Train-config key of a SecAgg+ round: the names of the global model's arrays, in the order of the legacy Parameters."""
+
+COHORT_KEY = "fedmodel-cohort"
+"""Train/evaluate-config key of a simulation whose nodes host cohorts: the owners this round asks for (a list)."""
+
+COHORT_SEPARATOR = "@"
+"""A cohort reply holds each owner's records as ``<record name>@<owner>`` (``arrays@17``, ``metrics@17``)."""
+
+COHORT_ERRORS_KEY = "fedmodel-cohort-errors"
+"""ConfigRecord of a cohort reply: ``{owner: reason}`` for each owner whose work failed."""

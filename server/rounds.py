@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from fedmodel.config import RETRY_ATTEMPTS, RunConfig
 from fedmodel.errors import AllClientsFailedError, BelowMinimumError
 from fedmodel.report.run_folder import RunFolder
+from server.cohorts import round_owners, split_replies, with_cohort
 from server.secure import secure_train
 
 log = logging.getLogger("fedmodel.server")
@@ -41,10 +42,12 @@ def run_rounds(strategy: object, grid: Grid, config: RunConfig, *, arrays: Array
     for server_round in range(first_round, config.rounds + 1):
         log.info("[ROUND %d/%d]", server_round, config.rounds)
         arrays = _train(strategy, grid, config, server_round, arrays, train_config, timeout)
-        replies = grid.send_and_receive(
-            list(strategy.configure_evaluate(server_round, arrays, evaluate_config, grid)),  # type: ignore[attr-defined]
-            timeout=timeout)
-        strategy.aggregate_evaluate(server_round, replies)  # type: ignore[attr-defined]
+        eval_config = with_cohort(evaluate_config, round_owners(config, server_round)) if config.cohorts \
+            else evaluate_config
+        replies = list(grid.send_and_receive(
+            list(strategy.configure_evaluate(server_round, arrays, eval_config, grid)),  # type: ignore[attr-defined]
+            timeout=timeout))
+        strategy.aggregate_evaluate(server_round, split_replies(replies) if config.cohorts else replies)  # type: ignore[attr-defined]
         evaluate_fn(server_round, arrays)
         after_round(server_round, arrays)
     return arrays
@@ -57,9 +60,12 @@ def _train(strategy: object, grid: Grid, config: RunConfig, server_round: int, a
     def attempt() -> ArrayRecord:
         if config.secure_aggregation:  # Flower's SecAgg+ for the train stage (server.secure)
             return secure_train(strategy, grid, config, server_round, arrays, train_config, timeout)
-        messages = list(strategy.configure_train(server_round, arrays, train_config, grid))  # type: ignore[attr-defined]
+        sent = with_cohort(train_config, round_owners(config, server_round)) if config.cohorts else train_config
+        messages = list(strategy.configure_train(server_round, arrays, sent, grid))  # type: ignore[attr-defined]
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         recorder.train_sent(server_round, messages, replies)
+        if config.cohorts:  # one reply per owner from here on (server.cohorts)
+            replies = split_replies(replies)
         aggregated, _ = strategy.aggregate_train(server_round, replies)  # type: ignore[attr-defined]
         return aggregated if aggregated is not None else arrays
 

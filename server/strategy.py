@@ -303,7 +303,7 @@ def build_strategy(config: RunConfig, recorder: RunRecorder, *, max_examples: in
     bound = config.max_update_norm if config.max_update_norm > 0 else None
     strategy.max_update_norm = bound  # type: ignore[attr-defined]
     strategy.max_examples = DEFAULT_MAX_EXAMPLES if max_examples is None else max_examples  # type: ignore[attr-defined]
-    strategy.expected_nodes = config.clients  # type: ignore[attr-defined]
+    strategy.expected_nodes = config.flower_nodes  # type: ignore[attr-defined]
     strategy.min_connected = config.min_connected  # type: ignore[attr-defined]
     strategy.min_replies = config.min_replies  # type: ignore[attr-defined]
     strategy.round_timeout = config.round_timeout or None  # type: ignore[attr-defined]

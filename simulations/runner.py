@@ -88,8 +88,8 @@ def check_workers(config: RunConfig) -> None:
 
 
 def federation_config(config: RunConfig) -> str:
-    """Flower's simulation settings for the run: one node per owner, each worker's resources, no init-args."""
-    return (f"num-supernodes={config.clients} client-resources-num-cpus={config.cpus_per_worker} "
+    """Flower's simulation settings: one node per owner (or ``nodes`` hosting cohorts), worker resources, no init-args."""
+    return (f"num-supernodes={config.flower_nodes} client-resources-num-cpus={config.cpus_per_worker} "
             f"client-resources-num-gpus={float(config.gpus_per_worker)!r}")
 
 

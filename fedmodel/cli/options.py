@@ -31,6 +31,11 @@ Format = Annotated[str, typer.Option("--format", help="table | json")]
 RayAddress = Annotated[str | None, typer.Option(
     "--ray-address", help="Run the workers on this existing Ray cluster: HOST:PORT of its head (GCS, 6379 by "
                           "default) or ray://HOST:10001 [default: a private local Ray]")]
+Nodes = Annotated[int | None, typer.Option(
+    help="Flower nodes of the simulation; fewer than --clients: each hosts a cohort of owners and trains them one "
+         "after another (fast for many owners) [default: 0 = one node per owner]")]
+OwnersPerRound = Annotated[int | None, typer.Option(
+    help="Owners sampled at random each round (needs --nodes < --clients) [default: 0 = every owner]")]
 CpusPerWorker = Annotated[int | None, typer.Option(help="Whole CPUs each simulation worker reserves [default: 1]")]
 GpusPerWorker = Annotated[float | None, typer.Option(
     help="GPUs each simulation worker reserves; 0.25 lets 4 workers share a GPU [default: 0]")]

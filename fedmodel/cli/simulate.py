@@ -26,7 +26,11 @@ def simulate(
     label: opt.Label = None,
     clients: Annotated[int | None, typer.Option(help="Number of simulated data owners [default: 10]")] = None,
     rounds: opt.Rounds = None,
-    partition: Annotated[str | None, typer.Option(help="iid | dirichlet:ALPHA | pathological:K [default: iid]")] = None,
+    partition: Annotated[str | None, typer.Option(
+        help="iid | dirichlet:ALPHA | pathological:K | sample:R (each owner draws R rows; owners share rows) "
+             "[default: iid]")] = None,
+    nodes: opt.Nodes = None,
+    owners_per_round: opt.OwnersPerRound = None,
     epsilon: opt.Epsilon = None,
     delta: opt.Delta = None,
     no_dp: Annotated[bool, typer.Option("--no-dp", help="Train without differential privacy (ablation)")] = False,
@@ -114,6 +118,7 @@ def simulate(
         scaling_stats=scaling_stats, scaling_noise=scaling_noise, id_columns=opt.id_columns(id_column),
         augment=augment, aggregation=aggregation, max_update_norm=max_update_norm,
         min_clients=min_clients, round_timeout=round_timeout, below_minimum=below_minimum, ledger=ledger,
+        nodes=nodes, owners_per_round=owners_per_round,
     ) | opt.given(audit=True if audit else None, audit_canaries=audit_canaries, audit_owners=audit_owners)
     run_config: RunConfig | None = None
     try:
@@ -177,7 +182,7 @@ def check_inputs(config: RunConfig) -> None:
         check_text_run(config, simulated=True)
         return
     split = federated_split(config)
-    empty = [i for i, rows in enumerate(split.owner_rows) if len(rows) == 0]
+    empty = split.empty_owners()
     if empty:
         raise FedModelError(
             f"partition {config.partition} leaves {len(empty)} of {config.clients} owners without training rows "

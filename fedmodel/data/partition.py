@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import overload
 
 import numpy as np
 
@@ -56,18 +58,58 @@ def partition_indices(labels: np.ndarray, owners: int, spec: PartitionSpec, seed
         ]) from None
 
 
+class SampledRows(Sequence[np.ndarray]):
+    """``sample:R``: owner ``i`` holds ``R`` distinct rows drawn at random from ``rows``, independently per owner.
+
+    Computed when asked (from ``seed`` and the owner's number alone), so a million registered owners
+    cost nothing until they are sampled. Raises ConfigError when ``R`` exceeds the rows there are.
+    """
+
+    def __init__(self, rows: np.ndarray, owners: int, per_owner: int, seed: int) -> None:
+        if per_owner > len(rows):
+            raise ConfigError([f"partition = sample:{per_owner}: each owner draws {per_owner} rows, but the training "
+                               f"split has {len(rows)}"])
+        self._rows, self._owners, self._per_owner, self._seed = rows, owners, per_owner, seed
+
+    def __len__(self) -> int:
+        return self._owners
+
+    @overload
+    def __getitem__(self, owner: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, owner: slice) -> Sequence[np.ndarray]: ...
+
+    def __getitem__(self, owner: int | slice) -> np.ndarray | Sequence[np.ndarray]:
+        if isinstance(owner, slice):
+            return [self[i] for i in range(*owner.indices(self._owners))]
+        if not -self._owners <= owner < self._owners:
+            raise IndexError(f"owner {owner} of {self._owners}")
+        owner %= self._owners
+        rng = np.random.default_rng(np.random.SeedSequence([self._seed, 0x5A3D1E, owner]))
+        return np.sort(self._rows[rng.choice(len(self._rows), self._per_owner, replace=False)])
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[i] for i in range(self._owners))
+
+
 @dataclass(frozen=True, eq=False)
 class FederatedSplit:
     """A run's data layout: the coordinator's test rows and each owner's training rows."""
 
     data: Dataset
     test_rows: np.ndarray
-    owner_rows: tuple[np.ndarray, ...]
+    owner_rows: Sequence[np.ndarray]  # a tuple, or SampledRows for partition sample:R
     schema: Schema
 
     def owner(self, owner: int) -> Dataset:
         """The shard of one owner."""
         return self.data.subset(self.owner_rows[owner])
+
+    def empty_owners(self) -> list[int]:
+        """The owners without a training row (never any with ``sample:R``, which draws R >= 1 each)."""
+        if isinstance(self.owner_rows, SampledRows):
+            return []
+        return [i for i, rows in enumerate(self.owner_rows) if len(rows) == 0]
 
     def test(self) -> Dataset:
         """The coordinator's held-out test split."""
@@ -88,7 +130,11 @@ def _split_cached(dataset: str, data_path: str, label: str, test_fraction: float
                        clients=clients, partition=partition, seed=seed, missing=missing, id_columns=id_columns)
     data = load_dataset(config)
     train_rows, test_rows = train_test_split(data, test_fraction, seed)
+    labels = data.classes if dataset == "file" else tuple(str(i) for i in range(data.num_classes))
+    if partition.kind == "sample":  # drawn per owner when asked: owners may far outnumber the rows
+        assert partition.rows_per_owner is not None  # guaranteed by PartitionSpec.parse
+        sampled = SampledRows(train_rows, clients, partition.rows_per_owner, seed)
+        return FederatedSplit(data, test_rows, sampled, Schema(data.num_features, labels))
     parts = partition_indices(data.y[train_rows], clients, partition, seed)
     # bundled data sets have their label codes written in files; a user's file its own label values
-    labels = data.classes if dataset == "file" else tuple(str(i) for i in range(data.num_classes))
     return FederatedSplit(data, test_rows, tuple(train_rows[p] for p in parts), Schema(data.num_features, labels))

@@ -1,0 +1,89 @@
+"""A simulated Flower node hosting a cohort of owners: train (or evaluate) those asked, one after another.
+
+The coordinator's message names the owners it asks this round (:data:`~fedmodel.protocol.COHORT_KEY`,
+see :mod:`server.cohorts`); this node hosts the owners ``o`` with ``o % nodes == partition-id``. Each
+one is served by the very handler a node of its own would run, with a Context of its own: its
+``partition-id`` is the owner's number and its ``state`` holds only that owner's records, kept in the
+node's state under ``<record>@<owner>`` between rounds. So every owner keeps its own privacy state and
+budget, and the node's reply carries each owner's records under ``<record>@<owner>`` and each owner's
+failure in :data:`~fedmodel.protocol.COHORT_ERRORS_KEY`: one owner failing never fails the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from fedmodel.errors import FedModelError
+from fedmodel.protocol import COHORT_ERRORS_KEY, COHORT_KEY, COHORT_SEPARATOR
+
+Handler = Callable[[Message, Context], Message]
+STATE_INDEX_KEY = "fedmodel-cohort-state"
+"""``context.state`` record of a cohort node: ``{owner: [names of that owner's state records]}``."""
+
+
+def is_cohort_message(msg: Message) -> bool:
+    """True when the message asks a cohort of owners (a simulation with ``nodes < clients``)."""
+    return "config" in msg.content.config_records and COHORT_KEY in msg.content["config"]
+
+
+def serve_cohort(msg: Message, context: Context, handler: Handler) -> Message:
+    """Run ``handler`` for each owner this node hosts among those the message asks; one reply for them all."""
+    owners = hosted_owners(msg, context)
+    content = RecordDict()
+    errors: dict[str, str] = {}
+    for owner in owners:
+        own = owner_context(context, owner)
+        try:
+            reply = handler(msg, own)
+        finally:
+            keep_owner_state(context, own, owner)
+        if reply.has_error():
+            errors[str(owner)] = reply.error.reason
+            continue
+        for name, record in reply.content.items():
+            content[f"{name}{COHORT_SEPARATOR}{owner}"] = record
+    if errors:
+        content[COHORT_ERRORS_KEY] = ConfigRecord(errors)  # type: ignore[arg-type]
+    return Message(content=content, reply_to=msg)
+
+
+def hosted_owners(msg: Message, context: Context) -> list[int]:
+    """The owners asked this round that live on this node (``owner % nodes == partition-id``).
+
+    Raises FedModelError when the node's settings do not match the run's (not a cohort node).
+    """
+    node = context.node_config
+    if "partition-id" not in node or "num-partitions" not in node:
+        raise FedModelError(f"node {context.node_id}: a cohort message reached a node that is not simulated")
+    pid, nodes = int(node["partition-id"]), int(node["num-partitions"])
+    expected = int(context.run_config.get("nodes", 0))  # type: ignore[arg-type]
+    if nodes != expected:
+        raise FedModelError(f"node {pid}: the simulation has {nodes} nodes, the run expects nodes = {expected}")
+    asked = msg.content["config"][COHORT_KEY]
+    return [int(o) for o in asked if int(o) % nodes == pid]  # type: ignore[union-attr]
+
+
+def owner_context(context: Context, owner: int) -> Context:
+    """The Context one owner's handler sees: its own number as ``partition-id``, its own state records."""
+    node_config = {**context.node_config, "partition-id": owner,
+                   "num-partitions": int(context.run_config["clients"])}  # type: ignore[arg-type]
+    state = RecordDict()
+    index = context.state.get(STATE_INDEX_KEY)
+    for name in (index.get(str(owner), []) if index is not None else []):  # type: ignore[union-attr]
+        state[str(name)] = context.state[f"{name}{COHORT_SEPARATOR}{owner}"]
+    return Context(run_id=context.run_id, node_id=context.node_id, node_config=node_config, state=state,
+                   run_config=context.run_config)
+
+
+def keep_owner_state(context: Context, own: Context, owner: int) -> None:
+    """Put what the owner's handler left in its state back into the node's state, under the owner's name."""
+    names = sorted(own.state.keys())
+    for name in names:
+        context.state[f"{name}{COHORT_SEPARATOR}{owner}"] = own.state[name]
+    if STATE_INDEX_KEY not in context.state:
+        context.state[STATE_INDEX_KEY] = ConfigRecord()
+    index = context.state[STATE_INDEX_KEY]
+    if names and list(index.get(str(owner), [])) != names:  # type: ignore[union-attr]
+        index[str(owner)] = names  # type: ignore[index]
