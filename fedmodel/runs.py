@@ -32,6 +32,9 @@ from fedmodel.report.run_folder import RunFolder, read_events
 ProgressFn = Callable[[dict[str, Any]], None]
 POLL_INTERVAL_S = 0.5
 STATUS_INTERVAL_S = 2.0
+"""Wait before asking Flower again after a sign of the end (or, without the log stream, first wait)."""
+STATUS_MAX_INTERVAL_S = 60.0
+"""Longest wait between two status questions: the safety net for a log stream that hangs."""
 
 
 @dataclass(frozen=True)
@@ -157,31 +160,50 @@ def stream_log(run_id: int, env: dict[str, str], connection: str, path: Path) ->
 
 
 def follow(run_id: int, env: dict[str, str], connection: str, folder: RunFolder, *,
-           on_event: ProgressFn | None, broken: Callable[[], str | None] = lambda: None) -> tuple[str, str]:
+           on_event: ProgressFn | None, broken: Callable[[], str | None] = lambda: None,
+           stream_ended: Callable[[], bool] | None = None) -> tuple[str, str]:
     """Relay progress events until Flower says the run finished; return (status, details).
 
-    ``broken`` is polled too: a non-empty answer (e.g. "the SuperLink exited") ends the wait.
+    Asking Flower (``flwr list``) costs a process and seconds of CPU, so it is asked only when the
+    run may have ended: at once when ``stream_ended()`` turns true (``flwr log --stream`` exits when
+    Flower marks the run finished, also when the ServerApp died without a word), within
+    ``STATUS_INTERVAL_S`` of the ServerApp's ``done`` event when there is no stream to wait for,
+    and otherwise at growing intervals up to ``STATUS_MAX_INTERVAL_S`` (from ``STATUS_INTERVAL_S``
+    without a stream; a live stream starts at the longest). ``broken`` is polled every
+    ``POLL_INTERVAL_S``: a non-empty answer (e.g. "the SuperLink exited") ends the wait.
     """
-    offset, last_check = 0, 0.0
+    offset, done, stream_seen = 0, False, False
+    interval = STATUS_INTERVAL_S if stream_ended is None else STATUS_MAX_INTERVAL_S
+    next_check = time.monotonic() + interval
 
-    def relay() -> None:
+    def relay() -> bool:
         nonlocal offset
         events, offset = read_events(folder.progress_path, offset)
         for event in events:
             if on_event is not None:
                 on_event(event)
+        return any(event.get("event") == "done" for event in events)
 
     while True:
-        relay()
+        now = time.monotonic()
+        if relay() and not done:
+            done = True
+            if stream_ended is None or stream_seen:
+                next_check = min(next_check, now + STATUS_INTERVAL_S)
         problem = broken()
         if problem:
             return "broken", problem
-        if time.monotonic() - last_check > STATUS_INTERVAL_S:
-            last_check = time.monotonic()
+        if stream_ended is not None and not stream_seen and stream_ended():
+            # ask now; if the run goes on, the stream broke: ask from STATUS_INTERVAL_S on, backing off
+            stream_seen, next_check, interval = True, now, STATUS_INTERVAL_S / 2
+        if now >= next_check:
             status, details = run_status(run_id, env, connection)
             if status.startswith("finished"):
                 relay()
                 return status, details
+            soon = done and (stream_ended is None or stream_seen)  # nothing else will say when it ends
+            interval = STATUS_INTERVAL_S if soon else min(interval * 2, STATUS_MAX_INTERVAL_S)
+            next_check = now + interval
         time.sleep(POLL_INTERVAL_S)
 
 

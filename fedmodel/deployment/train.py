@@ -67,8 +67,10 @@ def run_training(config: RunConfig, coordinator: str, ca_cert: Path | None, *, i
         env = flower_env(home, {"default": CONNECTION, CONNECTION: entry})
         run_id = submit(write_app(home / "app", config), env, CONNECTION)
         log_proc = stream_log(run_id, env, CONNECTION, run_dir / "flower.log")
+        stream = log_proc
         try:
-            status, details = follow(run_id, env, CONNECTION, folder, on_event=on_event)
+            status, details = follow(run_id, env, CONNECTION, folder, on_event=on_event,
+                                     stream_ended=lambda: stream.poll() is not None)
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the run on the coordinator too, then say so
             stop_run(run_id, env, CONNECTION)
             raise

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from fedmodel import runs
+from fedmodel.report.run_folder import RunFolder
 from fedmodel.runs import descendant_groups, stop_process
 
 # A parent in its own session that starts a grandchild in yet another session (as Flower's SuperLink
@@ -59,3 +66,93 @@ def test_stop_process_kills_the_sessions_its_children_opened(tmp_path: Path) -> 
 
 def test_our_own_group_is_never_a_target() -> None:
     assert os.getpgid(0) not in descendant_groups(os.getppid())
+
+
+class FakeRun:
+    """A run on a fake clock: the ServerApp writes a round event every 10 s and ``done`` at ``done_at``;
+    Flower marks it ``status`` at ``end_at``; ``flwr log --stream`` exits then (or at ``stream_exits_at``)."""
+
+    def __init__(self, folder: RunFolder, *, end_at: float, done_at: float | None,
+                 status: str = "finished:completed", stream_exits_at: float | None = None) -> None:
+        self.folder, self.end_at, self.done_at, self.status = folder, end_at, done_at, status
+        self.stream_exits_at = end_at if stream_exits_at is None else stream_exits_at
+        self.now, self.written, self.said_done = 0.0, 0.0, False
+        self.asked: list[float] = []
+        folder.path.mkdir(parents=True, exist_ok=True)
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        while self.written + 10 <= min(self.now, self.done_at if self.done_at is not None else self.end_at):
+            self.written += 10
+            self._event("round", round=int(self.written // 10))
+        if self.done_at is not None and not self.said_done and self.done_at <= self.now:
+            self.said_done = True
+            self._event("done", status="completed")
+
+    def _event(self, kind: str, **data: Any) -> None:
+        with self.folder.progress_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"event": kind, "time": self.now, **data}) + "\n")
+
+    def run_status(self, run_id: int, env: dict[str, str], connection: str) -> tuple[str, str]:
+        self.asked.append(self.now)
+        return (self.status, "why") if self.now >= self.end_at else ("running", "")
+
+    def stream_ended(self) -> bool:
+        return self.now >= self.stream_exits_at
+
+
+@pytest.fixture
+def fake_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., FakeRun]:
+    def make(**kwargs: Any) -> FakeRun:
+        run = FakeRun(RunFolder(tmp_path / "run"), **kwargs)
+        monkeypatch.setattr(runs.time, "monotonic", run.monotonic)
+        monkeypatch.setattr(runs.time, "sleep", run.sleep)
+        monkeypatch.setattr(runs, "run_status", run.run_status)
+        return run
+    return make
+
+
+def test_follow_asks_flower_when_the_log_stream_ends_not_every_few_seconds(fake_run: Callable[..., FakeRun]) -> None:
+    run = fake_run(end_at=603.0, done_at=600.0)
+    seen: list[dict[str, Any]] = []
+    status = runs.follow(1, {}, "local", run.folder, on_event=seen.append, stream_ended=run.stream_ended)
+    assert status == ("finished:completed", "why")
+    assert run.asked[-1] == pytest.approx(603.0, abs=runs.POLL_INTERVAL_S)  # as soon as the stream ended
+    assert len(run.asked) <= 600 / runs.STATUS_MAX_INTERVAL_S + 1  # a `flwr list` per minute at most until then
+    assert [e["event"] for e in seen] == ["round"] * 60 + ["done"]
+
+
+def test_follow_finds_a_serverapp_that_died_without_done(fake_run: Callable[..., FakeRun]) -> None:
+    run = fake_run(end_at=45.0, done_at=None, status="finished:failed")
+    assert runs.follow(1, {}, "local", run.folder, on_event=None, stream_ended=run.stream_ended) == (
+        "finished:failed", "why")
+    assert run.asked == [pytest.approx(45.0, abs=runs.POLL_INTERVAL_S)]
+
+
+def test_follow_without_a_stream_backs_off_and_checks_soon_after_done(fake_run: Callable[..., FakeRun]) -> None:
+    run = fake_run(end_at=903.0, done_at=900.0)
+    assert runs.follow(1, {}, "local", run.folder, on_event=None)[0] == "finished:completed"
+    gaps = [b - a for a, b in zip(run.asked, run.asked[1:])]
+    assert run.asked[0] == pytest.approx(runs.STATUS_INTERVAL_S, abs=runs.POLL_INTERVAL_S)
+    assert max(gaps) <= runs.STATUS_MAX_INTERVAL_S + runs.POLL_INTERVAL_S
+    assert len(run.asked) < 900 / runs.STATUS_MAX_INTERVAL_S + 10  # not 450 questions
+    assert run.asked[-1] - 903.0 <= runs.STATUS_INTERVAL_S + runs.POLL_INTERVAL_S  # done was seen at 900
+
+
+def test_follow_polls_again_when_the_stream_breaks_early(fake_run: Callable[..., FakeRun]) -> None:
+    run = fake_run(end_at=100.0, done_at=None, status="finished:failed", stream_exits_at=5.0)
+    assert runs.follow(1, {}, "local", run.folder, on_event=None, stream_ended=run.stream_ended)[0] == "finished:failed"
+    assert run.asked[0] == pytest.approx(5.0, abs=runs.POLL_INTERVAL_S)
+    assert run.asked[1] - run.asked[0] == pytest.approx(runs.STATUS_INTERVAL_S, abs=runs.POLL_INTERVAL_S)
+    assert run.asked[-1] - 100.0 <= runs.STATUS_MAX_INTERVAL_S
+
+
+def test_follow_stops_when_broken_says_so(fake_run: Callable[..., FakeRun]) -> None:
+    run = fake_run(end_at=1e9, done_at=None)
+    answers = iter([None, None, "flower-superlink exited with code 1"])
+    assert runs.follow(1, {}, "local", run.folder, on_event=None, broken=lambda: next(answers),
+                       stream_ended=run.stream_ended) == ("broken", "flower-superlink exited with code 1")
+    assert run.asked == []
