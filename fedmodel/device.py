@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from fedmodel.errors import DeviceError
+
+if TYPE_CHECKING:
+    import torch
 
 
 def resolve_device(spec: str) -> torch.device:
     """The torch device for ``spec``; DeviceError if CUDA is asked for and not usable here."""
+    import torch  # on first use: importing fedmodel's commands stays fast
+
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec == "cpu":

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from fedmodel.errors import ConfigError
+
+if TYPE_CHECKING:  # torch loads on first use: RunConfig parses augment specs in every process
+    import torch
 
 _KEYS: tuple[str, ...] = ("shift", "noise", "shape")
 
@@ -88,6 +90,8 @@ def shift_images(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, image_shap
     torch.Tensor
         A new tensor of the shape and dtype of ``x``.
     """
+    import torch
+
     n = x.shape[0]
     height, width = image_shape
     reach = int(max(dy.abs().max().item(), dx.abs().max().item())) if n else 0
@@ -126,6 +130,8 @@ def augment_batch(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator
     ValueError
         ``x`` is not a 2-D floating-point tensor.
     """
+    import torch
+
     spec.validate()
     if x.ndim != 2 or not x.is_floating_point():
         raise ValueError(f"augment: x has shape {tuple(x.shape)} and dtype {x.dtype}; expected 2-D floating point")

@@ -18,20 +18,22 @@ from fedmodel.errors import ConfigError
 def partition_indices(labels: np.ndarray, owners: int, spec: PartitionSpec, seed: int) -> list[np.ndarray]:
     """Row indices (into ``labels``) held by each of ``owners`` owners.
 
-    Uses ``IidPartitioner``, ``DirichletPartitioner`` or ``PathologicalPartitioner`` (with
-    ``class_assignment_mode="first-deterministic"``, so no class is dropped) from flwr-datasets.
+    Uses ``IidPartitioner`` (its shards computed here: :func:`iid_shards`), ``DirichletPartitioner`` or
+    ``PathologicalPartitioner`` (with ``class_assignment_mode="first-deterministic"``, so no class is
+    dropped) from flwr-datasets.
     Raises ConfigError when the split is impossible (more owners than rows, alpha too small).
     """
-    from datasets import Dataset as HFDataset
-    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
-
     n = int(labels.shape[0])
     if owners > n:
         raise ConfigError([f"clients = {owners}: more owners than training rows ({n}); use at most {n}"])
+    if spec.kind == "iid":  # IidPartitioner's contiguous shards, without importing datasets (seconds per process)
+        return iid_shards(n, owners)
+    from datasets import Dataset as HFDataset
+    from flwr_datasets.partitioner import DirichletPartitioner, PathologicalPartitioner
+
     table = HFDataset.from_dict({"label": labels.astype(np.int64), "row": np.arange(n, dtype=np.int64)})
-    if spec.kind == "iid":
-        partitioner = IidPartitioner(num_partitions=owners)
-    elif spec.kind == "dirichlet":
+    partitioner: DirichletPartitioner | PathologicalPartitioner
+    if spec.kind == "dirichlet":
         assert spec.alpha is not None  # guaranteed by PartitionSpec.parse
         partitioner = DirichletPartitioner(
             num_partitions=owners, partition_by="label", alpha=spec.alpha,
@@ -56,6 +58,15 @@ def partition_indices(labels: np.ndarray, owners: int, spec: PartitionSpec, seed
             f"partition = {spec} with {owners} owners over {n} rows is not possible: {exc} "
             "(use a larger alpha or fewer owners)"
         ]) from None
+
+
+def iid_shards(rows: int, owners: int) -> list[np.ndarray]:
+    """flwr-datasets' ``IidPartitioner``: owner ``i`` holds the ``i``-th of ``owners`` contiguous shards.
+
+    The same rows as its ``dataset.shard(owners, i, contiguous=True)``: the first ``rows % owners``
+    shards hold one row more (tests check it against the partitioner itself).
+    """
+    return [np.asarray(part, dtype=np.int64) for part in np.array_split(np.arange(rows, dtype=np.int64), owners)]
 
 
 class SampledRows(Sequence[np.ndarray]):

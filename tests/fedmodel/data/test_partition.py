@@ -7,6 +7,7 @@ import pytest
 
 from fedmodel.config import PartitionSpec, RunConfig
 from fedmodel.data import federated_split, load_dataset, partition_indices, train_test_split
+from fedmodel.data.partition import iid_shards
 from fedmodel.errors import ConfigError
 
 OWNERS = 10
@@ -114,3 +115,30 @@ def test_federated_split_owner_shard_matches_rows() -> None:
     shard = split.owner(3)
     np.testing.assert_array_equal(shard.x, split.data.x[split.owner_rows[3]])
     np.testing.assert_array_equal(shard.y, split.data.y[split.owner_rows[3]])
+
+
+def iid_partitioner_rows(rows: int, owners: int) -> list[np.ndarray]:
+    """The oracle: flwr-datasets' own IidPartitioner over a table of row numbers."""
+    from datasets import Dataset as HFDataset
+    from flwr_datasets.partitioner import IidPartitioner
+
+    partitioner = IidPartitioner(num_partitions=owners)
+    partitioner.dataset = HFDataset.from_dict({"row": np.arange(rows, dtype=np.int64)})
+    return [np.asarray(partitioner.load_partition(i)["row"], dtype=np.int64) for i in range(owners)]
+
+
+@pytest.mark.parametrize(("rows", "owners"), [(1437, 10), (1437, 1437), (1438, 7), (7, 3), (1, 1), (1000, 999)])
+def test_iid_shards_are_the_iid_partitioners(rows: int, owners: int) -> None:
+    got = iid_shards(rows, owners)
+    assert len(got) == owners
+    for mine, theirs in zip(got, iid_partitioner_rows(rows, owners)):
+        np.testing.assert_array_equal(mine, theirs)
+        assert mine.dtype == np.int64
+
+
+def test_iid_partition_is_the_iid_partitioners(train_labels: np.ndarray) -> None:
+    got = partition_indices(train_labels, OWNERS, PartitionSpec.parse("iid"), seed=42)
+    expected = iid_partitioner_rows(len(train_labels), OWNERS)
+    assert len(got) == OWNERS
+    for mine, theirs in zip(got, expected):
+        np.testing.assert_array_equal(mine, theirs)
