@@ -1,9 +1,10 @@
 """Run a fedmodel simulation on Flower's simulation engine (Ray), start to finish.
 
 The runner gives every simulation its own Flower home (no shared ``~/.flwr``), turns off Flower's
-per-run dependency installation, starts a private local SuperLink on free loopback ports, submits
-the run with ``flwr run``, follows the run folder's progress, checks the run's real final status
-(``flwr run`` exits 0 even for a failed run) and always stops the SuperLink it started.
+per-run dependency installation, starts a private local SuperLink on free loopback ports (early:
+:func:`local_superlink` lets it boot while ``fedmodel simulate`` checks the inputs), submits the run
+with ``flwr run``, follows the run folder's progress, checks the run's real final status (``flwr
+run`` exits 0 even for a failed run) and always stops the SuperLink it started.
 
 Ray: Flower's ``ray.init`` takes its address from ``RAY_ADDRESS`` in the SuperLink's environment
 only (facts/ray-cluster.md). Without ``ray-address`` the SuperLink gets ``RAY_ADDRESS=local`` and its
@@ -20,6 +21,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from fedmodel.config import RunConfig
@@ -45,37 +49,72 @@ SUPERLINK_START_TIMEOUT_S = 60.0
 MAX_RAY_TMPDIR_CHARS = 36  # Ray's AF_UNIX socket paths under <RAY_TMPDIR>/ray/session_*/sockets must stay < 108
 
 
-def run_simulation(config: RunConfig, *, on_event: ProgressFn | None = None) -> RunResult:
-    """Run ``config`` as a simulation; raise SimulationError if the run did not complete.
+@dataclass(frozen=True)
+class LocalSuperLink:
+    """A simulation's private Flower home and the ``flower-superlink`` started in it (maybe still booting)."""
 
-    The workers run on a private local Ray, or on the cluster at ``config.ray_address`` (checked
-    first: RayClusterError when it is unreachable, too small or runs another fedmodel version).
+    home: Path
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes]
+    started: float
+    """When it was started (``time.time()``): the run's clock starts here."""
+
+
+@contextmanager
+def local_superlink(config: RunConfig) -> Iterator[LocalSuperLink]:
+    """Start the run's private SuperLink now and stop it (and everything it started) on leaving.
+
+    It boots (seconds of imports) while the caller goes on, e.g. checking the run's inputs: nothing
+    is submitted before :func:`run_simulation`, and leaving early (a bad input) stops it unused.
+    The workers' resources are checked first (``check_workers``): before anything starts.
     """
     started = time.time()
     check_workers(config)
-    config, folder = new_run_folder(config)
-    run_dir = folder.path
     home = Path(tempfile.mkdtemp(prefix="fedmodel-flwr-"))
-    superlink: subprocess.Popen[bytes] | None = None
-    log_proc: subprocess.Popen[bytes] | None = None
+    proc: subprocess.Popen[bytes] | None = None
     try:
-        app_dir = write_app(home / "app", config)
         # ":local:" connects to the simulation SuperLink on these ports, which we start (and stop) ourselves
         env = flower_env(home, {"default": LOCAL, LOCAL: {"address": ":local:"}},
                          ray_address=config.ray_address or "local", **_private_ray_dir(config, home),
                          FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
                          FLWR_LOCAL_CONTROL_API_PORT=str(free_port()))
-        superlink = _start_superlink(env, home)
+        proc = _launch_superlink(env, home)
+        yield LocalSuperLink(home, env, proc, started)
+    finally:
+        stop_process(proc)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def run_simulation(config: RunConfig, *, on_event: ProgressFn | None = None,
+                   superlink: LocalSuperLink | None = None) -> RunResult:
+    """Run ``config`` as a simulation; raise SimulationError if the run did not complete.
+
+    The workers run on a private local Ray, or on the cluster at ``config.ray_address`` (checked
+    first: RayClusterError when it is unreachable, too small or runs another fedmodel version).
+    ``superlink`` is one :func:`local_superlink` started earlier for this config; without it one is
+    started here.
+    """
+    if superlink is None:
+        with local_superlink(config) as link:
+            return run_simulation(config, on_event=on_event, superlink=link)
+    config, folder = new_run_folder(config)
+    run_dir = folder.path
+    home, env = superlink.home, superlink.env
+    log_proc: subprocess.Popen[bytes] | None = None
+    try:
+        app_dir = write_app(home / "app", config)
+        _wait_until_up(superlink.proc, env)
         run_id = submit(app_dir, env, LOCAL, ["--federation-config", federation_config(config)])
         log_proc = stream_log(run_id, env, LOCAL, run_dir / "flower.log")
+        stream = log_proc
         status, details = follow(run_id, env, LOCAL, folder, on_event=on_event,
-                                 broken=lambda: _exited(superlink))
+                                 broken=lambda: _exited(superlink.proc),
+                                 stream_ended=lambda: stream.poll() is not None)
     finally:
         stop_process(log_proc)
-        stop_process(superlink)
+        stop_process(superlink.proc)
         _keep_superlink_log(home, run_dir)
-        shutil.rmtree(home, ignore_errors=True)
-    return finish(folder, status, details, started,
+    return finish(folder, status, details, superlink.started,
                   logs=f"{run_dir / 'flower.log'} and {run_dir / 'superlink.log'}")
 
 
@@ -106,16 +145,21 @@ def _exited(proc: subprocess.Popen[bytes] | None) -> str | None:
     return None
 
 
-def _start_superlink(env: dict[str, str], home: Path) -> subprocess.Popen[bytes]:
-    """Start a simulation SuperLink in its own process group and wait until it answers."""
-    port = env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]
+def _launch_superlink(env: dict[str, str], home: Path) -> subprocess.Popen[bytes]:
+    """Start a simulation SuperLink in its own process group (not waiting for it: see :func:`_wait_until_up`)."""
     cmd = [
         tool("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
         "--control-api-address", f"127.0.0.1:{env['FLWR_LOCAL_CONTROL_API_PORT']}",
-        "--host", "127.0.0.1", "--port", port, "--log-file", str(home / "superlink.log"),
+        "--host", "127.0.0.1", "--port", env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"],
+        "--log-file", str(home / "superlink.log"),
     ]
-    proc = subprocess.Popen(cmd, env=env, cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    return subprocess.Popen(cmd, env=env, cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def _wait_until_up(proc: subprocess.Popen[bytes], env: dict[str, str]) -> None:
+    """Wait until the SuperLink answers on its HTTP port; SimulationError if it exits or stays silent."""
+    port = env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]
     deadline = time.monotonic() + SUPERLINK_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -123,11 +167,10 @@ def _start_superlink(env: dict[str, str], home: Path) -> subprocess.Popen[bytes]
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
                 if resp.status == 200:
-                    return proc
+                    return
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.2)
-    stop_process(proc)
     raise SimulationError(f"flower-superlink did not answer on 127.0.0.1:{port} within {SUPERLINK_START_TIMEOUT_S:.0f} s")
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -19,6 +20,8 @@ from fedmodel.config import BUNDLED_DATASETS, RunConfig
 from fedmodel.errors import ConfigError, FedModelError
 from fedmodel.runs import ProgressFn
 
+if TYPE_CHECKING:
+    from simulations.runner import LocalSuperLink
 
 
 def simulate(
@@ -129,8 +132,7 @@ def simulate(
                 run_config = resume_config(resume, {**values, **({"config": str(config)} if config else {})})
             else:
                 run_config = resolve_config(config, values)
-            check_inputs(run_config)
-            result = _run(run_config, show_progress=output_format == "table")
+            result = _check_and_run(run_config, show_progress=output_format == "table")
     except FedModelError as exc:
         fail(exc, exc.exit_code)
     except KeyboardInterrupt:
@@ -172,9 +174,10 @@ def check_inputs(config: RunConfig) -> None:
     checked when the simulation starts (:func:`simulations.runner.check_workers`).
     """
     from fedmodel.data import federated_split
-    from fedmodel.device import resolve_device
 
-    if not config.ray_address:
+    if not config.ray_address and config.device not in ("auto", "cpu"):  # these always resolve: no torch import
+        from fedmodel.device import resolve_device
+
         resolve_device(config.device)
     if config.task != "tabular":  # the model folder, the texts (or the pip command) and every owner's share
         from fedmodel.llm.federated import check_text_run
@@ -194,17 +197,30 @@ def check_inputs(config: RunConfig) -> None:
         run_canaries(config, split)
 
 
-def _run(config: RunConfig, *, show_progress: bool) -> Any:
+def _check_and_run(config: RunConfig, *, show_progress: bool) -> Any:
+    """Check the inputs while the run's SuperLink boots (seconds saved), then run; a bad input stops it unused."""
+    with _superlink(config) as superlink:
+        check_inputs(config)
+        return _run(config, show_progress=show_progress, superlink=superlink)
+
+
+def _superlink(config: RunConfig) -> AbstractContextManager[LocalSuperLink | None]:
+    from simulations.runner import local_superlink
+
+    return local_superlink(config)
+
+
+def _run(config: RunConfig, *, show_progress: bool, superlink: LocalSuperLink | None = None) -> Any:
     from simulations.runner import run_simulation
 
     if not show_progress:
-        return run_simulation(config)
+        return run_simulation(config, superlink=superlink)
     dp = f"epsilon {config.epsilon:g} per owner" if config.dp else "no DP"
     verb = "resuming" if config.resume else "run folder"
     err.print(f"fedmodel: {config.dataset_label}, {config.clients} owners, {config.rounds} rounds, {dp}, "
               f"{config.strategy}{_where(config)}; {verb} {config.out}", highlight=False)
     return with_progress(config.rounds, "starting Flower's simulation engine (Ray)",
-                         lambda on_event: run_simulation(config, on_event=on_event))
+                         lambda on_event: run_simulation(config, on_event=on_event, superlink=superlink))
 
 
 def _where(config: RunConfig) -> str:

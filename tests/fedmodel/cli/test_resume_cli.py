@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[RunConfig]:
         raise SystemExit(0)
 
     monkeypatch.setattr(simulate_module, "_run", record)
+    monkeypatch.setattr(simulate_module, "_superlink", lambda config: nullcontext())  # no SuperLink either
     monkeypatch.setattr(train_module, "_run", record)
     return configs
 

@@ -6,6 +6,8 @@ None of these may start a simulation: ``_run`` is replaced by a function that fa
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ def invoke(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
         raise AssertionError("validation passed and a simulation was started")
 
     monkeypatch.setattr(simulate_module, "_run", no_simulation)
+    monkeypatch.setattr(simulate_module, "_superlink", lambda config: nullcontext())  # no SuperLink either
     monkeypatch.chdir(tmp_path)
 
     def run(args: list[str]) -> Any:
@@ -101,3 +104,30 @@ def test_error_text_is_not_parsed_as_markup(invoke: Any, tmp_path: Path) -> None
 )
 def test_bad_audit_settings(invoke: Any, args: list[str], needles: list[str]) -> None:
     check_rejected(invoke(args), needles)
+
+
+def test_superlink_boots_while_the_data_is_checked_and_stops_on_a_bad_input(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    steps: list[str] = []
+
+    @contextmanager
+    def superlink(config: Any) -> Iterator[None]:
+        steps.append("superlink started")
+        try:
+            yield None
+        finally:
+            steps.append("superlink stopped")
+
+    real_check = simulate_module.check_inputs
+
+    def check(config: Any) -> None:
+        steps.append("inputs checked")
+        real_check(config)
+
+    monkeypatch.setattr(simulate_module, "_superlink", superlink)
+    monkeypatch.setattr(simulate_module, "check_inputs", check)
+    monkeypatch.setattr(simulate_module, "_run", lambda *a, **k: pytest.fail("a bad input reached the engine"))
+    path = tmp_path / "shard.csv"
+    path.write_text("a,b,target\n1,2,0\n3,4,1\n", encoding="utf-8")
+    check_rejected(CliRunner().invoke(app, ["simulate", "--dataset", str(path), "--label", "y"]), ["no label column"])
+    assert steps == ["superlink started", "inputs checked", "superlink stopped"]

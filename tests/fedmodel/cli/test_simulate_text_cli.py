@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ def started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Any]:
         raise SystemExit(0)
 
     monkeypatch.setattr(simulate_module, "_run", no_simulation)
+    monkeypatch.setattr(simulate_module, "_superlink", lambda config: nullcontext())  # no SuperLink either
     monkeypatch.chdir(tmp_path)
     return configs
 
