@@ -28,7 +28,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from fedmodel.config import NodeSettings, RunConfig
-from fedmodel.data import federated_split
+from fedmodel.data import FederatedSplit, federated_split
 from fedmodel.data.cleaning import CleaningSpec, RawTable
 from fedmodel.data.prepare import (
     PreparedShard,
@@ -51,11 +51,13 @@ from fedmodel.protocol import FEATURE_SUMS_QUERY, OWNER_RECORD_KEY, PLACEMENT_RE
 from clients.privacy_account import owner_account, record_refusal
 from clients.carry import REPLY_KEY, keep_privacy, privacy_record, restore_privacy
 from clients.central_dp import central_dp_mod
-from clients.cohort import is_cohort_message, serve_cohort
+from clients.cohort import CellCache, is_cohort_message, serve_cohort
 from clients.secure import require_masked_train, secure_aggregation_in_effect, secure_aggregation_mod
 
 app = ClientApp()
 log = logging.getLogger("fedmodel.client")
+MAX_CACHED_CELLS = 20_000_000
+"""Cells of owners' rows each cache keeps in a worker (raw and prepared): all of a cohort's shards, mostly."""
 PRIVACY_STATE_KEY = "fedmodel-privacy"
 """ConfigRecord of a reply saying where it was computed: ``ray-node`` when the ClientApp ran in a Ray worker."""
 
@@ -75,12 +77,14 @@ class Owner:
     def prepared(self, message_config: ConfigRecord) -> PreparedShard:
         """The shard to train or evaluate on, cleaned and scaled with the statistics the message carries."""
         stats, impute = stats_from_config(message_config)
-        key = (self.name, id(self.raw), _digest(stats), _digest(impute))
-        if key not in _PREPARED:
-            _PREPARED.clear()  # one owner per process in practice; keep memory flat
-            _PREPARED[key] = prepare_shard(self.raw, self.spec, self.schema, name=self.config.dataset_label,
-                                           stats=stats, impute=impute)
-        return _PREPARED[key]
+        key = (self.name, id(self.raw), self.spec, _digest(stats), _digest(impute))
+        cached = _PREPARED.get(key)
+        if cached is not None and cached[0] is self.raw:  # the entry keeps its raw alive: no id is reused
+            return cached[1]
+        prepared = prepare_shard(self.raw, self.spec, self.schema, name=self.config.dataset_label,
+                                 stats=stats, impute=impute)
+        _PREPARED.put(key, (self.raw, prepared), prepared.data.x.size + self.raw.x.size)
+        return prepared
 
 
     def unscaled(self) -> np.ndarray:
@@ -93,7 +97,7 @@ class Owner:
         return prepare_shard(self.raw, spec, self.schema, name=self.name).data.x.astype(np.float64)
 
 
-_PREPARED: dict[tuple[object, ...], PreparedShard] = {}
+_PREPARED: CellCache[tuple[RawTable, PreparedShard]] = CellCache(MAX_CACHED_CELLS)
 
 
 def _digest(value: object) -> bytes:
@@ -137,9 +141,29 @@ def resolve_owner(msg: Message, context: Context) -> Owner:
     return Owner(settings.owner_name, seed_id, False, settings.apply(config), raw, schema, spec)
 
 
-@lru_cache(maxsize=2)
-def _partition(split: object, pid: int, name: str) -> RawTable:
-    return as_raw(split.owner(pid), f"{name} (owner {pid}'s rows)", split.schema)  # type: ignore[attr-defined]
+def global_weights(msg: Message) -> dict[str, torch.Tensor]:
+    """The message's global model as tensors, converted once per message (a cohort's owners all load it)."""
+    arrays = msg.content["arrays"]
+    if _GLOBAL and _GLOBAL[0][0] is arrays:  # the entry keeps the record alive: no id is reused
+        return _GLOBAL[0][1]
+    _GLOBAL[:] = [(arrays, arrays.to_torch_state_dict())]
+    return _GLOBAL[0][1]
+
+
+_GLOBAL: list[tuple[ArrayRecord, dict[str, torch.Tensor]]] = []
+
+
+def _partition(split: FederatedSplit, pid: int, name: str) -> RawTable:
+    """A simulated owner's raw rows, kept while the cache holds them (a cohort node serves many owners)."""
+    key = (split, pid, name)  # the split itself (hashed by identity): kept alive while its owners are cached
+    raw = _RAW.get(key)
+    if raw is None:
+        raw = as_raw(split.owner(pid), f"{name} (owner {pid}'s rows)", split.schema)
+        _RAW.put(key, raw, raw.x.size)
+    return raw
+
+
+_RAW: CellCache[RawTable] = CellCache(MAX_CACHED_CELLS)
 
 
 def load_privacy(context: Context) -> OwnerPrivacyState:
@@ -238,7 +262,7 @@ def train_owner(msg: Message, context: Context) -> Message:
             reservation = account.reserve_round(privacy, int(train_config["server-round"]))  # type: ignore[arg-type]
         try:
             update = train_owner_round(
-                config, owner.seed_id, shard, msg.content["arrays"].to_torch_state_dict(), privacy=privacy,
+                config, owner.seed_id, shard, global_weights(msg), privacy=privacy,
                 server_round=int(train_config["server-round"]),  # type: ignore[arg-type]
                 proximal_mu=float(train_config.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
                 device=resolve_device(config.device),
@@ -273,8 +297,7 @@ def evaluate_owner_message(msg: Message, context: Context) -> Message:
     try:
         owner = resolve_owner(msg, context)
         owner_account(owner.name, owner.config, context)  # the owner's policy holds for every message
-        metrics = evaluate_owner(owner.config, owner.prepared(msg.content["config"]).data,
-                                 msg.content["arrays"].to_torch_state_dict(),
+        metrics = evaluate_owner(owner.config, owner.prepared(msg.content["config"]).data, global_weights(msg),
                                  device=resolve_device(owner.config.device))
     except Exception as exc:
         return _error_reply(msg, context, exc)

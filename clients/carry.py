@@ -39,12 +39,24 @@ def restore_privacy(msg: Message, context: Context, owner: Owner) -> OwnerPrivac
     text = config.get(f"{HANDBACK_PREFIX}{owner.seed_id}") if owner.simulated else None
     handback = HandBack.from_json(str(text)) if text else None
     carried, pending = _carried(context, handback, server_round)
+    return RoundPrivacy(carried, server_round, _digest(msg, owner), lambda record: _store(context, record),
+                        pending=pending)
+
+
+def _digest(msg: Message, owner: Owner) -> str:
+    """The round's digest; the owners of a cohort share one message and settings, so it is computed once."""
+    if _DIGEST and _DIGEST[0][0] is msg and _DIGEST[0][1] == owner.config:  # the entry keeps msg alive
+        return _DIGEST[0][2]
     digest = round_digest(
         {k: v.numpy() for k, v in msg.content["arrays"].items()},  # type: ignore[union-attr]
-        [(k, v) for k, v in config.items() if not str(k).startswith(HANDBACK_PREFIX)],
+        [(k, v) for k, v in msg.content["config"].items() if not str(k).startswith(HANDBACK_PREFIX)],
         {k: v for k, v in owner.config.to_mapping().items() if k != "resume"},
     )
-    return RoundPrivacy(carried, server_round, digest, lambda record: _store(context, record), pending=pending)
+    _DIGEST[:] = [(msg, owner.config, digest)]
+    return digest
+
+
+_DIGEST: list[tuple[Message, object, str]] = []
 
 
 def keep_privacy(context: Context, state: OwnerPrivacyState) -> None:

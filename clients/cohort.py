@@ -11,7 +11,9 @@ failure in :data:`~fedmodel.protocol.COHORT_ERRORS_KEY`: one owner failing never
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
@@ -19,6 +21,7 @@ from fedmodel.errors import FedModelError
 from fedmodel.protocol import COHORT_ERRORS_KEY, COHORT_KEY, COHORT_SEPARATOR
 
 Handler = Callable[[Message, Context], Message]
+T = TypeVar("T")
 STATE_INDEX_KEY = "fedmodel-cohort-state"
 """``context.state`` record of a cohort node: ``{owner: [names of that owner's state records]}``."""
 
@@ -87,3 +90,36 @@ def keep_owner_state(context: Context, own: Context, owner: int) -> None:
     index = context.state[STATE_INDEX_KEY]
     if names and list(index.get(str(owner), [])) != names:  # type: ignore[union-attr]
         index[str(owner)] = names  # type: ignore[index]
+
+
+class CellCache(Generic[T]):
+    """Least-recently-used values (owners' shards) up to ``max_cells`` cells in all; the newest is always kept.
+
+    A cohort node serves the same owners every round; keeping their rows spares reading and
+    preparing them again, while the bound keeps a worker's memory flat however many owners it hosts.
+    """
+
+    def __init__(self, max_cells: int) -> None:
+        self.max_cells = max_cells
+        self._items: OrderedDict[Hashable, tuple[T, int]] = OrderedDict()
+        self._cells = 0
+
+    def get(self, key: Hashable) -> T | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        self._items.move_to_end(key)
+        return item[0]
+
+    def put(self, key: Hashable, value: T, cells: int) -> None:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._cells -= old[1]
+        self._items[key] = (value, cells)
+        self._cells += cells
+        while self._cells > self.max_cells and len(self._items) > 1:
+            _, (_, dropped) = self._items.popitem(last=False)
+            self._cells -= dropped
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -17,7 +17,7 @@ from fedmodel.data import Dataset
 from fedmodel.errors import DataValidationError, FedModelError, PrivacyBudgetExceeded
 from fedmodel.faults import apply_fault, fault_for
 from fedmodel.data.augment import parse_augment
-from fedmodel.models import build_model
+from fedmodel.models import model_to_load
 from fedmodel.privacy import NoPrivacy, OpacusDPSGD, OwnerPrivacyState, PrivacyMechanism, plan_for_owner
 from fedmodel.training import evaluate, make_loader, train_epochs
 
@@ -55,7 +55,7 @@ def train_owner_round(
         return OwnerUpdate(apply_fault(fault, honest.weights, global_weights), honest.metrics)
     if len(shard) == 0:
         raise DataValidationError(f"owner {owner}: the shard holds no training examples")
-    model = build_model(config.model, shard.num_features, shard.num_classes)
+    model = model_to_load(config.model, shard.num_features, shard.num_classes)
     model.load_state_dict(global_weights)
     model.to(device)
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
@@ -95,7 +95,7 @@ def evaluate_owner(
     config: RunConfig, shard: Dataset, global_weights: Mapping[str, torch.Tensor], *, device: torch.device,
 ) -> dict[str, float]:
     """Metrics of the global model on the owner's own shard (released as aggregate numbers only)."""
-    model = build_model(config.model, shard.num_features, shard.num_classes)
+    model = model_to_load(config.model, shard.num_features, shard.num_classes)
     model.load_state_dict(global_weights)
     model.to(device)
     metrics = evaluate(model, shard, device=device)

@@ -95,19 +95,24 @@ def _mtime(path: Path) -> float:
 
 
 def quality_counts(raw: RawTable, iqr_k: float = IQR_K_FOR_COUNTS) -> dict[str, int]:
-    """Counts of what the raw rows hold (no value): rows, gaps, duplicates, outliers, constant columns."""
+    """Counts of what the raw rows hold (no value): rows, gaps, duplicates, outliers, constant columns.
+
+    Per column over its present cells: outliers by the IQR rule (columns with >= 2 values), constant
+    columns (one distinct value); all columns at once, as a cohort of many owners prepares many shards.
+    """
     x = raw.x
     present = np.isfinite(x)
+    counts = present.sum(axis=0)
     outliers = 0
-    constant = 0
-    for j in range(x.shape[1]):
-        col = x[present[:, j], j]
-        if col.size >= 2:
-            q1, q3 = np.percentile(col, [25, 75])
-            spread = q3 - q1
-            outliers += int(np.count_nonzero((col < q1 - iqr_k * spread) | (col > q3 + iqr_k * spread)))
-        if col.size and np.all(col == col[0]):
-            constant += 1
+    spreadable = counts >= 2
+    if spreadable.any():
+        cols = np.where(present[:, spreadable], x[:, spreadable], np.nan)
+        q1, q3 = np.nanpercentile(cols, [25, 75], axis=0)
+        spread = q3 - q1
+        with np.errstate(invalid="ignore"):  # NaN (absent) cells compare False: never counted
+            outliers = int(np.count_nonzero((cols < q1 - iqr_k * spread) | (cols > q3 + iqr_k * spread)))
+    first = np.where(present, x, np.nan)[np.argmax(present, axis=0), np.arange(x.shape[1])] if x.shape[0] else None
+    constant = 0 if first is None else int(np.sum((counts > 0) & np.all(~present | (x == first), axis=0)))
     keyed = [tuple(np.where(present[i], x[i], np.inf).tolist()) + (raw.labels[i],) for i in range(x.shape[0])]
     return {
         "rows": int(x.shape[0]), "features": int(x.shape[1]), "id-columns": len(raw.ids),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from functools import lru_cache
+
 import torch
 from torch import nn
 
@@ -26,3 +29,17 @@ def build_model(name: str, num_features: int, num_classes: int, *, seed: int = 0
     finally:
         torch.random.set_rng_state(generator_state)
     return model
+
+
+def model_to_load(name: str, num_features: int, num_classes: int) -> nn.Module:
+    """A fresh model ``name`` whose weights are about to be replaced (an owner loading the global model).
+
+    A copy of one model built per process: building one reseeds torch, which costs milliseconds,
+    and a cohort node builds one per owner per round. The global random state is left as it was.
+    """
+    return copy.deepcopy(_template(name, num_features, num_classes))
+
+
+@lru_cache(maxsize=8)
+def _template(name: str, num_features: int, num_classes: int) -> nn.Module:
+    return build_model(name, num_features, num_classes)

@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.app.message.message import make_message
 
 import clients.app as client_app
-from clients.cohort import STATE_INDEX_KEY
+from clients.cohort import STATE_INDEX_KEY, CellCache
 from fedmodel.config import PartitionSpec, RunConfig
 from fedmodel.models import build_model
 from fedmodel.privacy import OwnerPrivacyState, epsilon_spent
@@ -113,3 +113,30 @@ def test_round_owners_are_a_seeded_sample_without_replacement() -> None:
     assert first != round_owners(config, 2)
     assert all(0 <= o < 1_000_000 for o in first)
     assert round_owners(RunConfig(clients=5, nodes=2), 1) == [0, 1, 2, 3, 4]
+
+
+def test_the_shard_cache_keeps_the_newest_within_its_cell_bound() -> None:
+    cache: CellCache[str] = CellCache(10)
+    cache.put("a", "A", 4)
+    cache.put("b", "B", 4)
+    assert cache.get("a") == "A"  # now the most recent
+    cache.put("c", "C", 4)  # 12 cells > 10: the least recent (b) goes
+    assert (cache.get("b"), cache.get("a"), cache.get("c"), len(cache)) == (None, "A", "C", 2)
+    cache.put("huge", "H", 100)  # larger than the bound alone: kept, everything else dropped
+    assert (cache.get("huge"), len(cache)) == ("H", 1)
+
+
+def test_a_model_to_load_leaves_the_global_random_state_and_the_template_alone() -> None:
+    import torch
+
+    from fedmodel.models import model_to_load
+
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    first = model_to_load("logreg", 64, 10)
+    with torch.no_grad():
+        next(first.parameters()).add_(1.0)
+    second = model_to_load("logreg", 64, 10)
+    assert torch.equal(torch.rand(3), expected)  # building it drew nothing from the global generator
+    assert not torch.equal(next(first.parameters()), next(second.parameters()))  # copies, not one shared model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +115,34 @@ def test_scaling_statistics_round_trip_through_a_config_record() -> None:
     np.testing.assert_array_equal(again.maximum, stats.maximum)
     np.testing.assert_array_equal(impute, [1.5, -2.0])
     assert stats_from_config({}) == (None, None)
+
+
+def _outliers_and_constants_column_by_column(x: np.ndarray, iqr_k: float = 1.5) -> tuple[int, int]:
+    """The per-column definition the vectorised counts must equal."""
+    present, outliers, constant = np.isfinite(x), 0, 0
+    for j in range(x.shape[1]):
+        col = x[present[:, j], j]
+        if col.size >= 2:
+            q1, q3 = np.percentile(col, [25, 75])
+            outliers += int(np.count_nonzero((col < q1 - iqr_k * (q3 - q1)) | (col > q3 + iqr_k * (q3 - q1))))
+        if col.size and np.all(col == col[0]):
+            constant += 1
+    return outliers, constant
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_quality_counts_equal_the_column_by_column_definition(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for _ in range(25):
+        n, d = int(rng.integers(0, 12)), int(rng.integers(1, 6))
+        x = rng.standard_t(2, (n, d)).round(int(rng.integers(0, 2)))
+        x[rng.random((n, d)) < 0.3] = np.nan
+        if d > 1 and n:
+            x[:, 0] = 3.0  # a constant column
+        if d > 2 and n:
+            x[rng.random(n) < 0.5, 2] = np.inf  # not finite: not a value
+        data = Dataset("q", np.zeros((n, d), np.float32), np.zeros(n, np.int64), ("0", "1"),
+                       tuple(f"f{j}" for j in range(d)))
+        raw = dataclasses.replace(as_raw(data, "owner 0", Schema(d, ("0", "1"))), x=x)
+        counts = quality_counts(raw)
+        assert (counts["outlier-cells-iqr"], counts["constant-columns"]) == _outliers_and_constants_column_by_column(x)
