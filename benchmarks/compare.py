@@ -1,6 +1,6 @@
 """Benchmark: one scenario three ways, fedmodel with DP, fedmodel without DP, plain Flower + Opacus.
 
-    python benchmarks/compare.py --scenario small|thousand|million [--owners N] [--rounds R] [--note TEXT]
+    python benchmarks/compare.py --scenario small|thousand|million [--owners N] [--rounds R] [--nodes K] [--note TEXT]
 
 Runs the variants one after another on this machine, each as its own process tree on a private
 local Ray: ``fedmodel simulate``, ``fedmodel simulate`` with ``dp = false``, and the reference app
@@ -12,7 +12,9 @@ appends them with the date and machine to benchmarks/RESULTS.md. A variant that 
 scenario yet prints "not supported yet" and why, never a number.
 
 Scenarios: small = 10 owners x 5 rounds; thousand = 1000 owners x 3 rounds, all training;
-million = 1,000,000 registered owners, 10 sampled per round (not supported yet by any variant).
+million = 1,000,000 registered owners, 10 sampled per round, each holding 2 rows drawn from the
+training rows (partition sample:2; the reference, one Flower node per owner, is not run there).
+fedmodel hosts owners in cohorts on ``--nodes`` Flower nodes (default 2) when they outnumber them.
 """
 
 from __future__ import annotations
@@ -26,7 +28,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedbench.scenarios import FEDMODEL_DP, FEDMODEL_NO_DP, VARIANTS, Scenario, run_config, scenario, unsupported
+from fedbench.scenarios import (
+    DEFAULT_NODES,
+    FEDMODEL_DP,
+    FEDMODEL_NO_DP,
+    VARIANTS,
+    Scenario,
+    run_config,
+    scenario,
+    unsupported,
+)
 from fedbench.table import VariantResult, format_results
 from fedbench.variants import DPSchedule, dp_schedule, run_fedmodel, run_reference_app
 from fedmodel.config import RunConfig
@@ -41,11 +52,12 @@ def training_rows(config: RunConfig) -> int:
     return len(train)
 
 
-def run_variants(s: Scenario, work: Path, *, timeout_s: float) -> tuple[list[VariantResult], DPSchedule | None]:
+def run_variants(s: Scenario, work: Path, *, timeout_s: float,
+                 nodes: int = DEFAULT_NODES) -> tuple[list[VariantResult], DPSchedule | None]:
     """Every variant on ``s``, in turn; the DP schedule is computed before any clock starts."""
-    config = run_config(s)
+    config = run_config(s, nodes=nodes)
     rows = training_rows(config)
-    reasons = {v: unsupported(s, v, rows) for v in VARIANTS}
+    reasons = {v: unsupported(s, v, rows, nodes=nodes) for v in VARIANTS}
     schedule = dp_schedule(config) if any(r is None for r in reasons.values()) else None
     results = []
     for variant in VARIANTS:
@@ -69,8 +81,11 @@ def run_variants(s: Scenario, work: Path, *, timeout_s: float) -> tuple[list[Var
 
 
 def header(s: Scenario, args: argparse.Namespace, schedule: DPSchedule | None, started: str, load: str) -> str:
-    config = run_config(s)
-    overrides = "".join(f" --{k} {v}" for k, v in (("owners", args.owners), ("rounds", args.rounds)) if v is not None)
+    config = run_config(s, nodes=args.nodes)
+    overrides = "".join(f" --{k} {v}" for k, v in (("owners", args.owners), ("rounds", args.rounds),
+                                                   ("nodes", args.nodes)) if v is not None)
+    hosting = (f"fedmodel: {config.nodes} Flower nodes hosting cohorts of owners" if config.cohorts
+               else "fedmodel: one Flower node per owner")
     noise = ("-" if schedule is None else
              ", ".join(f"{sigma:.4f} ({steps} batches/epoch)" for steps, sigma in sorted(schedule.noise_multipliers.items())))
     return (
@@ -79,7 +94,7 @@ def header(s: Scenario, args: argparse.Namespace, schedule: DPSchedule | None, s
         f"{platform.processor() or platform.machine()}), load average {load}; private local Ray, 1 CPU per worker. "
         f"{config.dataset}, {config.partition}, {config.model}, batch {config.batch_size}, lr {config.lr:g}, "
         f"{config.local_epochs} local epoch; DP: epsilon {config.epsilon:g}, delta {config.delta:g}, "
-        f"clip {config.max_grad_norm:g}, noise multiplier {noise}.\n"
+        f"clip {config.max_grad_norm:g}, noise multiplier {noise}. {hosting}; the reference: one node per owner.\n"
     )
 
 
@@ -92,6 +107,8 @@ def main() -> int:
     parser.add_argument("--scenario", required=True, choices=["small", "thousand", "million"])
     parser.add_argument("--owners", type=int, help="change the scenario's number of owners")
     parser.add_argument("--rounds", type=int, help="change the scenario's number of rounds")
+    parser.add_argument("--nodes", type=int, default=DEFAULT_NODES,
+                        help=f"fedmodel's Flower nodes hosting the owners; 0 = one per owner [default: {DEFAULT_NODES}]")
     parser.add_argument("--timeout-s", type=float, default=3600.0, help="per variant [default: 3600]")
     parser.add_argument("--note", default="", help="a sentence written under the table (e.g. what else ran)")
     parser.add_argument("--keep", action="store_true", help="keep the run folders and logs (printed)")
@@ -107,7 +124,7 @@ def main() -> int:
     results: list[VariantResult] = []
     schedule: DPSchedule | None = None
     try:
-        results, schedule = run_variants(s, work, timeout_s=args.timeout_s)
+        results, schedule = run_variants(s, work, timeout_s=args.timeout_s, nodes=args.nodes)
     finally:
         if args.keep or not results or any(r.status.startswith("failed") for r in results):
             print(f"run folders and logs kept in {work}", file=sys.stderr)

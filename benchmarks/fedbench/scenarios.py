@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedmodel.config import RunConfig
+from fedmodel.config import PartitionSpec, RunConfig
 
 FEDMODEL_DP = "fedmodel DP"
 FEDMODEL_NO_DP = "fedmodel no DP"
@@ -20,6 +20,7 @@ class Scenario:
     owners: int
     rounds: int
     sampled: int
+    partition: str = "iid"  # sample:R lets more owners than rows each hold R rows (rows shared among owners)
 
     @property
     def all_train(self) -> bool:
@@ -33,8 +34,10 @@ class Scenario:
 SCENARIOS: dict[str, Scenario] = {
     "small": Scenario("small", owners=10, rounds=5, sampled=10),
     "thousand": Scenario("thousand", owners=1000, rounds=3, sampled=1000),
-    "million": Scenario("million", owners=1_000_000, rounds=3, sampled=10),
+    "million": Scenario("million", owners=1_000_000, rounds=3, sampled=10, partition="sample:2"),
 }
+DEFAULT_NODES = 2
+"""fedmodel's Flower nodes per simulation when owners outnumber them: one per core of a 2-core machine."""
 
 
 def scenario(name: str, *, owners: int | None = None, rounds: int | None = None) -> Scenario:
@@ -46,21 +49,36 @@ def scenario(name: str, *, owners: int | None = None, rounds: int | None = None)
         raise ValueError(f"--owners {owners} --rounds {rounds}: expected integers >= 1")
     n = base.owners if owners is None else owners
     sampled = n if base.all_train else min(base.sampled, n)
-    return Scenario(base.name, n, base.rounds if rounds is None else rounds, sampled)
+    return Scenario(base.name, n, base.rounds if rounds is None else rounds, sampled, base.partition)
 
 
-def run_config(s: Scenario, *, dp: bool = True) -> RunConfig:
-    """The run all three variants train: fedmodel's defaults (digits, IID, logreg, epsilon 3) at this size."""
-    return RunConfig(clients=s.owners, rounds=s.rounds, dp=dp, device="cpu")
+def run_config(s: Scenario, *, dp: bool = True, nodes: int = DEFAULT_NODES) -> RunConfig:
+    """The run all three variants train: fedmodel's defaults (digits, logreg, epsilon 3) at this size.
+
+    fedmodel hosts the owners in cohorts on ``nodes`` Flower nodes when there are more owners than
+    that (``nodes`` 0: one node per owner) and samples ``s.sampled`` of them per round; the
+    reference app always runs one Flower node per owner.
+    """
+    cohorts = 0 < nodes < s.owners
+    return RunConfig(clients=s.owners, rounds=s.rounds, dp=dp, device="cpu", partition=PartitionSpec.parse(s.partition),
+                     nodes=nodes if cohorts else 0, owners_per_round=0 if s.all_train else s.sampled)
 
 
-def unsupported(s: Scenario, variant: str, training_rows: int) -> str | None:
-    """Why ``variant`` cannot run ``s`` yet (printed as "not supported yet"), or None if it can."""
+def unsupported(s: Scenario, variant: str, training_rows: int, *, nodes: int = DEFAULT_NODES) -> str | None:
+    """Why ``variant`` cannot run ``s`` (printed as "not supported"), or None if it can."""
     reasons = []
-    if s.owners > training_rows:
+    if s.partition == "iid" and s.owners > training_rows:
         reasons.append(f"the data set has {training_rows:,} training rows, too few to give {s.owners:,} owners "
-                       "identical shards in every variant (needs a larger data set)")
-    if variant != REFERENCE and not s.all_train:
-        reasons.append("fedmodel runs one Flower node per owner and trains every owner each round; sampling "
-                       f"{s.sampled} of {s.owners:,} registered owners needs owners hosted in cohorts per node")
+                       "disjoint shards (use a sample:R partition)")
+    if variant == REFERENCE and s.owners > REFERENCE_MAX_NODES:
+        reasons.append(f"the reference runs one Flower node per owner: {s.owners:,} SuperNodes in Flower's simulation "
+                       "engine (at 100,000 nodes flwr-simulation alone held 1.28 GB and a round took 58 s, "
+                       "shared/facts/flower-simulation.md), not run here")
+    if variant != REFERENCE and not s.all_train and not 0 < nodes < s.owners:
+        reasons.append(f"sampling {s.sampled} of {s.owners:,} registered owners needs owners hosted in cohorts "
+                       "(--nodes fewer than owners)")
     return "; ".join(reasons) or None
+
+
+REFERENCE_MAX_NODES = 10_000
+"""The most simulated SuperNodes the reference app is started with (one per owner)."""

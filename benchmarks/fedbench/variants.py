@@ -24,6 +24,7 @@ from fedbench.table import VariantResult, later_round_seconds
 from fedbench.treemem import TreeMemoryPeak, TreeMemorySampler
 from fedmodel.config import RunConfig
 from fedmodel.data import federated_split
+from fedmodel.data.partition import SampledRows
 from fedmodel.privacy import epsilon_spent, plan_for_owner, steps_per_epoch
 from fedmodel.report.run_folder import read_events
 
@@ -75,7 +76,9 @@ class DPSchedule:
 def dp_schedule(config: RunConfig) -> DPSchedule:
     """fedmodel's calibration (``plan_for_owner``) for every distinct shard schedule of the run."""
     sizes: dict[int, int] = {}
-    for rows in federated_split(config).owner_rows:
+    split = federated_split(config)
+    shards = [split.owner_rows[0]] if isinstance(split.owner_rows, SampledRows) else split.owner_rows  # R rows each
+    for rows in shards:
         if len(rows):
             sizes.setdefault(steps_per_epoch(len(rows), config.batch_size), len(rows))
     noise, most = {}, 0.0

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "benchmarks" / "reference_app")]
 
 from fedbench.reference import write_app  # noqa: E402
-from fedbench.scenarios import FEDMODEL_DP, FEDMODEL_NO_DP, REFERENCE, scenario, unsupported  # noqa: E402
+from fedbench.scenarios import FEDMODEL_DP, FEDMODEL_NO_DP, REFERENCE, run_config, scenario, unsupported  # noqa: E402
 from fedbench.table import VariantResult, format_results, later_round_seconds, ratio, ratio_rows  # noqa: E402
 from fedbench.treemem import TreeMemorySampler  # noqa: E402
 from fedbench.variants import DPSchedule  # noqa: E402
@@ -154,15 +154,19 @@ def test_scenario_overrides_keep_the_sampling_rule() -> None:
         scenario("small", owners=0)
 
 
-def test_million_owners_are_not_supported_yet_with_a_reason() -> None:
+def test_million_owners_run_in_cohorts_and_the_reference_is_not_started_with_a_million_nodes() -> None:
     million = scenario("million")
-    assert "1,437 training rows" in (unsupported(million, REFERENCE, 1437) or "")
-    both = unsupported(million, FEDMODEL_NO_DP, 1437) or ""
-    assert "1,437 training rows" in both and "cohorts" in both
-    sampled = scenario("million", owners=1000)
-    assert "cohorts" in (unsupported(sampled, FEDMODEL_DP, 1437) or "")
-    assert unsupported(sampled, REFERENCE, 1437) is None
+    assert "one Flower node per owner" in (unsupported(million, REFERENCE, 1437) or "")
+    assert unsupported(million, FEDMODEL_DP, 1437) is None and unsupported(million, FEDMODEL_NO_DP, 1437) is None
+    assert "cohorts" in (unsupported(million, FEDMODEL_DP, 1437, nodes=0) or "")  # sampling needs cohorts
+    config = run_config(million)
+    assert (config.clients, config.nodes, config.owners_per_round, str(config.partition)) == (
+        1_000_000, 2, 10, "sample:2")
+    config.validate()
+    assert "1,437 training rows" in (unsupported(scenario("thousand", owners=2000), REFERENCE, 1437) or "")
     assert unsupported(scenario("small"), FEDMODEL_DP, 1437) is None
+    assert not run_config(scenario("small"), nodes=10).cohorts  # as many nodes as owners: one each
+    assert run_config(scenario("thousand")).cohorts
 
 
 def test_the_reference_app_reads_the_noise_multipliers_the_harness_writes() -> None:

@@ -142,3 +142,23 @@ def test_iid_partition_is_the_iid_partitioners(train_labels: np.ndarray) -> None
     assert len(got) == OWNERS
     for mine, theirs in zip(got, expected):
         np.testing.assert_array_equal(mine, theirs)
+
+
+def test_sample_partition_draws_each_owners_rows_on_demand_and_the_same_each_time() -> None:
+    config = RunConfig(clients=1_000_000, partition=PartitionSpec.parse("sample:3"))
+    split = federated_split(config)
+    assert len(split.owner_rows) == 1_000_000 and split.empty_owners() == []
+    train = set(np.setdiff1d(np.arange(len(split.data)), split.test_rows).tolist())
+    first, last = split.owner_rows[0], split.owner_rows[999_999]
+    assert len(first) == len(set(first.tolist())) == 3 and set(first.tolist()) <= train  # distinct training rows
+    assert np.array_equal(first, split.owner_rows[0]) and np.array_equal(last, split.owner_rows[-1])
+    assert len(split.owner(17)) == 3
+    drawn = np.concatenate([split.owner_rows[i] for i in range(2000)])
+    assert len(set(drawn.tolist())) > 0.7 * len(train)  # owners draw independently: they cover the rows
+    with pytest.raises(IndexError):
+        split.owner_rows[1_000_000]
+
+
+def test_sample_partition_with_more_rows_than_there_are_is_refused() -> None:
+    with pytest.raises(ConfigError, match="each owner draws 5000 rows, but the training split has"):
+        federated_split(RunConfig(clients=3, partition=PartitionSpec.parse("sample:5000")))
