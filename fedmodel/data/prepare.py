@@ -104,13 +104,11 @@ def quality_counts(raw: RawTable, iqr_k: float = IQR_K_FOR_COUNTS) -> dict[str, 
     present = np.isfinite(x)
     counts = present.sum(axis=0)
     outliers = 0
-    spreadable = counts >= 2
-    if spreadable.any():
-        cols = np.where(present[:, spreadable], x[:, spreadable], np.nan)
-        q1, q3 = np.nanpercentile(cols, [25, 75], axis=0)
-        spread = q3 - q1
-        with np.errstate(invalid="ignore"):  # NaN (absent) cells compare False: never counted
-            outliers = int(np.count_nonzero((cols < q1 - iqr_k * spread) | (cols > q3 + iqr_k * spread)))
+    full = counts == x.shape[0]  # columns without a gap: their quartiles in one vectorised call
+    if x.shape[0] >= 2 and full.any():
+        outliers += _iqr_outliers(x[:, full], iqr_k)
+    for j in np.flatnonzero(~full & (counts >= 2)):  # columns with gaps: over their present cells
+        outliers += _iqr_outliers(x[present[:, j], j][:, None], iqr_k)
     first = np.where(present, x, np.nan)[np.argmax(present, axis=0), np.arange(x.shape[1])] if x.shape[0] else None
     constant = 0 if first is None else int(np.sum((counts > 0) & np.all(~present | (x == first), axis=0)))
     keyed = [tuple(np.where(present[i], x[i], np.inf).tolist()) + (raw.labels[i],) for i in range(x.shape[0])]
@@ -120,6 +118,13 @@ def quality_counts(raw: RawTable, iqr_k: float = IQR_K_FOR_COUNTS) -> dict[str, 
         "infinite-values": int(np.sum(raw.non_finite)), "duplicate-rows": len(keyed) - len(set(keyed)),
         "outlier-cells-iqr": outliers, "constant-columns": constant,
     }
+
+
+def _iqr_outliers(cols: np.ndarray, iqr_k: float) -> int:
+    """Cells of ``cols`` (rows x columns, no gaps) outside each column's [q1 - k IQR, q3 + k IQR]."""
+    q1, q3 = np.percentile(cols, [25, 75], axis=0)
+    spread = q3 - q1
+    return int(np.count_nonzero((cols < q1 - iqr_k * spread) | (cols > q3 + iqr_k * spread)))
 
 
 def prepare_shard(raw: RawTable, spec: CleaningSpec, schema: Schema, *, name: str,
