@@ -134,6 +134,10 @@ def _check(config: RunConfig, coordinator: str, ca: Path | None, insecure: bool)
         raise ConfigError(["audit = true: the privacy audit runs in simulation only (fedmodel simulate --audit): "
                            "it needs every owner's secret canary bits, and a deployed owner does not train on "
                            "canaries a coordinator chose"])
+    if config.nodes or config.owners_per_round:
+        raise ConfigError([f"nodes = {config.nodes}, owners-per-round = {config.owners_per_round}: simulation "
+                           "settings (cohorts of simulated owners per node); in a deployment each SuperNode is one "
+                           "owner, so leave both 0"])
     connection(coordinator, ca, insecure=insecure)
     if config.task != "tabular":  # the coordinator's model folder and its held-out texts
         from fedmodel.llm.federated import check_text_run

@@ -131,3 +131,18 @@ def test_superlink_boots_while_the_data_is_checked_and_stops_on_a_bad_input(
     path.write_text("a,b,target\n1,2,0\n3,4,1\n", encoding="utf-8")
     check_rejected(CliRunner().invoke(app, ["simulate", "--dataset", str(path), "--label", "y"]), ["no label column"])
     assert steps == ["superlink started", "inputs checked", "superlink stopped"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--clients", "5", "--nodes", "9"], ["nodes = 9: expected 0 (one node per owner) or a count in [1, clients = 5]"]),
+        (["--clients", "5", "--owners-per-round", "2"], ["owners-per-round = 2 needs nodes < clients", "--nodes"]),
+        (["--clients", "5", "--nodes", "2", "--secure-aggregation"], ["with secure-aggregation: not supported yet"]),
+        (["--partition", "sample:0"], ["sample needs a row count >= 1"]),
+        (["--clients", "3", "--partition", "sample:100000"], ["each owner draws 100000 rows"]),
+    ],
+    ids=["nodes-range", "sampling-without-cohorts", "cohorts-secagg", "sample-zero", "sample-too-many"],
+)
+def test_bad_cohort_settings(invoke: Any, args: list[str], needles: list[str]) -> None:
+    check_rejected(invoke(args), needles)
