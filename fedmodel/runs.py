@@ -34,7 +34,9 @@ POLL_INTERVAL_S = 0.5
 STATUS_INTERVAL_S = 2.0
 """Wait before asking Flower again after a sign of the end (or, without the log stream, first wait)."""
 STATUS_MAX_INTERVAL_S = 60.0
-"""Longest wait between two status questions: the safety net for a log stream that hangs."""
+"""Longest wait between two status questions without a live log stream."""
+STATUS_SAFETY_INTERVAL_S = 300.0
+"""Wait between two status questions while the log stream lives: the safety net for a stream that hangs."""
 
 
 @dataclass(frozen=True)
@@ -168,12 +170,12 @@ def follow(run_id: int, env: dict[str, str], connection: str, folder: RunFolder,
     run may have ended: at once when ``stream_ended()`` turns true (``flwr log --stream`` exits when
     Flower marks the run finished, also when the ServerApp died without a word), within
     ``STATUS_INTERVAL_S`` of the ServerApp's ``done`` event when there is no stream to wait for,
-    and otherwise at growing intervals up to ``STATUS_MAX_INTERVAL_S`` (from ``STATUS_INTERVAL_S``
-    without a stream; a live stream starts at the longest). ``broken`` is polled every
+    otherwise at intervals growing from ``STATUS_INTERVAL_S`` to ``STATUS_MAX_INTERVAL_S``, and
+    every ``STATUS_SAFETY_INTERVAL_S`` while the stream lives. ``broken`` is polled every
     ``POLL_INTERVAL_S``: a non-empty answer (e.g. "the SuperLink exited") ends the wait.
     """
     offset, done, stream_seen = 0, False, False
-    interval = STATUS_INTERVAL_S if stream_ended is None else STATUS_MAX_INTERVAL_S
+    interval = STATUS_INTERVAL_S if stream_ended is None else STATUS_SAFETY_INTERVAL_S
     next_check = time.monotonic() + interval
 
     def relay() -> bool:
@@ -201,8 +203,13 @@ def follow(run_id: int, env: dict[str, str], connection: str, folder: RunFolder,
             if status.startswith("finished"):
                 relay()
                 return status, details
-            soon = done and (stream_ended is None or stream_seen)  # nothing else will say when it ends
-            interval = STATUS_INTERVAL_S if soon else min(interval * 2, STATUS_MAX_INTERVAL_S)
+            live = stream_ended is not None and not stream_seen
+            if live:
+                interval = STATUS_SAFETY_INTERVAL_S
+            elif done:  # nothing else will say when it ends, and it ends within seconds now
+                interval = STATUS_INTERVAL_S
+            else:
+                interval = min(interval * 2, STATUS_MAX_INTERVAL_S)
             next_check = now + interval
         time.sleep(POLL_INTERVAL_S)
 

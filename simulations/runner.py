@@ -46,6 +46,11 @@ from simulations.cluster import check_cluster, check_local
 
 LOCAL = "local"
 SUPERLINK_START_TIMEOUT_S = 60.0
+PRIVATE_RAY_ENV = {
+    # Ray prestarts one idle worker per CPU for the first driver; Flower's actors carry a runtime env
+    # (PYTHONPATH), so they get workers of their own and these idle ones cost CPU and are never used.
+    "RAY_prestart_worker_first_driver": "0",
+}
 MAX_RAY_TMPDIR_CHARS = 36  # Ray's AF_UNIX socket paths under <RAY_TMPDIR>/ray/session_*/sockets must stay < 108
 
 
@@ -76,6 +81,7 @@ def local_superlink(config: RunConfig) -> Iterator[LocalSuperLink]:
         # ":local:" connects to the simulation SuperLink on these ports, which we start (and stop) ourselves
         env = flower_env(home, {"default": LOCAL, LOCAL: {"address": ":local:"}},
                          ray_address=config.ray_address or "local", **_private_ray_dir(config, home),
+                         **({} if config.ray_address else PRIVATE_RAY_ENV),
                          FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
                          FLWR_LOCAL_CONTROL_API_PORT=str(free_port()))
         proc = _launch_superlink(env, home)

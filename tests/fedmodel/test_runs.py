@@ -121,7 +121,7 @@ def test_follow_asks_flower_when_the_log_stream_ends_not_every_few_seconds(fake_
     status = runs.follow(1, {}, "local", run.folder, on_event=seen.append, stream_ended=run.stream_ended)
     assert status == ("finished:completed", "why")
     assert run.asked[-1] == pytest.approx(603.0, abs=runs.POLL_INTERVAL_S)  # as soon as the stream ended
-    assert len(run.asked) <= 600 / runs.STATUS_MAX_INTERVAL_S + 1  # a `flwr list` per minute at most until then
+    assert len(run.asked) <= 600 / runs.STATUS_SAFETY_INTERVAL_S + 1  # one `flwr list` per safety interval at most
     assert [e["event"] for e in seen] == ["round"] * 60 + ["done"]
 
 
