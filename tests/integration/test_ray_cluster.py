@@ -25,7 +25,7 @@ from fedmodel.runs import free_port
 from simulations.cluster import RayClusterError, check_cluster
 from simulations.runner import run_simulation
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # real Ray clusters and simulations: 2-3 min each
 
 RAY_SERVICES = ("raylet", "gcs_server")
 

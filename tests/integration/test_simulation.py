@@ -1,4 +1,7 @@
-"""End-to-end simulations through Flower's real engine (SuperLink + Ray). About 50 s each."""
+"""End-to-end simulations through Flower's real engine (SuperLink + Ray), 40-90 s each on 2 idle cores.
+
+The first runs in the default suite; the others run with ``pytest -m slow`` (in-process tests cover their logic).
+"""
 
 from __future__ import annotations
 
@@ -42,12 +45,20 @@ def _new_processes_gone(before: list[str], within_s: float = 30.0) -> list[str]:
         time.sleep(0.5)
 
 
+def _simulate(*args: str) -> subprocess.CompletedProcess[str]:
+    """``fedmodel simulate`` as a user types it, in its own process."""
+    return subprocess.run([sys.executable, "-m", "fedmodel.cli", "simulate", *args], capture_output=True, text=True,
+                          timeout=400, env={**os.environ, "COLUMNS": "200"})
+
+
 def test_three_owners_two_rounds_with_one_failing_owner(tmp_path: Path) -> None:
+    """The default suite's end-to-end simulation: the README's ``fedmodel simulate`` through SuperLink and Ray."""
     out = tmp_path / "run"
-    config = RunConfig(clients=3, rounds=2, out=str(out), inject_failure_owners=(1,))
     before = _flower_processes()
-    result = run_simulation(config)
-    report = result.report
+    proc = _simulate("--clients", "3", "--rounds", "2", "--inject-failure-owners", "1", "--out", str(out),
+                     "--format", "json")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
 
     for name in RUN_FILES:
         assert (out / name).is_file(), name
@@ -80,6 +91,7 @@ def test_three_owners_two_rounds_with_one_failing_owner(tmp_path: Path) -> None:
     assert _new_processes_gone(before) == []  # the SuperLink and its children were stopped
 
 
+@pytest.mark.slow  # about 50 s on idle cores; tests/server/test_recorder.py stops such a run in-process
 def test_run_where_every_owner_fails_exits_non_zero_with_the_reason(tmp_path: Path) -> None:
     out = tmp_path / "failed"
     cmd = [sys.executable, "-m", "fedmodel.cli", "simulate", "--clients", "2", "--rounds", "1", "--no-dp",
@@ -116,6 +128,7 @@ def _messy_breast_cancer(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # about 60 s on idle cores; tests/clients/test_messy_data.py cleans and scales in-process
 def test_messy_file_is_cleaned_at_the_owners_with_federated_scaling_and_a_poisoned_update_is_rejected(
         tmp_path: Path) -> None:
     data = _messy_breast_cancer(tmp_path / "messy.csv")
@@ -160,6 +173,7 @@ def test_messy_file_is_cleaned_at_the_owners_with_federated_scaling_and_a_poison
     assert 'id="data-quality"' in html and 'id="scaling-features"' in html
 
 
+@pytest.mark.slow  # two simulations, 2-3 min; tests/clients/test_privacy_ledger.py shares a ledger in-process
 def test_two_simulations_sharing_a_ledger_the_second_is_refused_with_what_remains(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger"
 

@@ -16,7 +16,7 @@ from opacus.accountants.rdp import RDPAccountant
 
 from fedmodel.llm import fingerprint, read_adapter
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # about 90 s; tests/server/test_text.py runs it in-process
 EPSILON = 6.0
 
 
