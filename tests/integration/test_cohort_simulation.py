@@ -33,6 +33,7 @@ def test_two_nodes_hosting_six_owners_give_the_model_and_epsilons_of_six_nodes(t
     assert cohort["final"]["accuracy"] == alone["final"]["accuracy"]
 
 
+@pytest.mark.slow  # about 2 minutes on 2 cores; sampling and per-owner state are tested in process by default
 def test_a_million_registered_owners_ten_sampled_per_round(tmp_path: Path) -> None:
     config = RunConfig(clients=1_000_000, nodes=2, owners_per_round=10, rounds=2,
                        partition=PartitionSpec.parse("sample:2"), out=str(tmp_path / "run"))
