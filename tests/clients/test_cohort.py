@@ -140,3 +140,25 @@ def test_a_model_to_load_leaves_the_global_random_state_and_the_template_alone()
     second = model_to_load("logreg", 64, 10)
     assert torch.equal(torch.rand(3), expected)  # building it drew nothing from the global generator
     assert not torch.equal(next(first.parameters()), next(second.parameters()))  # copies, not one shared model
+
+
+def test_a_sampled_owner_pays_only_for_the_rounds_it_trains_opacus_oracle() -> None:
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+    from opacus.accountants.rdp import RDPAccountant
+
+    config = RunConfig(clients=6, rounds=3, nodes=2, owners_per_round=2)
+    ctx = node(config, 1, 2)
+    client_app.train(message(1, [1, 4]), ctx)
+    client_app.train(message(2, [0, 3]), ctx)  # owner 3 trains; owner 1 is not asked
+    reply = client_app.train(message(3, [1, 2]), ctx)
+    (only,) = split_replies([as_reply(reply, 1)])
+    metrics = only.content["metrics"]
+    assert int(metrics["owner"]) == 1
+    sigma, q, steps = float(metrics["noise-multiplier"]), float(metrics["sample-rate"]), int(metrics["steps"])
+    state = OwnerPrivacyState.from_dict(dict(ctx.state[f"{client_app.PRIVACY_STATE_KEY}@1"]))
+    assert steps == 2 * state.plan.steps_per_round  # type: ignore[union-attr]  # rounds 1 and 3, not 2
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    oracle, _ = get_privacy_spent(orders=orders, rdp=compute_rdp(q=q, noise_multiplier=sigma, steps=steps,
+                                                                 orders=orders), delta=config.delta)
+    assert float(metrics["epsilon"]) == pytest.approx(oracle, rel=1e-9)
+    assert float(metrics["epsilon"]) < config.epsilon  # the plan covers all 3 rounds; it trained in 2
