@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -50,18 +51,23 @@ def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every process group at once (each exits in its own time), then SIGKILL what is left."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    for proc in procs:
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # children left behind in the group
-    except ProcessLookupError:
-        pass
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # children left behind in the group
+        except ProcessLookupError:
+            pass
 
 
 def write_shards(folder: Path) -> dict[str, Path]:
@@ -103,15 +109,17 @@ def federation(tmp_path: Path) -> Iterator[dict[str, object]]:
     address = f"127.0.0.1:{free_port()}"
     certs, state, keys = tmp_path / "certs", tmp_path / "coordinator", tmp_path / "keys"
     try:
-        assert fedmodel("certs", "init", "--out", str(certs), "--host", "localhost", "--host", "127.0.0.1").returncode == 0
+        shards = write_shards(tmp_path)
+        with ThreadPoolExecutor() as pool:  # independent commands at once: each pays the CLI's start-up
+            made = list(pool.map(lambda args: fedmodel(*args), [
+                ("certs", "init", "--out", str(certs), "--host", "localhost", "--host", "127.0.0.1"),
+                *[("node", "keygen", "--out", str(keys), "--name", site) for site in shards]]))
+        assert [m.returncode for m in made] == [0] * len(made), [m.stderr for m in made]
         coordinator = start(["coordinator", "start", "--certs", str(certs), "--state-dir", str(state),
                              "--address", address], tmp_path / "coordinator.log")
         procs.append(coordinator)
         wait_for_superlink(address, certs / "ca.crt", coordinator)
-        shards = write_shards(tmp_path)
         for site, data in shards.items():
-            made = fedmodel("node", "keygen", "--out", str(keys), "--name", site)
-            assert made.returncode == 0, made.stderr
             allowed = fedmodel("coordinator", "allow-node", str(keys / f"{site}.pub"), "--state-dir", str(state),
                                "--name", site)
             assert allowed.returncode == 0, allowed.stdout + allowed.stderr
@@ -122,8 +130,8 @@ def federation(tmp_path: Path) -> Iterator[dict[str, object]]:
                                 *(STRICT_POLICY if site == STRICT_SITE else [])], tmp_path / f"{site}.log"))
         yield {"address": address, "ca": certs / "ca.crt", "tmp": tmp_path, "shards": shards}
     finally:
-        for proc in reversed(procs):
-            stop(proc)
+        stop(procs[1:])  # the nodes together, then their coordinator
+        stop(procs[:1])
     assert left_running(tmp_path) == []  # every process of this federation is gone
 
 
@@ -219,6 +227,7 @@ def write_jsonl(path: Path, texts: list[str]) -> Path:
     return path
 
 
+@pytest.mark.slow  # about 90 s; the tabular deployment above runs by default, tests/clients/test_text.py the site
 def test_two_sites_fine_tune_a_language_model_over_tls(
     tmp_path: Path, bert_dir: Path, random_texts: Callable[..., list[str]]
 ) -> None:
@@ -254,8 +263,8 @@ def test_two_sites_fine_tune_a_language_model_over_tls(
                        "--max-length", "16", "--batch-size", "8", "--out", str(out), "--format", "json", timeout=400)
         print(f"fedmodel train (language model) took {time.monotonic() - started:.1f} s")
     finally:
-        for proc in reversed(procs):
-            stop(proc)
+        stop(procs[1:])  # the nodes together, then their coordinator
+        stop(procs[:1])
     assert left_running(tmp_path) == []  # every process started here is gone
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads(run.stdout)
