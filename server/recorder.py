@@ -15,9 +15,9 @@ import platform
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from flwr.app import Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from fedmodel.protocol import OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, PRIVACY_REPLY_KEY, QUALITY_RECORD_KEY
 from fedmodel.config import RunConfig
@@ -29,6 +29,7 @@ from fedmodel.security.audit_log import AuditLog
 
 
 OwnerId = int | str
+R = TypeVar("R", ArrayRecord, MetricRecord, ConfigRecord)
 
 
 @dataclass
@@ -114,7 +115,7 @@ class RunRecorder:
                 rnd.train.append({**metrics, "owner": owner})
                 self._keep_state(server_round, owner, msg)
                 self.owner_train[owner] = metrics
-                quality = msg.content.config_records.get(QUALITY_RECORD_KEY)
+                quality = config_record(msg, QUALITY_RECORD_KEY)
                 if quality is not None:  # counts only: anything else in the record is ignored
                     self.owner_quality[owner] = {str(k): int(v) for k, v in quality.items()
                                                  if isinstance(v, int) and not isinstance(v, bool)}
@@ -160,7 +161,7 @@ class RunRecorder:
             self.owner_privacy[owner] = metrics
         if self._round is not None:
             self._keep_state(self._round.number, owner, msg)
-        quality = msg.content.config_records.get(QUALITY_RECORD_KEY)
+        quality = config_record(msg, QUALITY_RECORD_KEY)
         if quality is not None:
             self.owner_quality[owner] = {str(k): int(v) for k, v in quality.items()
                                          if isinstance(v, int) and not isinstance(v, bool)}
@@ -277,7 +278,7 @@ class RunRecorder:
         self._seconds_before = float(state.get("seconds_before", 0.0))
 
     def _keep_state(self, server_round: int, owner: OwnerId, msg: Message) -> None:
-        record = msg.content.config_records.get(PRIVACY_REPLY_KEY)
+        record = config_record(msg, PRIVACY_REPLY_KEY)
         if record is not None:
             self.owner_state[owner] = (server_round, {str(k): v for k, v in record.items()})
 
@@ -391,21 +392,34 @@ def _attempt_summary(rnd: _Round) -> dict[str, Any]:
             "failures": rnd.failures, "timed_out": rnd.timed_out, "not_connected": rnd.not_connected}
 
 
+def records(msg: Message, kind: type[R]) -> dict[str, R]:
+    """The reply's records of one kind (what Flower's ``metric_records`` etc. give, without their copying)."""
+    return {name: record for name, record in msg.content.items() if isinstance(record, kind)}
+
+
+def config_record(msg: Message, name: str) -> ConfigRecord | None:
+    """The reply's ConfigRecord ``name``, if it has one."""
+    record = msg.content.get(name)
+    return record if isinstance(record, ConfigRecord) else None
+
+
 def _metrics(msg: Message) -> Any:
-    return next(iter(msg.content.metric_records.values()))
+    """The reply's (first) MetricRecord. Read from the RecordDict itself: Flower's ``metric_records``
+    builds a new validated dict on every access, a cost a round of a thousand owners pays many times."""
+    return next(record for record in msg.content.values() if isinstance(record, MetricRecord))
 
 
 def owner_of(msg: Message) -> OwnerId:
     """A reply's owner: the deployed owner's name, or the simulated owner's number."""
-    record = msg.content.config_records.get(OWNER_RECORD_KEY)
-    if record is not None:
+    record = msg.content.get(OWNER_RECORD_KEY)
+    if isinstance(record, ConfigRecord):
         return str(record["name"])
     return int(_metrics(msg)["owner"])
 
 
 def ray_node_of(msg: Message) -> str | None:
     """The Ray node a reply was computed on, if the ClientApp ran in a Ray worker."""
-    record = msg.content.config_records.get(PLACEMENT_RECORD_KEY)
+    record = config_record(msg, PLACEMENT_RECORD_KEY)
     node = record.get("ray-node") if record is not None else None
     return str(node) if node else None
 

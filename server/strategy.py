@@ -35,7 +35,7 @@ from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedmodel.config import RunConfig
 from fedmodel.errors import BelowMinimumError
-from server.recorder import RunRecorder, owner_of
+from server.recorder import RunRecorder, owner_of, records
 from server.validation import validate_update
 
 log = logging.getLogger("fedmodel.server")
@@ -153,7 +153,7 @@ class RecordingMixin:
         """
         key: str = self.arrayrecord_key  # type: ignore[attr-defined]
         weight_key: str = self.weighted_by_key  # type: ignore[attr-defined]
-        arrays, metrics = msg.content.array_records, msg.content.metric_records
+        arrays, metrics = records(msg, ArrayRecord), records(msg, MetricRecord)
         if list(arrays) != [key]:
             return f"expected one ArrayRecord named {key!r}, got {sorted(arrays)}"
         if len(metrics) != 1:
@@ -229,11 +229,9 @@ def _owner_order(owner: int | str) -> tuple[int, int | str]:
 
 def _common_metric_layout(replies: list[Message]) -> _MetricLayout | None:
     """The MetricRecord name and key set most replies share (Flower requires one layout for all)."""
-    layouts = Counter(
-        (name, frozenset(record))
-        for msg in replies if not msg.has_error() and len(msg.content.metric_records) == 1
-        for name, record in msg.content.metric_records.items()
-    )
+    found = [records(msg, MetricRecord) for msg in replies if not msg.has_error()]
+    layouts = Counter((name, frozenset(record)) for metrics in found if len(metrics) == 1
+                      for name, record in metrics.items())
     return layouts.most_common(1)[0][0] if layouts else None
 
 
