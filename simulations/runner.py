@@ -15,6 +15,7 @@ and Flower's actors run there. ``init-args-*`` are never set: they break attachi
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tempfile
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from fedmodel.config import RunConfig
 from fedmodel.errors import SimulationError
+from fedmodel.report.run_folder import RunFolder, read_events
 from fedmodel.runs import (
     ProgressFn,
     RunResult,
@@ -113,8 +115,9 @@ def run_simulation(config: RunConfig, *, on_event: ProgressFn | None = None,
         run_id = submit(app_dir, env, LOCAL, ["--federation-config", federation_config(config)])
         log_proc = stream_log(run_id, env, LOCAL, run_dir / "flower.log")
         stream = log_proc
+        serverapp = ServerAppWatch(superlink.proc.pid, folder)
         status, details = follow(run_id, env, LOCAL, folder, on_event=on_event,
-                                 broken=lambda: _exited(superlink.proc),
+                                 broken=lambda: _exited(superlink.proc) or serverapp(),
                                  stream_ended=lambda: stream.poll() is not None)
     finally:
         stop_process(log_proc)
@@ -143,6 +146,72 @@ def _private_ray_dir(config: RunConfig, home: Path) -> dict[str, str]:
     if config.ray_address or len(str(home)) > MAX_RAY_TMPDIR_CHARS:
         return {}  # RAY_ADDRESS=local alone already starts a new instance
     return {"RAY_TMPDIR": str(home)}
+
+
+class ServerAppWatch:
+    """Says at once when the run's ``flwr-simulation`` process (ServerApp, Ray driver) died without ``done``.
+
+    Flower marks such a run failed only when the task's heartbeat times out (about a minute); the
+    process is a descendant of our SuperLink, so its end is seen here within ``LOOK_EVERY_S``. An exit
+    after the ServerApp wrote ``done`` is the normal end: Flower's status then says how it went.
+    """
+
+    LOOK_EVERY_S = 2.0
+
+    def __init__(self, superlink_pid: int, folder: RunFolder) -> None:
+        self.superlink_pid, self.folder = superlink_pid, folder
+        self.pid: int | None = None
+        self.looked = 0.0
+
+    def __call__(self) -> str | None:
+        if time.monotonic() - self.looked < self.LOOK_EVERY_S:
+            return None
+        self.looked = time.monotonic()
+        if self.pid is None:
+            self.pid = descendant_running(self.superlink_pid, "flwr-simulation")
+            return None
+        if _running(self.pid):
+            return None
+        events, _ = read_events(self.folder.progress_path)
+        if any(event.get("event") == "done" for event in events):
+            return None
+        return "flwr-simulation (the ServerApp) exited before the run finished; killed, or out of memory?"
+
+
+def descendant_running(pid: int, name: str) -> int | None:
+    """A running descendant of ``pid`` whose command line holds ``name`` (from ``ps``), if any."""
+    try:
+        out = subprocess.run(["ps", "-A", "-ww", "-o", "pid=,ppid=,args="], capture_output=True, text=True, timeout=10,
+                             check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    children: dict[int, list[tuple[int, str]]] = {}
+    for line in out.splitlines():
+        fields = line.split(None, 2)
+        if len(fields) == 3 and fields[0].isdigit() and fields[1].isdigit():
+            children.setdefault(int(fields[1]), []).append((int(fields[0]), fields[2]))
+    todo = [pid]
+    while todo:
+        for child, args in children.get(todo.pop(), []):
+            if name in args and _running(child):
+                return child
+            todo.append(child)
+    return None
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (exited, not yet reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True  # no /proc (not Linux): alive as far as signals tell
+    return state != "Z"
 
 
 def _exited(proc: subprocess.Popen[bytes] | None) -> str | None:
