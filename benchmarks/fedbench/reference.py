@@ -21,12 +21,22 @@ from typing import Any
 
 import tomli_w
 
-from fedmodel.runs import flower_env, free_port, run_status, stop_process, stream_log, submit, tool
+from fedmodel.runs import (
+    POLL_INTERVAL_S,
+    STATUS_INTERVAL_S,
+    STATUS_SAFETY_INTERVAL_S,
+    flower_env,
+    free_port,
+    run_status,
+    stop_process,
+    stream_log,
+    submit,
+    tool,
+)
 
 APP_SOURCE = Path(__file__).resolve().parent.parent / "reference_app"
 CONNECTION = "local"
 SUPERLINK_START_TIMEOUT_S = 60.0
-STATUS_INTERVAL_S = 2.0
 
 
 class ReferenceRunError(RuntimeError):
@@ -64,7 +74,7 @@ def run_reference(values: dict[str, Any], supernodes: int, log_dir: Path, *, tim
         run_id = submit(app_dir, env, CONNECTION,
                         ["--federation-config", f"num-supernodes={supernodes} client-resources-num-cpus=1"])
         log_proc = stream_log(run_id, env, CONNECTION, log_dir / "flower.log")
-        status, details = _wait(run_id, env, superlink, time.monotonic() + timeout_s)
+        status, details = _wait(run_id, env, superlink, log_proc, time.monotonic() + timeout_s)
     finally:
         stop_process(log_proc)
         stop_process(superlink)
@@ -76,14 +86,21 @@ def run_reference(values: dict[str, Any], supernodes: int, log_dir: Path, *, tim
     return status
 
 
-def _wait(run_id: int, env: dict[str, str], superlink: subprocess.Popen[bytes], deadline: float) -> tuple[str, str]:
+def _wait(run_id: int, env: dict[str, str], superlink: subprocess.Popen[bytes], stream: subprocess.Popen[bytes],
+          deadline: float) -> tuple[str, str]:
+    """Flower's final status, asked when the log stream ends (as fedmodel.runs.follow does: no CPU taken
+    from the run by a ``flwr list`` every few seconds), every 2 s after that, and every 5 min meanwhile."""
+    next_check = time.monotonic() + STATUS_SAFETY_INTERVAL_S
     while time.monotonic() < deadline:
         if superlink.poll() is not None:
             return "broken", f"flower-superlink exited with code {superlink.returncode}"
-        status, details = run_status(run_id, env, CONNECTION)
-        if status.startswith("finished"):
-            return status, details
-        time.sleep(STATUS_INTERVAL_S)
+        if stream.poll() is not None or time.monotonic() >= next_check:
+            status, details = run_status(run_id, env, CONNECTION)
+            if status.startswith("finished"):
+                return status, details
+            wait = STATUS_INTERVAL_S if stream.poll() is not None else STATUS_SAFETY_INTERVAL_S
+            next_check = time.monotonic() + wait
+        time.sleep(POLL_INTERVAL_S)
     return "timeout", "still running at the deadline"
 
 
