@@ -158,7 +158,13 @@ def epsilon_spent(history: list[tuple[float, float, int]], delta: float) -> floa
     """
     if not history:
         return 0.0
-    return _epsilon_of_rdp(rdp_curve(history), delta)
+    return _epsilon_cached(tuple((float(sigma), float(q), int(steps)) for sigma, q, steps in history), float(delta))
+
+
+@lru_cache(maxsize=4096)
+def _epsilon_cached(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """Owners on one schedule share their histories: a cohort computes each distinct one once."""
+    return _epsilon_of_rdp(rdp_curve(list(history)), delta)
 
 
 @dataclass
