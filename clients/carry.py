@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from flwr.app import ConfigRecord, Context, Message
@@ -39,8 +40,16 @@ def restore_privacy(msg: Message, context: Context, owner: Owner) -> OwnerPrivac
     text = config.get(f"{HANDBACK_PREFIX}{owner.seed_id}") if owner.simulated else None
     handback = HandBack.from_json(str(text)) if text else None
     carried, pending = _carried(context, handback, server_round)
-    return RoundPrivacy(carried, server_round, _digest(msg, owner), lambda record: _store(context, record),
-                        pending=pending)
+    return RoundPrivacy(carried, server_round, _digest(msg, owner), _before_first_step(context), pending=pending)
+
+
+def _before_first_step(context: Context) -> Callable[[CarriedPrivacy], None]:
+    """Where the round's charge goes before its first step: a deployed node's file (a crash after it keeps
+    the charge). A simulated owner's Context lives only as long as the call, which stores the round once,
+    after it, whatever happened (``keep_privacy``)."""
+    if state_file(context) is None:
+        return lambda record: None
+    return lambda record: _store(context, record)
 
 
 def _digest(msg: Message, owner: Owner) -> str:
