@@ -146,3 +146,12 @@ def test_superlink_boots_while_the_data_is_checked_and_stops_on_a_bad_input(
 )
 def test_bad_cohort_settings(invoke: Any, args: list[str], needles: list[str]) -> None:
     check_rejected(invoke(args), needles)
+
+
+def test_many_owners_on_a_node_each_get_a_tip_and_cohorts_do_not() -> None:
+    from fedmodel.config import RunConfig
+
+    assert "--nodes 2" in (simulate_module.cohort_tip(RunConfig(clients=500)) or "")
+    assert simulate_module.cohort_tip(RunConfig(clients=500, nodes=2)) is None
+    assert simulate_module.cohort_tip(RunConfig(clients=10)) is None
+    assert simulate_module.cohort_tip(RunConfig(clients=500, secure_aggregation=True)) is None  # cohorts refuse it
