@@ -162,3 +162,22 @@ def test_a_sampled_owner_pays_only_for_the_rounds_it_trains_opacus_oracle() -> N
                                                                  orders=orders), delta=config.delta)
     assert float(metrics["epsilon"]) == pytest.approx(oracle, rel=1e-9)
     assert float(metrics["epsilon"]) < config.epsilon  # the plan covers all 3 rounds; it trained in 2
+
+
+def test_a_resumed_cohort_hands_each_owner_its_own_privacy_state_back() -> None:
+    from fedmodel.privacy.carry import HandBack
+    from fedmodel.protocol import HANDBACK_PREFIX
+
+    config = RunConfig(clients=4, rounds=3, nodes=2)
+    first = split_replies([as_reply(client_app.train(message(1, [0, 1, 2, 3]), node(config, 0, 2)), 0)])
+    reported = {int(r.content["metrics"]["owner"]): dict(r.content["privacy-state"]) for r in first}
+    resumed = message(2, [0, 1, 2, 3])  # the coordinator crashed after round 1; every node starts afresh
+    for owner in (0, 2):
+        back = HandBack(OwnerPrivacyState.from_dict(reported[owner]), unreported_rounds=0, in_flight_round=2)
+        resumed.content["config"][f"{HANDBACK_PREFIX}{owner}"] = back.to_json()
+    fresh = node(config, 0, 2)
+    again = split_replies([as_reply(client_app.train(resumed, fresh), 0)])
+    per_round = OwnerPrivacyState.from_dict(reported[0]).plan.steps_per_round  # type: ignore[union-attr]
+    assert {int(r.content["metrics"]["owner"]): int(r.content["metrics"]["steps"]) for r in again} == {
+        0: 2 * per_round, 2: 2 * per_round}  # round 1 (handed back) and round 2, each owner its own
+    assert float(again[0].content["metrics"]["epsilon"]) > float(first[0].content["metrics"]["epsilon"])
