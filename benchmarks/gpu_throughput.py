@@ -39,7 +39,26 @@ class SmallCNN(nn.Module):
         return self.head(torch.flatten(self.features(x), 1))
 
 
-def measure(mode: str, batch: int, steps: int, warmup: int, device: torch.device) -> float:
+class SampleConvNet(nn.Module):
+    """The CNN of Opacus' own MNIST example: strided 8x8 and 4x4 convolutions, two linear layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 8, 2, padding=3)
+        self.conv2 = nn.Conv2d(16, 32, 4, 2)
+        self.fc1 = nn.Linear(32 * 4 * 4, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2, 1)
+        x = nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2, 1)
+        return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+
+
+MODELS = {"cnn": SmallCNN, "samplenet": SampleConvNet}
+
+
+def measure(mode: str, batch: int, steps: int, warmup: int, device: torch.device, model_name: str = "cnn") -> float:
     """Samples per second of ``steps`` training steps of ``batch`` examples in ``mode``."""
     from opacus import PrivacyEngine
 
@@ -48,7 +67,7 @@ def measure(mode: str, batch: int, steps: int, warmup: int, device: torch.device
     y = torch.randint(0, 10, (batch * 4,), generator=g)
     batches = [(x[i * batch:(i + 1) * batch].to(device), y[i * batch:(i + 1) * batch].to(device)) for i in range(4)]
     torch.manual_seed(0)
-    model: nn.Module = SmallCNN().to(device)
+    model: nn.Module = MODELS[model_name]().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     criterion: nn.Module = nn.CrossEntropyLoss()
     if mode != "no DP":
@@ -88,19 +107,21 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--out", help="also write the table to this file")
+    parser.add_argument("--model", choices=sorted(MODELS), default="cnn",
+                        help="cnn: 2 same-size 5x5 convolutions + linear; samplenet: Opacus' MNIST example CNN")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matrix products and convolutions (every mode)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
-    lines = [f"## gpu: small CNN DP-SGD throughput, {time.strftime('%Y-%m-%d %H:%M')} on {name} "
+    lines = [f"## gpu: {args.model} DP-SGD throughput, {time.strftime('%Y-%m-%d %H:%M')} on {name} "
              f"(torch {torch.__version__}, opacus {__import__('opacus').__version__})", "",
              f"1 x 28 x 28 inputs, 10 classes, SGD, fp32{' with TF32' if args.tf32 else ''}, {args.steps} timed steps after {args.warmup} warm-up "
              "steps, fixed-size batches; samples/s and the ratio to no DP at the same batch size.", "",
              "| batch | " + " | ".join(MODES) + " | hooks / no DP | ghost / no DP | functorch / no DP |",
              "|---" * (2 * len(MODES)) + "|"]
     for batch in args.batch:
-        rates = [measure(mode, batch, args.steps, args.warmup, device) for mode in MODES]
+        rates = [measure(mode, batch, args.steps, args.warmup, device, args.model) for mode in MODES]
         lines.append(f"| {batch} | " + " | ".join(f"{r:,.0f}" for r in rates)
                      + "".join(f" | {r / rates[0]:.2f}x" for r in rates[1:]) + " |")
         print(lines[-1], flush=True)

@@ -21,7 +21,8 @@ def _module():  # type: ignore[no-untyped-def]
     return module
 
 
+@pytest.mark.parametrize("model", ["cnn", "samplenet"])
 @pytest.mark.parametrize("mode", ["no DP", "DP (hooks)", "DP (ghost clipping)", "DP (functorch)"])
-def test_every_mode_trains_and_reports_a_rate(mode: str) -> None:
-    rate = _module().measure(mode, batch=8, steps=2, warmup=1, device=torch.device("cpu"))
+def test_every_mode_trains_and_reports_a_rate(mode: str, model: str) -> None:
+    rate = _module().measure(mode, batch=8, steps=2, warmup=1, device=torch.device("cpu"), model_name=model)
     assert rate > 0
