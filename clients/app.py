@@ -51,7 +51,7 @@ from fedmodel.protocol import FEATURE_SUMS_QUERY, OWNER_RECORD_KEY, PLACEMENT_RE
 from clients.privacy_account import owner_account, record_refusal
 from clients.carry import REPLY_KEY, keep_privacy, privacy_record, restore_privacy
 from clients.central_dp import central_dp_mod
-from clients.cohort import CellCache, is_cohort_message, serve_cohort
+from clients.cohort import CellCache, PerMessage, is_cohort_message, serve_cohort
 from clients.secure import require_masked_train, secure_aggregation_in_effect, secure_aggregation_mod
 
 app = ClientApp()
@@ -143,14 +143,10 @@ def resolve_owner(msg: Message, context: Context) -> Owner:
 
 def global_weights(msg: Message) -> dict[str, torch.Tensor]:
     """The message's global model as tensors, converted once per message (a cohort's owners all load it)."""
-    arrays = msg.content["arrays"]
-    if _GLOBAL and _GLOBAL[0][0] is arrays:  # the entry keeps the record alive: no id is reused
-        return _GLOBAL[0][1]
-    _GLOBAL[:] = [(arrays, arrays.to_torch_state_dict())]
-    return _GLOBAL[0][1]
+    return _GLOBAL.get(msg, None, msg.content["arrays"].to_torch_state_dict)
 
 
-_GLOBAL: list[tuple[ArrayRecord, dict[str, torch.Tensor]]] = []
+_GLOBAL: PerMessage[dict[str, torch.Tensor]] = PerMessage()
 
 
 def _partition(split: FederatedSplit, pid: int, name: str) -> RawTable:

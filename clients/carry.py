@@ -14,8 +14,8 @@ Where the state of the run comes from, first found wins:
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flwr.app import ConfigRecord, Context, Message
@@ -25,6 +25,7 @@ from fedmodel.protocol import HANDBACK_PREFIX
 from fedmodel.protocol import PRIVACY_REPLY_KEY as REPLY_KEY
 from fedmodel.privacy import OwnerPrivacyState
 from fedmodel.privacy.carry import CarriedPrivacy, HandBack, RoundPrivacy, load_file, round_digest, save_file
+from clients.cohort import PerMessage
 
 if TYPE_CHECKING:
     from clients.app import Owner
@@ -54,18 +55,14 @@ def _before_first_step(context: Context) -> Callable[[CarriedPrivacy], None]:
 
 def _digest(msg: Message, owner: Owner) -> str:
     """The round's digest; the owners of a cohort share one message and settings, so it is computed once."""
-    if _DIGEST and _DIGEST[0][0] is msg and _DIGEST[0][1] == owner.config:  # the entry keeps msg alive
-        return _DIGEST[0][2]
-    digest = round_digest(
+    return _DIGEST.get(msg, owner.config, lambda: round_digest(
         {k: v.numpy() for k, v in msg.content["arrays"].items()},  # type: ignore[union-attr]
         [(k, v) for k, v in msg.content["config"].items() if not str(k).startswith(HANDBACK_PREFIX)],
         {k: v for k, v in owner.config.to_mapping().items() if k != "resume"},
-    )
-    _DIGEST[:] = [(msg, owner.config, digest)]
-    return digest
+    ))
 
 
-_DIGEST: list[tuple[Message, object, str]] = []
+_DIGEST: PerMessage[str] = PerMessage()
 
 
 def keep_privacy(context: Context, state: OwnerPrivacyState) -> None:

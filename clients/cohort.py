@@ -28,7 +28,8 @@ STATE_INDEX_KEY = "fedmodel-cohort-state"
 
 def is_cohort_message(msg: Message) -> bool:
     """True when the message asks a cohort of owners (a simulation with ``nodes < clients``)."""
-    return "config" in msg.content.config_records and COHORT_KEY in msg.content["config"]
+    config = msg.content.get("config")
+    return isinstance(config, ConfigRecord) and COHORT_KEY in config
 
 
 def serve_cohort(msg: Message, context: Context, handler: Handler) -> Message:
@@ -90,6 +91,23 @@ def keep_owner_state(context: Context, own: Context, owner: int) -> None:
     index = context.state[STATE_INDEX_KEY]
     if names and list(index.get(str(owner), [])) != names:  # type: ignore[union-attr]
         index[str(owner)] = names  # type: ignore[index]
+
+
+class PerMessage(Generic[T]):
+    """The value last computed for one message (and key): a cohort's owners, served one after another, share it.
+
+    The slot holds the message itself, so its identity is never that of a later message.
+    """
+
+    def __init__(self) -> None:
+        self._slot: tuple[Message, Hashable, T] | None = None
+
+    def get(self, msg: Message, key: Hashable, compute: Callable[[], T]) -> T:
+        if self._slot is not None and self._slot[0] is msg and self._slot[1] == key:
+            return self._slot[2]
+        value = compute()
+        self._slot = (msg, key, value)
+        return value
 
 
 class CellCache(Generic[T]):

@@ -32,9 +32,16 @@ def round_owners(config: RunConfig, server_round: int) -> list[int]:
     return sorted(int(o) for o in rng.choice(config.clients, config.owners_per_round, replace=False))
 
 
-def with_cohort(record: ConfigRecord, owners: list[int]) -> ConfigRecord:
-    """A copy of a train or evaluate config that names the owners asked this round."""
-    return ConfigRecord({**record, COHORT_KEY: owners})
+def round_config(config: RunConfig, record: ConfigRecord, server_round: int) -> ConfigRecord:
+    """The train or evaluate config a round sends: with cohorts, a copy naming the owners asked this round."""
+    if not config.cohorts:
+        return record
+    return ConfigRecord({**record, COHORT_KEY: round_owners(config, server_round)})
+
+
+def owner_replies(config: RunConfig, replies: list[Message]) -> list[Message]:
+    """One reply per owner: with cohorts, each node's reply split by owner (:func:`split_replies`)."""
+    return split_replies(replies) if config.cohorts else replies
 
 
 def split_replies(replies: list[Message]) -> list[Message]:

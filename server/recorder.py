@@ -411,8 +411,8 @@ def _metrics(msg: Message) -> Any:
 
 def owner_of(msg: Message) -> OwnerId:
     """A reply's owner: the deployed owner's name, or the simulated owner's number."""
-    record = msg.content.get(OWNER_RECORD_KEY)
-    if isinstance(record, ConfigRecord):
+    record = config_record(msg, OWNER_RECORD_KEY)
+    if record is not None:
         return str(record["name"])
     return int(_metrics(msg)["owner"])
 

@@ -20,7 +20,7 @@ from flwr.serverapp import Grid
 from fedmodel.config import RETRY_ATTEMPTS, RunConfig
 from fedmodel.errors import AllClientsFailedError, BelowMinimumError
 from fedmodel.report.run_folder import RunFolder
-from server.cohorts import round_owners, split_replies, with_cohort
+from server.cohorts import owner_replies, round_config
 from server.secure import secure_train
 
 log = logging.getLogger("fedmodel.server")
@@ -42,12 +42,11 @@ def run_rounds(strategy: object, grid: Grid, config: RunConfig, *, arrays: Array
     for server_round in range(first_round, config.rounds + 1):
         log.info("[ROUND %d/%d]", server_round, config.rounds)
         arrays = _train(strategy, grid, config, server_round, arrays, train_config, timeout)
-        eval_config = with_cohort(evaluate_config, round_owners(config, server_round)) if config.cohorts \
-            else evaluate_config
+        sent = round_config(config, evaluate_config, server_round)
         replies = list(grid.send_and_receive(
-            list(strategy.configure_evaluate(server_round, arrays, eval_config, grid)),  # type: ignore[attr-defined]
+            list(strategy.configure_evaluate(server_round, arrays, sent, grid)),  # type: ignore[attr-defined]
             timeout=timeout))
-        strategy.aggregate_evaluate(server_round, split_replies(replies) if config.cohorts else replies)  # type: ignore[attr-defined]
+        strategy.aggregate_evaluate(server_round, owner_replies(config, replies))  # type: ignore[attr-defined]
         evaluate_fn(server_round, arrays)
         after_round(server_round, arrays)
     return arrays
@@ -60,13 +59,11 @@ def _train(strategy: object, grid: Grid, config: RunConfig, server_round: int, a
     def attempt() -> ArrayRecord:
         if config.secure_aggregation:  # Flower's SecAgg+ for the train stage (server.secure)
             return secure_train(strategy, grid, config, server_round, arrays, train_config, timeout)
-        sent = with_cohort(train_config, round_owners(config, server_round)) if config.cohorts else train_config
+        sent = round_config(config, train_config, server_round)
         messages = list(strategy.configure_train(server_round, arrays, sent, grid))  # type: ignore[attr-defined]
         replies = list(grid.send_and_receive(messages, timeout=timeout))
-        recorder.train_sent(server_round, messages, replies)
-        if config.cohorts:  # one reply per owner from here on (server.cohorts)
-            replies = split_replies(replies)
-        aggregated, _ = strategy.aggregate_train(server_round, replies)  # type: ignore[attr-defined]
+        recorder.train_sent(server_round, messages, replies)  # nodes: who was asked, who answered
+        aggregated, _ = strategy.aggregate_train(server_round, owner_replies(config, replies))  # type: ignore[attr-defined]
         return aggregated if aggregated is not None else arrays
 
     return with_retries(config, recorder.folder, f"round {server_round}", attempt, server_round=server_round)
