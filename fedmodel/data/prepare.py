@@ -109,8 +109,10 @@ def quality_counts(raw: RawTable, iqr_k: float = IQR_K_FOR_COUNTS) -> dict[str, 
         outliers += _iqr_outliers(x[:, full], iqr_k)
     for j in np.flatnonzero(~full & (counts >= 2)):  # columns with gaps: over their present cells
         outliers += _iqr_outliers(x[present[:, j], j][:, None], iqr_k)
-    first = np.where(present, x, np.nan)[np.argmax(present, axis=0), np.arange(x.shape[1])] if x.shape[0] else None
-    constant = 0 if first is None else int(np.sum((counts > 0) & np.all(~present | (x == first), axis=0)))
+    constant = 0
+    if x.shape[0]:
+        first = x[np.argmax(present, axis=0), np.arange(x.shape[1])]  # each column's first present value
+        constant = int(np.sum((counts > 0) & np.all(~present | (x == first), axis=0)))
     keyed = [tuple(np.where(present[i], x[i], np.inf).tolist()) + (raw.labels[i],) for i in range(x.shape[0])]
     return {
         "rows": int(x.shape[0]), "features": int(x.shape[1]), "id-columns": len(raw.ids),
