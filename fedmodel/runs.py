@@ -235,7 +235,7 @@ def finish(folder: RunFolder, status: str, details: str, started: float, logs: s
     report["flower_status"] = status
     if status != "finished:completed" and report.get("status") == "completed":
         report["status"], report["reason"] = "failed", f"Flower reports the run as {status}: {details}"
-    folder.write_report(report)
+    folder.write_report(report, redraw_plots=False)  # timing and status change no curve
     if report.get("status") != "completed":
         raise SimulationError(f"the run failed: {report.get('reason') or status}\nrun folder: {folder.path}")
     return RunResult(folder.path, report)

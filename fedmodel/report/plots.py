@@ -29,6 +29,9 @@ MANY_OWNERS: int = 20
 
 NO_DP_TEXT = "no differential privacy: no epsilon"
 
+PLOT_NAMES: tuple[str, ...] = ("accuracy", "loss", "epsilon")
+"""The plots :func:`write_plots` writes, as ``<name>.png``."""
+
 
 def write_plots(report: Mapping[str, Any], plots_dir: Path) -> dict[str, Path]:
     """Write the accuracy, loss and epsilon plots of a run.
@@ -48,7 +51,7 @@ def write_plots(report: Mapping[str, Any], plots_dir: Path) -> dict[str, Path]:
     """
     plots_dir = Path(plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
-    builders = {
+    builders = {  # the keys are PLOT_NAMES
         "accuracy": _draw_accuracy,
         "loss": _draw_loss,
         "epsilon": _draw_epsilon,
@@ -418,11 +421,16 @@ def _draw_many_owners(ax: Axes, curves: Mapping[str, tuple[list[float], list[flo
     curves : Mapping[str, tuple[list[float], list[float]]]
         Owner label -> (rounds, epsilons).
     """
+    from matplotlib.collections import LineCollection
+
     highest: dict[float, float] = {}
     for xs, ys in curves.values():
-        ax.plot(xs, ys, color="tab:blue", linewidth=0.6, alpha=0.3)
         for x, y in zip(xs, ys):
             highest[x] = max(y, highest.get(x, y))
+    # one artist for every owner's line (a line per owner costs ~1 ms each to build: 1 s at 1000 owners)
+    ax.add_collection(LineCollection([list(zip(xs, ys)) for xs, ys in curves.values()], colors="tab:blue",
+                                     linewidths=0.6, alpha=0.3))
+    ax.autoscale_view()
     rounds = sorted(highest)
     ax.plot(rounds, [highest[x] for x in rounds], color="tab:red", linewidth=2.5,
             label=f"max over {len(curves)} owners")

@@ -78,13 +78,19 @@ class RunFolder:
         save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp))
         os.replace(tmp, self.model_path)
 
-    def write_report(self, report: Mapping[str, Any]) -> None:
-        """Write report.json, the plots and the self-contained report.html."""
+    def write_report(self, report: Mapping[str, Any], *, redraw_plots: bool = True) -> None:
+        """Write report.json, the plots and the self-contained report.html.
+
+        ``redraw_plots=False`` keeps plots already written (a report that only gained timing or
+        Flower's status draws the same curves); if one is missing, all are drawn again.
+        """
         from fedmodel.report.html import write_html
-        from fedmodel.report.plots import write_plots
+        from fedmodel.report.plots import PLOT_NAMES, write_plots
 
         atomic_write(self.report_path, json.dumps(report, indent=2, default=_json_default).encode())
-        plots = write_plots(report, self.plots_dir)
+        plots = {name: self.plots_dir / f"{name}.png" for name in PLOT_NAMES}
+        if redraw_plots or not all(path.is_file() for path in plots.values()):
+            plots = write_plots(report, self.plots_dir)
         write_html(report, plots, self.html_path)
 
     def read_report(self) -> dict[str, Any]:

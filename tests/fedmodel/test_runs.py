@@ -156,3 +156,22 @@ def test_follow_stops_when_broken_says_so(fake_run: Callable[..., FakeRun]) -> N
     assert runs.follow(1, {}, "local", run.folder, on_event=None, broken=lambda: next(answers),
                        stream_ended=run.stream_ended) == ("broken", "flower-superlink exited with code 1")
     assert run.asked == []
+
+
+def test_finish_adds_timing_and_status_and_keeps_the_plots_drawn(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path / "run")
+    folder.path.mkdir(parents=True)
+    report = {"status": "completed", "dataset": "digits", "rounds": [], "privacy": {"mode": "none"}}
+    folder.write_report(report)
+    plots = sorted(folder.plots_dir.glob("*.png"))
+    assert [p.name for p in plots] == ["accuracy.png", "epsilon.png", "loss.png"]
+    before = {p.name: p.stat().st_mtime_ns for p in plots}
+    result = runs.finish(folder, "finished:completed", "", time.time() - 3.0, logs="the logs")
+    written = json.loads(folder.report_path.read_text())
+    assert written["flower_status"] == "finished:completed" and written["timing"]["total_seconds"] >= 3.0
+    assert result.report["timing"] == written["timing"]
+    assert {p.name: p.stat().st_mtime_ns for p in plots} == before  # timing and status change no curve
+    assert "<td>total</td>" in folder.html_path.read_text()  # the page shows the timing
+    (folder.plots_dir / "loss.png").unlink()  # a lost plot is drawn again
+    folder.write_report(written, redraw_plots=False)
+    assert (folder.plots_dir / "loss.png").is_file()

@@ -139,6 +139,26 @@ def test_many_owners(tmp_path: Path) -> None:
     assert_plots(plots, tmp_path)
 
 
+def test_many_owners_are_one_collection_holding_every_owners_line() -> None:
+    from matplotlib.collections import LineCollection
+
+    from fedmodel.report.plots import _draw_epsilon, _new_figure
+
+    report = make_report(num_owners=30)
+    fig = _new_figure()
+    _draw_epsilon(fig, report)
+    ax = fig.axes[0]
+    (lines,) = [c for c in ax.collections if isinstance(c, LineCollection)]
+    segments = lines.get_segments()
+    assert len(segments) == 30
+    owner_7 = [(r["round"], e["epsilon"]) for r in report["rounds"] for e in r["owner_epsilon"] if e["owner"] == 7]
+    assert any(seg.tolist() == [list(p) for p in owner_7] for seg in segments)
+    top = max(e["epsilon"] for r in report["rounds"] for e in r["owner_epsilon"])
+    assert ax.get_ylim()[1] >= top  # the collection is inside the view, not clipped off
+    (max_line,) = [line for line in ax.get_lines() if line.get_label().startswith("max over 30 owners")]
+    assert max_line.get_ydata()[-1] == pytest.approx(top)
+
+
 def test_dollar_in_dataset_name_is_not_math(report: dict[str, Any], tmp_path: Path) -> None:
     report["dataset"] = r"$\notacommand{x}$ and $"
     plots = write_plots(copy.deepcopy(report), tmp_path)
