@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -14,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from fedmodel.cli import options as opt
-from fedmodel.cli.console import err, fail, out
+from fedmodel.cli.console import err, fail, out, print_json_document
 from fedmodel.cli.resume import INTERRUPTED_EXIT, interruptible, interrupted_message, resume_config
 from fedmodel.config import BUNDLED_DATASETS, RunConfig
 from fedmodel.errors import ConfigError, FedModelError
@@ -139,7 +138,7 @@ def simulate(
         fail(Exception(interrupted_message("simulate", run_config.out) if run_config else "interrupted"),
              INTERRUPTED_EXIT)
     if output_format == "json":
-        out.print_json(json.dumps(result.report))
+        print_json_document(result.report)
     else:
         print_summary(result.report, result.run_dir)
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from fedmodel.cli import options as opt
-from fedmodel.cli.console import err, fail, out
+from fedmodel.cli.console import err, fail, print_json_document
 from fedmodel.cli.resume import INTERRUPTED_EXIT, interruptible, interrupted_message, resume_config
 from fedmodel.cli.simulate import print_summary, resolve_config, with_progress
 from fedmodel.config import RunConfig
@@ -117,7 +116,7 @@ def train(
         fail(Exception(interrupted_message("train", run_config.out) if run_config else "interrupted"),
              INTERRUPTED_EXIT)
     if output_format == "json":
-        out.print_json(json.dumps(result.report))
+        print_json_document(result.report)
     else:
         print_summary(result.report, result.run_dir)
 
