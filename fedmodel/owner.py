@@ -6,7 +6,8 @@ deployment the same code runs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -19,6 +20,7 @@ from fedmodel.faults import apply_fault, fault_for
 from fedmodel.data.augment import parse_augment
 from fedmodel.models import model_to_load
 from fedmodel.privacy import NoPrivacy, OpacusDPSGD, OwnerPrivacyState, PrivacyMechanism, plan_for_owner
+from fedmodel.privacy.mechanism import KeptWrapping
 from fedmodel.training import evaluate, make_loader, train_epochs
 
 
@@ -55,40 +57,83 @@ def train_owner_round(
         return OwnerUpdate(apply_fault(fault, honest.weights, global_weights), honest.metrics)
     if len(shard) == 0:
         raise DataValidationError(f"owner {owner}: the shard holds no training examples")
-    model = model_to_load(config.model, shard.num_features, shard.num_classes)
-    model.load_state_dict(global_weights)
-    model.to(device)
-    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
-    seed = round_seed(config.seed, owner, server_round)
-    loader = make_loader(shard, config.batch_size, seed=seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+    with _bench(config, shard, device, private=privacy is not None) as bench:
+        model, optimizer = bench.model, bench.optimizer
+        model.load_state_dict(global_weights)
+        anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+        seed = round_seed(config.seed, owner, server_round)
+        loader = make_loader(shard, config.batch_size, seed=seed)
 
-    mechanism: PrivacyMechanism
-    if privacy is None:
-        mechanism = NoPrivacy()
-    else:
-        if privacy.plan is None:
-            try:
-                privacy.plan = plan_for_owner(
-                    num_examples=len(shard), batch_size=config.batch_size, local_epochs=config.local_epochs,
-                    rounds=config.rounds, epsilon=config.epsilon, delta=config.delta,
-                    max_grad_norm=config.max_grad_norm, spent_before=tuple(privacy.other),
-                )
-            except PrivacyBudgetExceeded as exc:  # the scaling statistics alone used the budget
-                raise PrivacyBudgetExceeded(owner, exc.spent, exc.planned, exc.budget) from None
-        mechanism = OpacusDPSGD(privacy, owner, noise_seed=seed)
-    train_model, train_optimizer, train_loader = mechanism.wrap(model, optimizer, loader)
-    if fault is not None and privacy is not None:  # testing aid (no-noise): a DP bug for the audit to catch
-        train_optimizer.noise_multiplier = 0.0  # type: ignore[attr-defined]  # the plan's sigma is still reported
-    loss = train_epochs(
-        train_model, train_optimizer, train_loader, epochs=config.local_epochs, device=device,
-        proximal_mu=proximal_mu, anchor=anchor, lr=config.lr,
-        augment=parse_augment(config.augment), augment_seed=seed + 1, background=float(shard.x.min()),
-    )
-    metrics: dict[str, float] = {"num-examples": float(len(shard)), "train-loss": loss}
-    metrics.update(mechanism.finish())
-    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        mechanism: PrivacyMechanism
+        if privacy is None:
+            mechanism = NoPrivacy()
+        else:
+            if privacy.plan is None:
+                try:
+                    privacy.plan = plan_for_owner(
+                        num_examples=len(shard), batch_size=config.batch_size, local_epochs=config.local_epochs,
+                        rounds=config.rounds, epsilon=config.epsilon, delta=config.delta,
+                        max_grad_norm=config.max_grad_norm, spent_before=tuple(privacy.other),
+                    )
+                except PrivacyBudgetExceeded as exc:  # the scaling statistics alone used the budget
+                    raise PrivacyBudgetExceeded(owner, exc.spent, exc.planned, exc.budget) from None
+            mechanism = OpacusDPSGD(privacy, owner, noise_seed=seed, kept=bench.kept)
+        train_model, train_optimizer, train_loader = mechanism.wrap(model, optimizer, loader)
+        if fault is not None and privacy is not None:  # testing aid (no-noise): a DP bug for the audit to catch
+            train_optimizer.noise_multiplier = 0.0  # type: ignore[attr-defined]  # the plan's sigma is still reported
+        loss = train_epochs(
+            train_model, train_optimizer, train_loader, epochs=config.local_epochs, device=device,
+            proximal_mu=proximal_mu, anchor=anchor, lr=config.lr,
+            augment=parse_augment(config.augment), augment_seed=seed + 1, background=float(shard.x.min()),
+        )
+        metrics: dict[str, float] = {"num-examples": float(len(shard)), "train-loss": loss}
+        metrics.update(mechanism.finish())
+        # copies: the bench's next owner overwrites these parameters in place
+        weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     return OwnerUpdate(weights, metrics)
+
+
+@dataclass
+class _Bench:
+    """A model and its optimizer that owner after owner train in this process, each loading its weights first."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    kept: KeptWrapping
+    busy: bool = False
+
+
+_BENCHES: dict[tuple[str, int, int, str, float, bool], _Bench] = {}
+
+
+@contextmanager
+def _bench(config: RunConfig, shard: Dataset, device: torch.device, *, private: bool) -> Iterator[_Bench]:
+    """This process's bench for the model, shape, device, learning rate and DP or not (built the first time).
+
+    DP or not is part of the key: Opacus' per-sample hooks stay on a model it wrapped.
+    A simulated node hosting a cohort trains hundreds of owners one after another: building a
+    model, an optimizer and Opacus' wrapping for each costs more than its training. A training that
+    raises drops the bench (Opacus may hold a half-done step); a bench in use (a re-entrant call)
+    is not shared: the caller gets one of its own.
+    """
+    key = (config.model, shard.num_features, shard.num_classes, str(device), config.lr, private)
+    bench = _BENCHES.get(key)
+    if bench is None or bench.busy:
+        model = model_to_load(config.model, shard.num_features, shard.num_classes).to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+        fresh = _Bench(model, optimizer, KeptWrapping(model, optimizer))
+        if bench is None:
+            _BENCHES[key] = fresh
+        bench = fresh
+    bench.busy = True
+    try:
+        yield bench
+    except BaseException:
+        if _BENCHES.get(key) is bench:
+            del _BENCHES[key]
+        raise
+    finally:
+        bench.busy = False
 
 
 def evaluate_owner(
