@@ -49,7 +49,7 @@ from fedmodel.privacy.accounting import gaussian_sum_epsilon
 from fedmodel.privacy.audit import shard_with_canaries
 from fedmodel.protocol import FEATURE_SUMS_QUERY, OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, QUALITY_RECORD_KEY
 from clients.privacy_account import owner_account, record_refusal
-from clients.carry import REPLY_KEY, keep_privacy, privacy_record, restore_privacy
+from clients.carry import REPLY_KEY, current_privacy, keep_privacy, privacy_record, restore_privacy
 from clients.central_dp import central_dp_mod
 from clients.cohort import CellCache, PerMessage, is_cohort_message, serve_cohort
 from clients.secure import require_masked_train, secure_aggregation_in_effect, secure_aggregation_mod
@@ -58,8 +58,6 @@ app = ClientApp()
 log = logging.getLogger("fedmodel.client")
 MAX_CACHED_CELLS = 20_000_000
 """Cells of owners' rows each cache keeps in a worker (raw and prepared): all of a cohort's shards, mostly."""
-PRIVACY_STATE_KEY = "fedmodel-privacy"
-"""ConfigRecord of a reply saying where it was computed: ``ray-node`` when the ClientApp ran in a Ray worker."""
 
 
 @dataclass(frozen=True)
@@ -164,14 +162,12 @@ _RAW: CellCache[RawTable] = CellCache(MAX_CACHED_CELLS)
 
 def load_privacy(context: Context) -> OwnerPrivacyState:
     """This owner's privacy state within the run (kept in ``context.state`` between rounds)."""
-    if PRIVACY_STATE_KEY in context.state:
-        return OwnerPrivacyState.from_dict(dict(context.state[PRIVACY_STATE_KEY]))  # type: ignore[arg-type]
-    return OwnerPrivacyState()
+    return current_privacy(context)
 
 
 def save_privacy(context: Context, state: OwnerPrivacyState) -> None:
-    context.state[PRIVACY_STATE_KEY] = ConfigRecord(state.to_dict())  # type: ignore[arg-type]
-    keep_privacy(context, state)  # what was really spent; on a deployed node also on disk (clients.carry)
+    """Keep what was really spent, in ``context.state`` and, on a deployed node, on disk (clients.carry)."""
+    keep_privacy(context, state)
 
 
 def _reply(msg: Message, owner: Owner, metrics: dict[str, float], arrays: ArrayRecord | None = None,

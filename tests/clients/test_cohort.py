@@ -10,7 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.app.message.message import make_message
 
 import clients.app as client_app
-from clients.cohort import STATE_INDEX_KEY, CellCache
+from clients.cohort import STATE_INDEX_KEY, CellCache, owner_context
 from fedmodel.config import PartitionSpec, RunConfig
 from fedmodel.models import build_model
 from fedmodel.privacy import OwnerPrivacyState, epsilon_spent
@@ -63,7 +63,7 @@ def test_cohort_replies_equal_one_node_per_owner_over_two_rounds() -> None:
     # each owner's privacy state is its own, kept in the node's state under its name
     index = dict(nodes[0].state[STATE_INDEX_KEY])
     assert sorted(index) == ["0", "2", "4"]
-    state = OwnerPrivacyState.from_dict(dict(nodes[0].state[f"{client_app.PRIVACY_STATE_KEY}@2"]))
+    state = client_app.load_privacy(owner_context(nodes[0], 2))
     assert state.steps == 2 * state.plan.steps_per_round  # type: ignore[union-attr]
     single_state = client_app.load_privacy(singles[2])
     assert epsilon_spent(state.history, config.delta) == pytest.approx(epsilon_spent(single_state.history,
@@ -155,7 +155,7 @@ def test_a_sampled_owner_pays_only_for_the_rounds_it_trains_opacus_oracle() -> N
     metrics = only.content["metrics"]
     assert int(metrics["owner"]) == 1
     sigma, q, steps = float(metrics["noise-multiplier"]), float(metrics["sample-rate"]), int(metrics["steps"])
-    state = OwnerPrivacyState.from_dict(dict(ctx.state[f"{client_app.PRIVACY_STATE_KEY}@1"]))
+    state = client_app.load_privacy(owner_context(ctx, 1))
     assert steps == 2 * state.plan.steps_per_round  # type: ignore[union-attr]  # rounds 1 and 3, not 2
     orders = RDPAccountant.DEFAULT_ALPHAS
     oracle, _ = get_privacy_spent(orders=orders, rdp=compute_rdp(q=q, noise_multiplier=sigma, steps=steps,

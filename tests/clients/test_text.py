@@ -16,6 +16,7 @@ from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.rdp import RDPAccountant
 
 import clients.app as client_app
+from clients.carry import CARRY_KEY
 from fedmodel.config import RunConfig
 from fedmodel.llm import LoraSettings, adapter_state, add_lora, fingerprint, load_base
 from fedmodel.llm.federated import CLASSES_KEY, FINGERPRINT_KEY, text_split
@@ -113,7 +114,7 @@ def test_a_different_base_model_is_refused_before_any_privacy_is_spent(bert_dir:
     reason = reply.error.reason
     assert reason.startswith("owner 1: ") and "fingerprint" in reason and "0" * 64 in reason
     assert fingerprint(bert_dir) in reason
-    assert client_app.PRIVACY_STATE_KEY not in ctx.state
+    assert CARRY_KEY not in ctx.state  # nothing charged
 
 
 def test_evaluate_reports_the_owner_metrics_and_the_same_worker_trains_next(bert_dir: Path,
