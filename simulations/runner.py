@@ -7,10 +7,15 @@ with ``flwr run``, follows the run folder's progress, checks the run's real fina
 run`` exits 0 even for a failed run) and always stops the SuperLink it started.
 
 Ray: Flower's ``ray.init`` takes its address from ``RAY_ADDRESS`` in the SuperLink's environment
-only (facts/ray-cluster.md). Without ``ray-address`` the SuperLink gets ``RAY_ADDRESS=local`` and its
-own ``RAY_TMPDIR``, so Ray starts a private instance and never joins a cluster that ``ray start
---head`` registered on this machine; with it, the cluster is checked first (:mod:`simulations.cluster`)
-and Flower's actors run there. ``init-args-*`` are never set: they break attaching to a cluster.
+only (facts/ray-cluster.md). Without ``ray-address`` the runner starts a private Ray head (``ray
+start --head --block``, its own ports and temp dir under the run's home) at the same moment as the
+SuperLink and points ``RAY_ADDRESS`` at it: Ray's half-dozen daemons then boot while the SuperLink,
+``flwr run`` and the ServerApp do (one core idle most of that time), instead of after the ServerApp
+asked for them (about 6 s later on 2 cores); ``ray.init`` waits for a head still booting. The head
+is stopped with the SuperLink. Where the home path is too long for Ray's sockets, ``RAY_ADDRESS=local``
+lets Flower start Ray itself as before. With ``ray-address`` the cluster is checked first
+(:mod:`simulations.cluster`) and Flower's actors run there. ``init-args-*`` are never set: they break
+attaching to a cluster.
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ PRIVATE_RAY_ENV = {
     # (PYTHONPATH), so they get workers of their own and these idle ones cost CPU and are never used.
     "RAY_prestart_worker_first_driver": "0",
 }
+RAY_HEAD_LOG = "ray-head.log"
+RAY_HEAD_GRACE_S = 1.0
+"""Seconds the private Ray head gets to stop before it is killed: its graceful stop takes ~4 s on 2 cores,
+and nothing of it is kept (its files go with the run's home)."""
 MAX_RAY_TMPDIR_CHARS = 36  # Ray's AF_UNIX socket paths under <RAY_TMPDIR>/ray/session_*/sockets must stay < 108
 
 
@@ -65,6 +74,8 @@ class LocalSuperLink:
     proc: subprocess.Popen[bytes]
     started: float
     """When it was started (``time.time()``): the run's clock starts here."""
+    ray_head: subprocess.Popen[bytes] | None = None
+    """The run's private Ray head (None on a cluster, or where Flower starts Ray itself)."""
 
 
 @contextmanager
@@ -79,17 +90,22 @@ def local_superlink(config: RunConfig) -> Iterator[LocalSuperLink]:
     check_workers(config)
     home = Path(tempfile.mkdtemp(prefix="fedmodel-flwr-"))
     proc: subprocess.Popen[bytes] | None = None
+    head: subprocess.Popen[bytes] | None = None
     try:
+        ray_address = config.ray_address or "local"
+        if not config.ray_address and _private_ray_dir(config, home):
+            head, ray_address = _launch_ray_head(home)
         # ":local:" connects to the simulation SuperLink on these ports, which we start (and stop) ourselves
         env = flower_env(home, {"default": LOCAL, LOCAL: {"address": ":local:"}},
-                         ray_address=config.ray_address or "local", **_private_ray_dir(config, home),
+                         ray_address=ray_address, **_private_ray_dir(config, home),
                          **({} if config.ray_address else PRIVATE_RAY_ENV),
                          FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
                          FLWR_LOCAL_CONTROL_API_PORT=str(free_port()))
         proc = _launch_superlink(env, home)
-        yield LocalSuperLink(home, env, proc, started)
+        yield LocalSuperLink(home, env, proc, started, head)
     finally:
         stop_process(proc)
+        stop_process(head, grace_s=RAY_HEAD_GRACE_S)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -117,12 +133,14 @@ def run_simulation(config: RunConfig, *, on_event: ProgressFn | None = None,
         stream = log_proc
         serverapp = ServerAppWatch(superlink.proc.pid, folder)
         status, details = follow(run_id, env, LOCAL, folder, on_event=on_event,
-                                 broken=lambda: _exited(superlink.proc) or serverapp(),
+                                 broken=lambda: _exited(superlink.proc) or _head_exited(superlink.ray_head)
+                                 or serverapp(),
                                  stream_ended=lambda: stream.poll() is not None)
     finally:
         stop_process(log_proc)
         stop_process(superlink.proc)
         _keep_superlink_log(home, run_dir)
+        _keep_ray_head_log(superlink.ray_head, home, run_dir)
     return finish(folder, status, details, superlink.started,
                   logs=f"{run_dir / 'flower.log'} and {run_dir / 'superlink.log'}")
 
@@ -218,6 +236,43 @@ def _exited(proc: subprocess.Popen[bytes] | None) -> str | None:
     if proc is not None and proc.poll() is not None:
         return f"flower-superlink exited with code {proc.returncode}"
     return None
+
+
+def _launch_ray_head(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the run's private Ray head (not waiting for it) and return it with its GCS address.
+
+    Every port it opens is a free one (two simulations on one machine never meet), its session
+    files stay under ``home/ray`` (no ``ray_current_cluster`` for anyone else to join), it prestarts
+    no idle workers (:data:`PRIVATE_RAY_ENV`) and shows no dashboard. ``--block`` keeps it in the
+    foreground, in a session of its own, so stopping it stops its daemons and workers.
+    """
+    port = free_port()
+    cmd = [
+        tool("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+        "--temp-dir", str(home / "ray"), "--include-dashboard", "false", "--disable-usage-stats",
+        "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+        "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
+        "--ray-client-server-port", str(free_port()),  # unused (Flower's driver joins the GCS), never 10001
+    ]
+    env = {**os.environ, **PRIVATE_RAY_ENV, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    with (home / RAY_HEAD_LOG).open("wb") as log_file:
+        proc = subprocess.Popen(cmd, env=env, cwd=home, stdout=log_file, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    return proc, f"127.0.0.1:{port}"
+
+
+def _head_exited(head: subprocess.Popen[bytes] | None) -> str | None:
+    if head is not None and head.poll() is not None:
+        return f"the run's private Ray head (ray start --head) exited with code {head.returncode}; see {RAY_HEAD_LOG}"
+    return None
+
+
+def _keep_ray_head_log(head: subprocess.Popen[bytes] | None, home: Path, run_dir: Path) -> None:
+    """The head's log goes to the run folder when the head ended on its own (a failed start, say)."""
+    log = home / RAY_HEAD_LOG
+    if head is not None and head.poll() is not None and log.exists():
+        shutil.copyfile(log, run_dir / RAY_HEAD_LOG)
 
 
 def _launch_superlink(env: dict[str, str], home: Path) -> subprocess.Popen[bytes]:

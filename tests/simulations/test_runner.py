@@ -81,3 +81,88 @@ def test_serverapp_watch_names_a_flwr_simulation_that_died_without_done(tmp_path
     finally:
         os.killpg(superlink.pid, signal.SIGKILL)
         superlink.wait()
+
+
+def sleeper() -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+
+
+def test_a_private_ray_head_boots_beside_the_superlink_and_stops_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    heads: list[tuple[Path, subprocess.Popen[bytes]]] = []
+    links: list[tuple[dict[str, str], subprocess.Popen[bytes]]] = []
+
+    def launch_head(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+        assert not links, "the head starts first: it boots while the SuperLink does"
+        heads.append((home, sleeper()))
+        return heads[-1][1], "127.0.0.1:45678"
+
+    def launch_superlink(env: dict[str, str], home: Path) -> subprocess.Popen[bytes]:
+        links.append((env, sleeper()))
+        return links[-1][1]
+
+    monkeypatch.setattr(runner, "_launch_ray_head", launch_head)
+    monkeypatch.setattr(runner, "_launch_superlink", launch_superlink)
+    with pytest.raises(ValueError, match="bad input"):
+        with runner.local_superlink(RunConfig(clients=2, rounds=1)) as link:
+            assert link.ray_head is heads[0][1] and link.home == heads[0][0]
+            assert links[0][0]["RAY_ADDRESS"] == "127.0.0.1:45678"  # Flower's ray.init joins the private head
+            assert runner._head_exited(link.ray_head) is None
+            raise ValueError("bad input")
+    try:
+        assert heads[0][1].wait(timeout=30) is not None and links[0][1].wait(timeout=30) is not None
+    finally:
+        heads[0][1].kill()
+        links[0][1].kill()
+
+
+def test_without_a_short_home_or_with_a_cluster_flower_starts_or_joins_ray_itself(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    envs: list[dict[str, str]] = []
+    monkeypatch.setattr(runner, "_launch_ray_head", lambda home: pytest.fail("no private head expected"))
+    monkeypatch.setattr(runner, "_launch_superlink", lambda env, home: envs.append(env) or sleeper())
+    monkeypatch.setattr(runner, "check_workers", lambda config: None)
+    long_home = tmp_path / ("x" * runner.MAX_RAY_TMPDIR_CHARS)
+    long_home.mkdir()
+    monkeypatch.setattr(runner.tempfile, "mkdtemp", lambda prefix: str(long_home))
+    with runner.local_superlink(RunConfig(clients=2, rounds=1)) as link:
+        assert link.ray_head is None and envs[0]["RAY_ADDRESS"] == "local"
+    long_home.mkdir()
+    with runner.local_superlink(RunConfig(clients=2, rounds=1, ray_address="10.0.0.1:6379")) as link:
+        assert link.ray_head is None and envs[1]["RAY_ADDRESS"] == "10.0.0.1:6379"
+
+
+def test_the_ray_head_command_opens_only_free_ports_and_keeps_its_files_in_the_home(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    commands: list[list[str]] = []
+
+    class Started:
+        def __init__(self, cmd: list[str], **kwargs: object) -> None:
+            commands.append(cmd)
+            assert kwargs["start_new_session"] is True
+            env = kwargs["env"]
+            assert isinstance(env, dict) and "RAY_ADDRESS" not in env and env["RAY_prestart_worker_first_driver"] == "0"
+
+    monkeypatch.setenv("RAY_ADDRESS", "10.9.9.9:6379")  # the caller's cluster is never the private head's
+    monkeypatch.setattr(runner.subprocess, "Popen", Started)
+    _, address = runner._launch_ray_head(tmp_path)
+    (cmd,) = commands
+    assert cmd[1:4] == ["start", "--head", "--block"]
+    option = {cmd[i]: cmd[i + 1] for i in range(4, len(cmd) - 1) if cmd[i].startswith("--")}
+    assert address == f"127.0.0.1:{option['--port']}" and option["--temp-dir"] == str(tmp_path / "ray")
+    ports = [option[k] for k in ("--port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                                 "--runtime-env-agent-port", "--metrics-export-port", "--ray-client-server-port")]
+    assert len(set(ports)) == len(ports) and "10001" not in ports and "6379" not in ports
+    assert option["--include-dashboard"] == "false" and option["--node-ip-address"] == "127.0.0.1"
+
+
+def test_a_head_that_died_is_named_with_its_log(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    dead.wait()
+    answer = runner._head_exited(dead)
+    assert answer is not None and "code 3" in answer and runner.RAY_HEAD_LOG in answer
+    home, run_dir = tmp_path / "home", tmp_path / "run"
+    home.mkdir()
+    run_dir.mkdir()
+    (home / runner.RAY_HEAD_LOG).write_text("ValueError: port in use")
+    runner._keep_ray_head_log(dead, home, run_dir)
+    assert (run_dir / runner.RAY_HEAD_LOG).read_text() == "ValueError: port in use"
