@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -144,6 +145,55 @@ def run_status(run_id: int, env: dict[str, str], connection: str) -> tuple[str, 
     return str(runs[0].get("status", "unknown")), str(runs[0].get("status-details", ""))
 
 
+class LocalRunStatus:
+    """(status, details) of one run on this machine's own SuperLink, asked in-process over its HTTP API.
+
+    ``flwr list`` costs a process and 2-3 CPU seconds (Flower's CLI imports); this costs one HTTP
+    request once Flower's client is imported, which :meth:`preload` does in a background thread
+    while the run goes on. Any failure (another Flower version, the run unknown) answers with
+    :func:`run_status`, the CLI's view.
+    """
+
+    def __init__(self, run_id: int, env: dict[str, str], connection: str, http_port: str) -> None:
+        self.run_id, self.env, self.connection, self.http_port = run_id, env, connection, http_port
+        self._client: Any = None
+        self._loading: threading.Thread | None = None
+        self._failed = False
+
+    def preload(self) -> None:
+        """Import Flower's HTTP client now, in the background."""
+        if self._loading is None:
+            self._loading = threading.Thread(target=self._load, name="flower-status-client", daemon=True)
+            self._loading.start()
+
+    def _load(self) -> None:
+        try:
+            from flwr.supercore.control import ControlHttpClient
+            from flwr.supercore.interceptors.http.runtime_version import RuntimeVersionHttpInterceptor
+
+            self._client = ControlHttpClient.from_server_address(
+                f"127.0.0.1:{self.http_port}", insecure=True, root_certificates=None,
+                interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")])
+        except Exception:  # answered by `flwr list` instead
+            self._failed = True
+
+    def __call__(self) -> tuple[str, str]:
+        self.preload()
+        assert self._loading is not None
+        self._loading.join(timeout=60)
+        if self._client is not None and not self._failed:
+            try:
+                from flwr.proto.control_pb2 import ListRunsRequest
+
+                runs = self._client.ListRuns(ListRunsRequest(run_id=self.run_id)).run_dict
+                run = runs[self.run_id]
+                state = f"{run.status.status}:{run.status.sub_status}" if run.status.sub_status else run.status.status
+                return state, str(run.status.details or "N/A")  # as `flwr list` says it
+            except Exception:  # answered by `flwr list` instead
+                self._failed = True
+        return run_status(self.run_id, self.env, self.connection)
+
+
 def stop_run(run_id: int, env: dict[str, str], connection: str) -> bool:
     """``flwr stop`` a run (best effort, 30 s); True if Flower confirmed it."""
     try:
@@ -163,7 +213,8 @@ def stream_log(run_id: int, env: dict[str, str], connection: str, path: Path) ->
 
 def follow(run_id: int, env: dict[str, str], connection: str, folder: RunFolder, *,
            on_event: ProgressFn | None, broken: Callable[[], str | None] = lambda: None,
-           stream_ended: Callable[[], bool] | None = None) -> tuple[str, str]:
+           stream_ended: Callable[[], bool] | None = None,
+           status: Callable[[], tuple[str, str]] | None = None) -> tuple[str, str]:
     """Relay progress events until Flower says the run finished; return (status, details).
 
     Asking Flower (``flwr list``) costs a process and seconds of CPU, so it is asked only when the
@@ -172,8 +223,12 @@ def follow(run_id: int, env: dict[str, str], connection: str, folder: RunFolder,
     ``STATUS_INTERVAL_S`` of the ServerApp's ``done`` event when there is no stream to wait for,
     otherwise at intervals growing from ``STATUS_INTERVAL_S`` to ``STATUS_MAX_INTERVAL_S``, and
     every ``STATUS_SAFETY_INTERVAL_S`` while the stream lives. ``broken`` is polled every
-    ``POLL_INTERVAL_S``: a non-empty answer (e.g. "the SuperLink exited") ends the wait.
+    ``POLL_INTERVAL_S``: a non-empty answer (e.g. "the SuperLink exited") ends the wait. ``status``,
+    when given, asks Flower cheaply (no process, e.g. :class:`LocalRunStatus`): it is then asked every
+    ``POLL_INTERVAL_S`` from the ``done`` event on, without waiting for the stream.
     """
+    ask = status if status is not None else (lambda: run_status(run_id, env, connection))
+    cheap = status is not None
     offset, done, stream_seen = 0, False, False
     interval = STATUS_INTERVAL_S if stream_ended is None else STATUS_SAFETY_INTERVAL_S
     next_check = time.monotonic() + interval
@@ -190,7 +245,9 @@ def follow(run_id: int, env: dict[str, str], connection: str, folder: RunFolder,
         now = time.monotonic()
         if relay() and not done:
             done = True
-            if stream_ended is None or stream_seen:
+            if cheap:
+                next_check = now
+            elif stream_ended is None or stream_seen:
                 next_check = min(next_check, now + STATUS_INTERVAL_S)
         problem = broken()
         if problem:
@@ -199,12 +256,14 @@ def follow(run_id: int, env: dict[str, str], connection: str, folder: RunFolder,
             # ask now; if the run goes on, the stream broke: ask from STATUS_INTERVAL_S on, backing off
             stream_seen, next_check, interval = True, now, STATUS_INTERVAL_S / 2
         if now >= next_check:
-            status, details = run_status(run_id, env, connection)
-            if status.startswith("finished"):
+            state, details = ask()
+            if state.startswith("finished"):
                 relay()
-                return status, details
+                return state, details
             live = stream_ended is not None and not stream_seen
-            if live:
+            if done and cheap:
+                interval = POLL_INTERVAL_S
+            elif live:
                 interval = STATUS_SAFETY_INTERVAL_S
             elif done:  # nothing else will say when it ends, and it ends within seconds now
                 interval = STATUS_INTERVAL_S
@@ -305,6 +364,17 @@ def stop_process(proc: subprocess.Popen[bytes] | None, grace_s: float = 10.0) ->
             os.killpg(group, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+
+def stop_processes(*stops: tuple[subprocess.Popen[bytes] | None, float]) -> None:
+    """:func:`stop_process` each ``(process, grace_s)`` at the same time (their graceful stops overlap)."""
+    threads = [threading.Thread(target=stop_process, args=stop, daemon=True) for stop in stops[1:]]
+    for thread in threads:
+        thread.start()
+    if stops:
+        stop_process(*stops[0])
+    for thread in threads:
+        thread.join()
 
 
 def free_port() -> int:

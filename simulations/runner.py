@@ -36,6 +36,7 @@ from fedmodel.config import RunConfig
 from fedmodel.errors import SimulationError
 from fedmodel.report.run_folder import RunFolder, read_events
 from fedmodel.runs import (
+    LocalRunStatus,
     ProgressFn,
     RunResult,
     finish,
@@ -44,6 +45,7 @@ from fedmodel.runs import (
     follow,
     free_port,
     stop_process,
+    stop_processes,
     stream_log,
     submit,
     tool,
@@ -59,6 +61,8 @@ PRIVATE_RAY_ENV = {
     "RAY_prestart_worker_first_driver": "0",
 }
 RAY_HEAD_LOG = "ray-head.log"
+STOP_GRACE_S = 10.0
+"""Seconds the SuperLink (and with it SuperExec and the ServerApp) gets to stop before it is killed."""
 RAY_HEAD_GRACE_S = 1.0
 """Seconds the private Ray head gets to stop before it is killed: its graceful stop takes ~4 s on 2 cores,
 and nothing of it is kept (its files go with the run's home)."""
@@ -104,8 +108,7 @@ def local_superlink(config: RunConfig) -> Iterator[LocalSuperLink]:
         proc = _launch_superlink(env, home)
         yield LocalSuperLink(home, env, proc, started, head)
     finally:
-        stop_process(proc)
-        stop_process(head, grace_s=RAY_HEAD_GRACE_S)
+        stop_processes((proc, STOP_GRACE_S), (head, RAY_HEAD_GRACE_S))
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -132,15 +135,17 @@ def run_simulation(config: RunConfig, *, on_event: ProgressFn | None = None,
         log_proc = stream_log(run_id, env, LOCAL, run_dir / "flower.log")
         stream = log_proc
         serverapp = ServerAppWatch(superlink.proc.pid, folder)
+        flower_status = LocalRunStatus(run_id, env, LOCAL, env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"])
+        flower_status.preload()
         status, details = follow(run_id, env, LOCAL, folder, on_event=on_event,
                                  broken=lambda: _exited(superlink.proc) or _head_exited(superlink.ray_head)
                                  or serverapp(),
-                                 stream_ended=lambda: stream.poll() is not None)
+                                 stream_ended=lambda: stream.poll() is not None, status=flower_status)
     finally:
         stop_process(log_proc)
-        stop_process(superlink.proc)
+        _keep_ray_head_log(superlink.ray_head, home, run_dir)  # before it is stopped: only if it died
+        stop_processes((superlink.proc, STOP_GRACE_S), (superlink.ray_head, RAY_HEAD_GRACE_S))
         _keep_superlink_log(home, run_dir)
-        _keep_ray_head_log(superlink.ray_head, home, run_dir)
     return finish(folder, status, details, superlink.started,
                   logs=f"{run_dir / 'flower.log'} and {run_dir / 'superlink.log'}")
 

@@ -150,6 +150,17 @@ def test_follow_polls_again_when_the_stream_breaks_early(fake_run: Callable[...,
     assert run.asked[-1] - 100.0 <= runs.STATUS_MAX_INTERVAL_S
 
 
+def test_follow_with_a_cheap_status_asks_right_after_done_not_when_the_stream_ends(
+        fake_run: Callable[..., FakeRun]) -> None:
+    run = fake_run(end_at=602.0, done_at=600.0, stream_exits_at=606.0)
+    status = runs.follow(1, {}, "local", run.folder, on_event=None, stream_ended=run.stream_ended,
+                         status=lambda: run.run_status(1, {}, "local"))
+    assert status == ("finished:completed", "why")
+    assert run.asked[-1] == pytest.approx(602.0, abs=runs.POLL_INTERVAL_S)  # Flower said finished: no wait for 606
+    before_done = [t for t in run.asked if t < 600.0]
+    assert len(before_done) <= 600 / runs.STATUS_SAFETY_INTERVAL_S + 1  # while running, as rarely as before
+
+
 def test_follow_stops_when_broken_says_so(fake_run: Callable[..., FakeRun]) -> None:
     run = fake_run(end_at=1e9, done_at=None)
     answers = iter([None, None, "flower-superlink exited with code 1"])
@@ -175,3 +186,12 @@ def test_finish_adds_timing_and_status_and_keeps_the_plots_drawn(tmp_path: Path)
     (folder.plots_dir / "loss.png").unlink()  # a lost plot is drawn again
     folder.write_report(written, redraw_plots=False)
     assert (folder.plots_dir / "loss.png").is_file()
+
+
+def test_local_run_status_answers_with_flower_list_when_its_client_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[int] = []
+    monkeypatch.setattr(runs, "run_status", lambda run_id, env, connection: asked.append(run_id) or ("finished:failed",
+                                                                                                    "from flwr list"))
+    status = runs.LocalRunStatus(7, {}, "local", http_port="1")  # nothing listens on port 1
+    assert status() == ("finished:failed", "from flwr list") and asked == [7]
+    assert status() == ("finished:failed", "from flwr list") and asked == [7, 7]  # no second try of the client

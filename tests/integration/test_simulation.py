@@ -63,6 +63,7 @@ def test_three_owners_two_rounds_with_one_failing_owner(tmp_path: Path) -> None:
     for name in RUN_FILES:
         assert (out / name).is_file(), name
     assert report["status"] == "completed"
+    assert report["flower_status"] == "finished:completed"  # Flower's own word, asked in-process (LocalRunStatus)
     assert [r["round"] for r in report["rounds"]] == [1, 2]
     for r in report["rounds"]:
         assert (r["num_replies"], r["num_failures"]) == (2, 1)
@@ -101,7 +102,7 @@ def test_run_where_every_owner_fails_exits_non_zero_with_the_reason(tmp_path: Pa
     assert "all 2 owners failed" in proc.stderr
     assert "Traceback" not in proc.stderr
     report = json.loads((out / "report.json").read_text())
-    assert report["status"] == "failed"
+    assert report["status"] == "failed" and report["flower_status"] == "finished:failed"
     assert "injected failure" in report["reason"]
     assert report["privacy"]["mode"] == "none" and report["privacy"]["owners"] == []
 
