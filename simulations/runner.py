@@ -105,7 +105,7 @@ def local_superlink(config: RunConfig) -> Iterator[LocalSuperLink]:
                          **({} if config.ray_address else PRIVATE_RAY_ENV),
                          FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
                          FLWR_LOCAL_CONTROL_API_PORT=str(free_port()))
-        proc = _launch_superlink(env, home)
+        proc = launch_superlink(env, home)
         yield LocalSuperLink(home, env, proc, started, head)
     finally:
         stop_processes((proc, STOP_GRACE_S), (head, RAY_HEAD_GRACE_S))
@@ -130,7 +130,7 @@ def run_simulation(config: RunConfig, *, on_event: ProgressFn | None = None,
     log_proc: subprocess.Popen[bytes] | None = None
     try:
         app_dir = write_app(home / "app", config)
-        _wait_until_up(superlink.proc, env)
+        wait_until_up(superlink.proc, env)
         run_id = submit(app_dir, env, LOCAL, ["--federation-config", federation_config(config)])
         log_proc = stream_log(run_id, env, LOCAL, run_dir / "flower.log")
         stream = log_proc
@@ -280,8 +280,8 @@ def _keep_ray_head_log(head: subprocess.Popen[bytes] | None, home: Path, run_dir
         shutil.copyfile(log, run_dir / RAY_HEAD_LOG)
 
 
-def _launch_superlink(env: dict[str, str], home: Path) -> subprocess.Popen[bytes]:
-    """Start a simulation SuperLink in its own process group (not waiting for it: see :func:`_wait_until_up`)."""
+def launch_superlink(env: dict[str, str], home: Path) -> subprocess.Popen[bytes]:
+    """Start a simulation SuperLink in its own process group (not waiting for it: see :func:`wait_until_up`)."""
     cmd = [
         tool("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
         "--control-api-address", f"127.0.0.1:{env['FLWR_LOCAL_CONTROL_API_PORT']}",
@@ -292,7 +292,7 @@ def _launch_superlink(env: dict[str, str], home: Path) -> subprocess.Popen[bytes
                             stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def _wait_until_up(proc: subprocess.Popen[bytes], env: dict[str, str]) -> None:
+def wait_until_up(proc: subprocess.Popen[bytes], env: dict[str, str]) -> None:
     """Wait until the SuperLink answers on its HTTP port; SimulationError if it exits or stays silent."""
     port = env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]
     deadline = time.monotonic() + SUPERLINK_START_TIMEOUT_S

@@ -1,8 +1,10 @@
 """Run the reference app (benchmarks/reference_app) on Flower's simulation engine with a private SuperLink.
 
-As :mod:`simulations.runner` does for fedmodel: a private Flower home, no per-run dependency
-installation, a private local Ray, a simulation SuperLink on free loopback ports that is always
-stopped, and the run's real final status from ``flwr list`` (``flwr run`` exits 0 on failure).
+As :mod:`simulations.runner` does for fedmodel (its SuperLink launch and :func:`fedmodel.runs.follow`):
+a private Flower home, no per-run dependency installation, a simulation SuperLink on free loopback
+ports that is always stopped, and the run's real final status from ``flwr list`` (``flwr run``
+exits 0 on failure). Ray is plain Flower's: ``RAY_ADDRESS=local`` lets Flower's ``ray.init`` start
+a private instance when the ServerApp asks for it (no head started ahead, as fedmodel does).
 Flower imports app code from the submitted app folder, so the folder handed to ``flwr run`` is a
 copy of the reference package's sources with the run's values written into its pyproject.toml.
 """
@@ -14,29 +16,18 @@ import subprocess
 import tempfile
 import time
 import tomllib
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-from fedmodel.runs import (
-    POLL_INTERVAL_S,
-    STATUS_INTERVAL_S,
-    STATUS_SAFETY_INTERVAL_S,
-    flower_env,
-    free_port,
-    run_status,
-    stop_process,
-    stream_log,
-    submit,
-    tool,
-)
+from fedmodel.errors import SimulationError
+from fedmodel.report.run_folder import RunFolder
+from fedmodel.runs import flower_env, follow, free_port, stop_process, stream_log, submit
+from simulations.runner import launch_superlink, wait_until_up
 
 APP_SOURCE = Path(__file__).resolve().parent.parent / "reference_app"
 CONNECTION = "local"
-SUPERLINK_START_TIMEOUT_S = 60.0
 
 
 class ReferenceRunError(RuntimeError):
@@ -70,11 +61,18 @@ def run_reference(values: dict[str, Any], supernodes: int, log_dir: Path, *, tim
         env = flower_env(home, {"default": CONNECTION, CONNECTION: {"address": ":local:"}}, ray_address="local",
                          RAY_TMPDIR=str(home), FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
                          FLWR_LOCAL_CONTROL_API_PORT=str(free_port()))
-        superlink = _start_superlink(env, home)
+        superlink = launch_superlink(env, home)
+        try:
+            wait_until_up(superlink, env)
+        except SimulationError as exc:
+            raise ReferenceRunError(str(exc)) from None
         run_id = submit(app_dir, env, CONNECTION,
                         ["--federation-config", f"num-supernodes={supernodes} client-resources-num-cpus=1"])
-        log_proc = stream_log(run_id, env, CONNECTION, log_dir / "flower.log")
-        status, details = _wait(run_id, env, superlink, log_proc, time.monotonic() + timeout_s)
+        log_proc = stream = stream_log(run_id, env, CONNECTION, log_dir / "flower.log")
+        link, deadline = superlink, time.monotonic() + timeout_s
+        # the app writes no progress events: Flower is asked when its log stream ends (follow)
+        status, details = follow(run_id, env, CONNECTION, RunFolder(home / "no-events"), on_event=None,
+                                 broken=lambda: _broken(link, deadline), stream_ended=lambda: stream.poll() is not None)
     finally:
         stop_process(log_proc)
         stop_process(superlink)
@@ -86,42 +84,9 @@ def run_reference(values: dict[str, Any], supernodes: int, log_dir: Path, *, tim
     return status
 
 
-def _wait(run_id: int, env: dict[str, str], superlink: subprocess.Popen[bytes], stream: subprocess.Popen[bytes],
-          deadline: float) -> tuple[str, str]:
-    """Flower's final status, asked when the log stream ends (as fedmodel.runs.follow does: no CPU taken
-    from the run by a ``flwr list`` every few seconds), every 2 s after that, and every 5 min meanwhile."""
-    next_check = time.monotonic() + STATUS_SAFETY_INTERVAL_S
-    while time.monotonic() < deadline:
-        if superlink.poll() is not None:
-            return "broken", f"flower-superlink exited with code {superlink.returncode}"
-        if stream.poll() is not None or time.monotonic() >= next_check:
-            status, details = run_status(run_id, env, CONNECTION)
-            if status.startswith("finished"):
-                return status, details
-            wait = STATUS_INTERVAL_S if stream.poll() is not None else STATUS_SAFETY_INTERVAL_S
-            next_check = time.monotonic() + wait
-        time.sleep(POLL_INTERVAL_S)
-    return "timeout", "still running at the deadline"
-
-
-def _start_superlink(env: dict[str, str], home: Path) -> subprocess.Popen[bytes]:
-    """A simulation SuperLink in its own process group, once it answers its health check."""
-    port = env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]
-    cmd = [tool("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
-           "--control-api-address", f"127.0.0.1:{env['FLWR_LOCAL_CONTROL_API_PORT']}",
-           "--host", "127.0.0.1", "--port", port, "--log-file", str(home / "superlink.log")]
-    proc = subprocess.Popen(cmd, env=env, cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + SUPERLINK_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ReferenceRunError(f"flower-superlink exited with code {proc.returncode} at start-up")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
-                if resp.status == 200:
-                    return proc
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.2)
-    stop_process(proc)
-    raise ReferenceRunError(f"flower-superlink did not answer on 127.0.0.1:{port} within {SUPERLINK_START_TIMEOUT_S:.0f} s")
+def _broken(superlink: subprocess.Popen[bytes], deadline: float) -> str | None:
+    if superlink.poll() is not None:
+        return f"flower-superlink exited with code {superlink.returncode}"
+    if time.monotonic() >= deadline:
+        return "still running at the deadline"
+    return None

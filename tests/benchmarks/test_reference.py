@@ -1,4 +1,4 @@
-"""The reference runner's wait: Flower is asked for the status when the log stream ends, not every 2 s."""
+"""The reference runner's wait is fedmodel's (runs.follow, tested there); what ends it early is its own."""
 
 from __future__ import annotations
 
@@ -7,26 +7,18 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 sys.path[:0] = [str(Path(__file__).resolve().parents[2] / "benchmarks")]
 
 from fedbench import reference  # noqa: E402
 
 
-def test_wait_asks_flower_once_when_the_log_stream_has_ended(monkeypatch: pytest.MonkeyPatch) -> None:
-    asked: list[bool] = []  # per question: had the stream ended?
-
-    def status(run_id: int, env: dict[str, str], connection: str) -> tuple[str, str]:
-        asked.append(stream.poll() is not None)
-        return "finished:completed", ""
-
-    monkeypatch.setattr(reference, "run_status", status)
+def test_the_wait_ends_when_the_superlink_exits_or_the_deadline_passes() -> None:
     superlink = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    stream = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
     try:
-        assert reference._wait(7, {}, superlink, stream, time.monotonic() + 300) == ("finished:completed", "")
-        assert asked == [True]  # asked once, after the stream ended
+        assert reference._broken(superlink, time.monotonic() + 300) is None
+        assert reference._broken(superlink, time.monotonic() - 1) == "still running at the deadline"
     finally:
         superlink.kill()
-        stream.kill()
+        superlink.wait()
+    answer = reference._broken(superlink, time.monotonic() + 300)
+    assert answer is not None and answer.startswith("flower-superlink exited with code")

@@ -26,7 +26,7 @@ def test_local_superlink_stops_its_process_and_removes_its_home_when_the_caller_
                                         start_new_session=True))
         return started[0]
 
-    monkeypatch.setattr(runner, "_launch_superlink", launch)
+    monkeypatch.setattr(runner, "launch_superlink", launch)
     homes: list[Path] = []
     with pytest.raises(ValueError, match="bad input"):
         with runner.local_superlink(RunConfig(clients=2, rounds=1)) as link:
@@ -101,7 +101,7 @@ def test_a_private_ray_head_boots_beside_the_superlink_and_stops_with_it(monkeyp
         return links[-1][1]
 
     monkeypatch.setattr(runner, "_launch_ray_head", launch_head)
-    monkeypatch.setattr(runner, "_launch_superlink", launch_superlink)
+    monkeypatch.setattr(runner, "launch_superlink", launch_superlink)
     with pytest.raises(ValueError, match="bad input"):
         with runner.local_superlink(RunConfig(clients=2, rounds=1)) as link:
             assert link.ray_head is heads[0][1] and link.home == heads[0][0]
@@ -119,7 +119,7 @@ def test_without_a_short_home_or_with_a_cluster_flower_starts_or_joins_ray_itsel
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     envs: list[dict[str, str]] = []
     monkeypatch.setattr(runner, "_launch_ray_head", lambda home: pytest.fail("no private head expected"))
-    monkeypatch.setattr(runner, "_launch_superlink", lambda env, home: envs.append(env) or sleeper())
+    monkeypatch.setattr(runner, "launch_superlink", lambda env, home: envs.append(env) or sleeper())
     monkeypatch.setattr(runner, "check_workers", lambda config: None)
     long_home = tmp_path / ("x" * runner.MAX_RAY_TMPDIR_CHARS)
     long_home.mkdir()
