@@ -24,7 +24,6 @@ from fedbench.table import VariantResult, later_round_seconds
 from fedbench.treemem import TreeMemoryPeak, TreeMemorySampler
 from fedmodel.config import RunConfig
 from fedmodel.data import federated_split
-from fedmodel.data.partition import SampledRows
 from fedmodel.privacy import epsilon_spent, plan_for_owner, steps_per_epoch
 from fedmodel.report.run_folder import read_events
 
@@ -76,11 +75,8 @@ class DPSchedule:
 def dp_schedule(config: RunConfig) -> DPSchedule:
     """fedmodel's calibration (``plan_for_owner``) for every distinct shard schedule of the run."""
     sizes: dict[int, int] = {}
-    split = federated_split(config)
-    shards = [split.owner_rows[0]] if isinstance(split.owner_rows, SampledRows) else split.owner_rows  # R rows each
-    for rows in shards:
-        if len(rows):
-            sizes.setdefault(steps_per_epoch(len(rows), config.batch_size), len(rows))
+    for n in sorted(federated_split(config).shard_sizes() - {0}):  # the plan depends on n only through the steps
+        sizes.setdefault(steps_per_epoch(n, config.batch_size), n)
     noise, most = {}, 0.0
     for steps, n in sizes.items():
         plan = plan_for_owner(num_examples=n, batch_size=config.batch_size, local_epochs=config.local_epochs,

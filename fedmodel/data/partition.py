@@ -85,6 +85,11 @@ class SampledRows(Sequence[np.ndarray]):
     def __len__(self) -> int:
         return self._owners
 
+    @property
+    def per_owner(self) -> int:
+        """The rows every owner holds (``R``)."""
+        return self._per_owner
+
     @overload
     def __getitem__(self, owner: int) -> np.ndarray: ...
     @overload
@@ -116,9 +121,15 @@ class FederatedSplit:
         """The shard of one owner."""
         return self.data.subset(self.owner_rows[owner])
 
+    def shard_sizes(self) -> set[int]:
+        """The distinct numbers of training rows the owners hold (``sample:R``: R, no shard drawn)."""
+        if isinstance(self.owner_rows, SampledRows):
+            return {self.owner_rows.per_owner}
+        return {len(rows) for rows in self.owner_rows}
+
     def empty_owners(self) -> list[int]:
         """The owners without a training row (never any with ``sample:R``, which draws R >= 1 each)."""
-        if isinstance(self.owner_rows, SampledRows):
+        if 0 not in self.shard_sizes():
             return []
         return [i for i, rows in enumerate(self.owner_rows) if len(rows) == 0]
 

@@ -7,7 +7,7 @@ import pytest
 
 from fedmodel.config import PartitionSpec, RunConfig
 from fedmodel.data import federated_split, load_dataset, partition_indices, train_test_split
-from fedmodel.data.partition import iid_shards
+from fedmodel.data.partition import FederatedSplit, iid_shards
 from fedmodel.errors import ConfigError
 
 OWNERS = 10
@@ -147,7 +147,7 @@ def test_iid_partition_is_the_iid_partitioners(train_labels: np.ndarray) -> None
 def test_sample_partition_draws_each_owners_rows_on_demand_and_the_same_each_time() -> None:
     config = RunConfig(clients=1_000_000, partition=PartitionSpec.parse("sample:3"))
     split = federated_split(config)
-    assert len(split.owner_rows) == 1_000_000 and split.empty_owners() == []
+    assert len(split.owner_rows) == 1_000_000 and split.empty_owners() == [] and split.shard_sizes() == {3}
     train = set(np.setdiff1d(np.arange(len(split.data)), split.test_rows).tolist())
     first, last = split.owner_rows[0], split.owner_rows[999_999]
     assert len(first) == len(set(first.tolist())) == 3 and set(first.tolist()) <= train  # distinct training rows
@@ -162,3 +162,12 @@ def test_sample_partition_draws_each_owners_rows_on_demand_and_the_same_each_tim
 def test_sample_partition_with_more_rows_than_there_are_is_refused() -> None:
     with pytest.raises(ConfigError, match="each owner draws 5000 rows, but the training split has"):
         federated_split(RunConfig(clients=3, partition=PartitionSpec.parse("sample:5000")))
+
+
+def test_shard_sizes_and_empty_owners_of_a_listed_partition() -> None:
+    split = federated_split(RunConfig(clients=3))
+    sizes = {len(rows) for rows in split.owner_rows}
+    assert split.shard_sizes() == sizes and 0 not in sizes and split.empty_owners() == []
+    emptied = FederatedSplit(split.data, split.test_rows, (split.owner_rows[0], np.empty(0, np.int64),
+                                                           split.owner_rows[2]), split.schema)
+    assert 0 in emptied.shard_sizes() and emptied.empty_owners() == [1]
