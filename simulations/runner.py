@@ -61,6 +61,8 @@ PRIVATE_RAY_ENV = {
     "RAY_prestart_worker_first_driver": "0",
 }
 RAY_HEAD_LOG = "ray-head.log"
+LOG_DRAIN_S = 10.0
+"""Seconds ``flwr log --stream`` gets to write the last lines of a finished run before it is stopped."""
 STOP_GRACE_S = 10.0
 """Seconds the SuperLink (and with it SuperExec and the ServerApp) gets to stop before it is killed."""
 RAY_HEAD_GRACE_S = 1.0
@@ -141,6 +143,8 @@ def run_simulation(config: RunConfig, *, on_event: ProgressFn | None = None,
                                  broken=lambda: _exited(superlink.proc) or _head_exited(superlink.ray_head)
                                  or serverapp(),
                                  stream_ended=lambda: stream.poll() is not None, status=flower_status)
+        if status.startswith("finished"):  # the stream exits by itself once it has every line of a finished run
+            _drain(stream, LOG_DRAIN_S)
     finally:
         stop_process(log_proc)
         _keep_ray_head_log(superlink.ray_head, home, run_dir)  # before it is stopped: only if it died
@@ -265,6 +269,13 @@ def _launch_ray_head(home: Path) -> tuple[subprocess.Popen[bytes], str]:
         proc = subprocess.Popen(cmd, env=env, cwd=home, stdout=log_file, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     return proc, f"127.0.0.1:{port}"
+
+
+def _drain(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def _head_exited(head: subprocess.Popen[bytes] | None) -> str | None:
