@@ -1,6 +1,7 @@
 """Benchmark: one scenario three ways, fedmodel with DP, fedmodel without DP, plain Flower + Opacus.
 
     python benchmarks/compare.py --scenario small|thousand|million [--owners N] [--rounds R] [--nodes K] [--note TEXT]
+    python benchmarks/compare.py --scenario gpu [--batch 256 1024 4096] [--tf32]
 
 Runs the variants one after another on this machine, each as its own process tree on a private
 local Ray: ``fedmodel simulate``, ``fedmodel simulate`` with ``dp = false``, and the reference app
@@ -15,6 +16,10 @@ Scenarios: small = 10 owners x 5 rounds; thousand = 1000 owners x 3 rounds, all 
 million = 1,000,000 registered owners, 10 sampled per round, each holding 2 rows drawn from the
 training rows (partition sample:2; the reference, one Flower node per owner, is not run there).
 fedmodel hosts owners in cohorts on ``--nodes`` Flower nodes (default 2) when they outnumber them.
+
+gpu = DP-SGD against non-private step throughput of a small CNN on this machine's GPU, Opacus'
+per-sample gradients from hooks, ghost clipping and torch.func side by side (benchmarks/gpu_throughput.py);
+it refuses to run without a GPU.
 """
 
 from __future__ import annotations
@@ -104,7 +109,7 @@ def _load() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", required=True, choices=["small", "thousand", "million"])
+    parser.add_argument("--scenario", required=True, choices=["small", "thousand", "million", "gpu"])
     parser.add_argument("--owners", type=int, help="change the scenario's number of owners")
     parser.add_argument("--rounds", type=int, help="change the scenario's number of rounds")
     parser.add_argument("--nodes", type=int, default=DEFAULT_NODES,
@@ -113,7 +118,11 @@ def main() -> int:
     parser.add_argument("--note", default="", help="a sentence written under the table (e.g. what else ran)")
     parser.add_argument("--keep", action="store_true", help="keep the run folders and logs (printed)")
     parser.add_argument("--no-append", action="store_true", help=f"print only; do not append to {RESULTS.name}")
+    parser.add_argument("--batch", type=int, nargs="+", default=[256, 1024, 4096], help="gpu: batch sizes")
+    parser.add_argument("--tf32", action="store_true", help="gpu: allow TF32 matrix products and convolutions")
     args = parser.parse_args()
+    if args.scenario == "gpu":
+        return gpu(args, parser)
     try:
         s = scenario(args.scenario, owners=args.owners, rounds=args.rounds)
     except ValueError as exc:
@@ -137,6 +146,24 @@ def main() -> int:
         with RESULTS.open("a", encoding="utf-8") as fh:
             fh.write("\n" + text)
     return 0 if all(r.ok or r.status.startswith("not supported") for r in results) else 1
+
+
+def gpu(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """The GPU scenario: the throughput table of benchmarks/gpu_throughput.py, appended like the others."""
+    import torch
+
+    from gpu_throughput import throughput_table
+
+    if not torch.cuda.is_available():
+        parser.error("--scenario gpu: no CUDA GPU on this machine (torch.cuda.is_available() is False)")
+    text = throughput_table(torch.device("cuda"), args.batch, tf32=args.tf32)
+    if args.note:
+        text += f"\n{args.note}\n"
+    print(text)
+    if not args.no_append:
+        with RESULTS.open("a", encoding="utf-8") as fh:
+            fh.write("\n" + text)
+    return 0
 
 
 if __name__ == "__main__":

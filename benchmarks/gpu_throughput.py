@@ -100,6 +100,26 @@ def measure(mode: str, batch: int, steps: int, warmup: int, device: torch.device
     return batch * steps / (time.perf_counter() - start)
 
 
+def throughput_table(device: torch.device, batches: list[int], *, steps: int = 50, warmup: int = 10,
+                     model: str = "cnn", tf32: bool = False, echo: bool = True) -> str:
+    """Every mode at every batch size, measured side by side; the Markdown table (a RESULTS.md section)."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
+    lines = [f"## gpu: {model} DP-SGD throughput, {time.strftime('%Y-%m-%d %H:%M')} on {name} "
+             f"(torch {torch.__version__}, opacus {__import__('opacus').__version__})", "",
+             f"1 x 28 x 28 inputs, 10 classes, SGD, fp32{' with TF32' if tf32 else ''}, {steps} timed steps after {warmup} warm-up "
+             "steps, fixed-size batches; samples/s and the ratio to no DP at the same batch size.", "",
+             "| batch | " + " | ".join(MODES) + " | hooks / no DP | ghost / no DP | functorch / no DP |",
+             "|---" * (2 * len(MODES)) + "|"]
+    for batch in batches:
+        rates = [measure(mode, batch, steps, warmup, device, model) for mode in MODES]
+        lines.append(f"| {batch} | " + " | ".join(f"{r:,.0f}" for r in rates)
+                     + "".join(f" | {r / rates[0]:.2f}x" for r in rates[1:]) + " |")
+        if echo:
+            print(lines[-1], flush=True)
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -111,21 +131,8 @@ def main() -> int:
                         help="cnn: 2 same-size 5x5 convolutions + linear; samplenet: Opacus' MNIST example CNN")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matrix products and convolutions (every mode)")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
-    lines = [f"## gpu: {args.model} DP-SGD throughput, {time.strftime('%Y-%m-%d %H:%M')} on {name} "
-             f"(torch {torch.__version__}, opacus {__import__('opacus').__version__})", "",
-             f"1 x 28 x 28 inputs, 10 classes, SGD, fp32{' with TF32' if args.tf32 else ''}, {args.steps} timed steps after {args.warmup} warm-up "
-             "steps, fixed-size batches; samples/s and the ratio to no DP at the same batch size.", "",
-             "| batch | " + " | ".join(MODES) + " | hooks / no DP | ghost / no DP | functorch / no DP |",
-             "|---" * (2 * len(MODES)) + "|"]
-    for batch in args.batch:
-        rates = [measure(mode, batch, args.steps, args.warmup, device, args.model) for mode in MODES]
-        lines.append(f"| {batch} | " + " | ".join(f"{r:,.0f}" for r in rates)
-                     + "".join(f" | {r / rates[0]:.2f}x" for r in rates[1:]) + " |")
-        print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
+    text = throughput_table(torch.device(args.device), args.batch, steps=args.steps, warmup=args.warmup,
+                            model=args.model, tf32=args.tf32)
     print(text)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:

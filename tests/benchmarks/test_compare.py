@@ -184,3 +184,14 @@ def test_write_app_copies_the_sources_and_sets_the_run_config(tmp_path: Path) ->
     assert (config["owners"], config["rounds-file"], config["num-server-rounds"]) == (30, "/tmp/r.jsonl", 5)
     with pytest.raises(ValueError, match="unknown reference app config keys"):
         write_app(tmp_path / "again", {"num-rounds": 3})
+
+
+def test_the_gpu_scenario_refuses_a_machine_without_a_gpu() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the refusal is for machines without one")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--scenario", "gpu", "--no-append"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2 and "no CUDA GPU on this machine" in proc.stderr
+    assert "Traceback" not in proc.stderr

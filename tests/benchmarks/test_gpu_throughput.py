@@ -26,3 +26,17 @@ def _module():  # type: ignore[no-untyped-def]
 def test_every_mode_trains_and_reports_a_rate(mode: str, model: str) -> None:
     rate = _module().measure(mode, batch=8, steps=2, warmup=1, device=torch.device("cpu"), model_name=model)
     assert rate > 0
+
+
+def test_the_table_has_a_row_per_batch_with_every_mode_and_its_ratio_to_no_dp() -> None:
+    text = _module().throughput_table(torch.device("cpu"), [4, 8], steps=1, warmup=1, echo=False)
+    lines = text.splitlines()
+    assert lines[0].startswith("## gpu: cnn DP-SGD throughput")
+    rows = [line for line in lines if line.startswith("| 4 |") or line.startswith("| 8 |")]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 1 + 4 + 3 and all(c.endswith("x") for c in cells[5:])
+        rates = [float(c.replace(",", "")) for c in cells[1:5]]
+        assert all(r > 0 for r in rates)
+        assert float(cells[5][:-1]) == pytest.approx(rates[1] / rates[0], abs=0.006)
