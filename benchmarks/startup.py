@@ -26,6 +26,8 @@ GROUPS = (  # first match wins: (group, what a command line holds)
     ("flwr run", "/flwr run "), ("flwr log", "/flwr log "), ("flwr list", "/flwr list "),
     ("flower-superlink", "flower-superlink"), ("flower-superexec", "flower-superexec"),
     ("flwr-simulation (ServerApp, Ray driver)", "flwr-simulation"),
+    ("Ray head (ray start --block)", "/ray start "), ("Ray daemons", "ray::DashboardAgent"),
+    ("Ray daemons", "ray::RuntimeEnvAgent"), ("Ray daemons", "ray.util.client.server"),
     ("Ray workers (ClientApp actors)", "default_worker.py"), ("Ray workers (ClientApp actors)", "setup_worker.py"),
     ("Ray workers (ClientApp actors)", "ray::"), ("Ray daemons", "/ray/"), ("Ray daemons", "raylet"),
 )
