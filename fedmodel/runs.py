@@ -300,32 +300,40 @@ def finish(folder: RunFolder, status: str, details: str, started: float, logs: s
     return RunResult(folder.path, report)
 
 
+def descendants(pid: int, column: str) -> list[tuple[int, str]]:
+    """Every descendant of ``pid`` (from ``ps``), nearest first, with its ``ps`` ``column`` (``pgid``, ``args``...).
+
+    Empty if ``ps`` cannot say. Read while the tree is still linked: a dead parent's children are
+    adopted by init and are no longer found.
+    """
+    try:
+        out = subprocess.run(["ps", "-A", "-ww", "-o", f"pid=,ppid=,{column}="], capture_output=True, text=True,
+                             timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    children: dict[int, list[tuple[int, str]]] = {}
+    for line in out.splitlines():
+        fields = line.split(None, 2)
+        if len(fields) == 3 and fields[0].isdigit() and fields[1].isdigit():
+            children.setdefault(int(fields[1]), []).append((int(fields[0]), fields[2].strip()))
+    found, todo, seen = [], [pid], {pid}
+    while todo:
+        for child, value in children.get(todo.pop(0), []):
+            if child not in seen:
+                seen.add(child)
+                found.append((child, value))
+                todo.append(child)
+    return found
+
+
 def descendant_groups(pid: int) -> set[int]:
-    """Process groups of every descendant of ``pid`` (from ``ps``), except this process's own group.
+    """Process groups of every descendant of ``pid``, except this process's own group.
 
     Flower's SuperLink starts SuperExec in a session of its own, and SuperExec starts flwr-simulation
     (and Ray) there: killing the SuperLink's group alone leaves them running as orphans. Collect the
-    groups while the tree is still linked (a dead parent's children are adopted by init).
+    groups while the tree is still linked.
     """
-    try:
-        out = subprocess.run(["ps", "-A", "-o", "pid=,ppid=,pgid="], capture_output=True, text=True, timeout=10,
-                             check=False).stdout
-    except (OSError, subprocess.SubprocessError):
-        return set()
-    children: dict[int, list[tuple[int, int]]] = {}
-    for line in out.splitlines():
-        fields = line.split()
-        if len(fields) == 3 and all(f.isdigit() for f in fields):
-            child, parent, group = (int(f) for f in fields)
-            children.setdefault(parent, []).append((child, group))
-    groups, todo, seen = set(), [pid], {pid}
-    while todo:
-        for child, group in children.get(todo.pop(), []):
-            if child not in seen:
-                seen.add(child)
-                groups.add(group)
-                todo.append(child)
-    return groups - {os.getpgid(0)}
+    return {int(group) for _, group in descendants(pid, "pgid") if group.isdigit()} - {os.getpgid(0)}
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, grace_s: float = 10.0) -> None:

@@ -39,6 +39,7 @@ from fedmodel.runs import (
     LocalRunStatus,
     ProgressFn,
     RunResult,
+    descendants,
     finish,
     flower_env,
     new_run_folder,
@@ -98,12 +99,12 @@ def local_superlink(config: RunConfig) -> Iterator[LocalSuperLink]:
     proc: subprocess.Popen[bytes] | None = None
     head: subprocess.Popen[bytes] | None = None
     try:
-        ray_address = config.ray_address or "local"
-        if not config.ray_address and _private_ray_dir(config, home):
+        ray_address, ray_dir = config.ray_address or "local", _private_ray_dir(config, home)
+        if ray_dir:  # a private Ray whose sockets fit under the home: its own head, booting from now on
             head, ray_address = _launch_ray_head(home)
         # ":local:" connects to the simulation SuperLink on these ports, which we start (and stop) ourselves
         env = flower_env(home, {"default": LOCAL, LOCAL: {"address": ":local:"}},
-                         ray_address=ray_address, **_private_ray_dir(config, home),
+                         ray_address=ray_address, **ray_dir,
                          **({} if config.ray_address else PRIVATE_RAY_ENV),
                          FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
                          FLWR_LOCAL_CONTROL_API_PORT=str(free_port()))
@@ -206,24 +207,8 @@ class ServerAppWatch:
 
 
 def descendant_running(pid: int, name: str) -> int | None:
-    """A running descendant of ``pid`` whose command line holds ``name`` (from ``ps``), if any."""
-    try:
-        out = subprocess.run(["ps", "-A", "-ww", "-o", "pid=,ppid=,args="], capture_output=True, text=True, timeout=10,
-                             check=False).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    children: dict[int, list[tuple[int, str]]] = {}
-    for line in out.splitlines():
-        fields = line.split(None, 2)
-        if len(fields) == 3 and fields[0].isdigit() and fields[1].isdigit():
-            children.setdefault(int(fields[1]), []).append((int(fields[0]), fields[2]))
-    todo = [pid]
-    while todo:
-        for child, args in children.get(todo.pop(), []):
-            if name in args and _running(child):
-                return child
-            todo.append(child)
-    return None
+    """A running descendant of ``pid`` whose command line holds ``name``, if any."""
+    return next((child for child, args in descendants(pid, "args") if name in args and _running(child)), None)
 
 
 def _running(pid: int) -> bool:
