@@ -8,7 +8,7 @@ explicit Agg canvas: no pyplot, no global backend state.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +29,6 @@ MANY_OWNERS: int = 20
 
 NO_DP_TEXT = "no differential privacy: no epsilon"
 
-PLOT_NAMES: tuple[str, ...] = ("accuracy", "loss", "epsilon")
-"""The plots :func:`write_plots` writes, as ``<name>.png``."""
 
 
 def write_plots(report: Mapping[str, Any], plots_dir: Path) -> dict[str, Path]:
@@ -51,13 +49,8 @@ def write_plots(report: Mapping[str, Any], plots_dir: Path) -> dict[str, Path]:
     """
     plots_dir = Path(plots_dir)
     plots_dir.mkdir(parents=True, exist_ok=True)
-    builders = {  # the keys are PLOT_NAMES
-        "accuracy": _draw_accuracy,
-        "loss": _draw_loss,
-        "epsilon": _draw_epsilon,
-    }
     written: dict[str, Path] = {}
-    for name, draw in builders.items():
+    for name, draw in _BUILDERS.items():
         fig = _new_figure()
         try:
             draw(fig, report)
@@ -434,3 +427,12 @@ def _draw_many_owners(ax: Axes, curves: Mapping[str, tuple[list[float], list[flo
     rounds = sorted(highest)
     ax.plot(rounds, [highest[x] for x in rounds], color="tab:red", linewidth=2.5,
             label=f"max over {len(curves)} owners")
+
+
+_BUILDERS: dict[str, Callable[[Figure, Mapping[str, Any]], None]] = {
+    "accuracy": _draw_accuracy,
+    "loss": _draw_loss,
+    "epsilon": _draw_epsilon,
+}
+PLOT_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+"""The plots :func:`write_plots` writes, as ``<name>.png``."""
