@@ -165,11 +165,6 @@ def load_privacy(context: Context) -> OwnerPrivacyState:
     return current_privacy(context)
 
 
-def save_privacy(context: Context, state: OwnerPrivacyState) -> None:
-    """Keep what was really spent, in ``context.state`` and, on a deployed node, on disk (clients.carry)."""
-    keep_privacy(context, state)
-
-
 def _reply(msg: Message, owner: Owner, metrics: dict[str, float], arrays: ArrayRecord | None = None,
            quality: dict[str, int] | None = None) -> Message:
     """Metrics carry a numeric owner id in simulation; a deployed owner's name travels in a ConfigRecord."""
@@ -261,7 +256,7 @@ def train_owner(msg: Message, context: Context) -> Message:
             )
         finally:
             if privacy is not None:  # reserved steps count even if training failed part-way
-                save_privacy(context, privacy)
+                keep_privacy(context, privacy)
         update.metrics.update(account.commit(reservation, epsilon_run=update.metrics.get("epsilon")))
     except Exception as exc:  # reported to the coordinator as this owner's failure
         return _error_reply(msg, context, exc)
@@ -317,7 +312,7 @@ def query(msg: Message, context: Context) -> Message:
             account = owner_account(owner.name, config, context)
             reservation = account.reserve_release("scaling statistics", noise, config.delta)
             privacy.charge_gaussian(noise)  # charged before the release
-            save_privacy(context, privacy)
+            keep_privacy(context, privacy)
             rng = np.random.default_rng(round_seed(config.seed, owner.seed_id, 0))
             sums = noisy_feature_sums(owner.unscaled(), bounds, noise, rng)
             account.commit(reservation, epsilon_run=after.epsilon(config.delta))

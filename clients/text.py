@@ -75,7 +75,7 @@ def train(msg: Message, context: Context) -> Message:
                                        device=resolve_device(config.device), owner=owner.name)
         finally:
             if privacy is not None:  # reserved steps count even if training failed part-way
-                base.save_privacy(context, privacy)
+                base.keep_privacy(context, privacy)
         metrics.update(account.commit(reservation, epsilon_run=metrics.get("epsilon")))
     except Exception as exc:  # reported to the coordinator as this owner's failure
         return base._error_reply(msg, context, exc)

@@ -58,7 +58,7 @@ def train_owner_round(
     if len(shard) == 0:
         raise DataValidationError(f"owner {owner}: the shard holds no training examples")
     with _bench(config, shard, device, private=privacy is not None) as bench:
-        model, optimizer = bench.model, bench.optimizer
+        model, optimizer = bench.kept.model, bench.kept.optimizer
         model.load_state_dict(global_weights)
         anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
         seed = round_seed(config.seed, owner, server_round)
@@ -95,10 +95,9 @@ def train_owner_round(
 
 @dataclass
 class _Bench:
-    """A model and its optimizer that owner after owner train in this process, each loading its weights first."""
+    """A model and its optimizer (``kept.model``, ``kept.optimizer``, with Opacus' wrapping of them once a DP
+    owner trained) that owner after owner train in this process, each loading its weights first."""
 
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
     kept: KeptWrapping
     busy: bool = False
 
@@ -121,7 +120,7 @@ def _bench(config: RunConfig, shard: Dataset, device: torch.device, *, private: 
     if bench is None or bench.busy:
         model = model_to_load(config.model, shard.num_features, shard.num_classes).to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
-        fresh = _Bench(model, optimizer, KeptWrapping(model, optimizer))
+        fresh = _Bench(KeptWrapping(model, optimizer))
         if bench is None:
             _BENCHES[key] = fresh
         bench = fresh

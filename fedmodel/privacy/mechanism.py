@@ -36,13 +36,6 @@ class PrivacyMechanism(Protocol):
     def finish(self) -> dict[str, float]: ...
 
 
-class _Accounted:
-    """The one part of a ``PrivacyEngine`` :meth:`OpacusDPSGD.finish` reads: its accountant."""
-
-    def __init__(self, accountant: Any) -> None:
-        self.accountant = accountant
-
-
 class NoPrivacy:
     """The null object for ``--no-dp``: the same pipeline, nothing wrapped, no epsilon."""
 
@@ -96,7 +89,7 @@ class OpacusDPSGD:
         self.noise_seed = noise_seed
         self.secure_mode = secure_mode
         self.kept = None if secure_mode else kept  # secure mode draws from a fresh engine's CSPRNG each time
-        self._engine: Any = None
+        self._accountant: Any = None  # Opacus' accountant of this round (the engine's, or a re-armed one)
         self._reserved_from = 0
 
     def check_budget(self) -> None:
@@ -129,9 +122,10 @@ class OpacusDPSGD:
         if self.kept is not None and self.kept.holds(model, optimizer):
             private_model, private_optimizer, private_loader = self._rearm(self.kept, loader, generator)
         else:
-            self._engine = PrivacyEngine(accountant=ACCOUNTANT, secure_mode=self.secure_mode)
-            self._engine.accountant.history = list(self.state.history)
-            private_model, private_optimizer, private_loader = self._engine.make_private(
+            engine = PrivacyEngine(accountant=ACCOUNTANT, secure_mode=self.secure_mode)
+            engine.accountant.history = list(self.state.history)
+            self._accountant = engine.accountant
+            private_model, private_optimizer, private_loader = engine.make_private(
                 module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=plan.noise_multiplier,
                 max_grad_norm=plan.max_grad_norm, poisson_sampling=True, noise_generator=generator,
             )
@@ -170,20 +164,20 @@ class OpacusDPSGD:
         accountant = create_accountant(mechanism=ACCOUNTANT)
         accountant.history = list(self.state.history)
         optimizer.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
-        self._engine = _Accounted(accountant)
+        self._accountant = accountant
         return kept.private_model, optimizer, private_loader
 
     def finish(self) -> dict[str, float]:
         """Check Opacus accounted exactly the reserved steps; return the cumulative privacy metrics."""
         plan = self.state.plan
-        assert plan is not None and self._engine is not None
-        done = sum(int(s) for _, _, s in self._engine.accountant.history) - self._reserved_from
+        assert plan is not None and self._accountant is not None
+        done = sum(int(s) for _, _, s in self._accountant.history) - self._reserved_from
         if done != plan.steps_per_round:
             raise RuntimeError(
                 f"owner {self.owner}: Opacus accounted {done} steps, the plan reserved {plan.steps_per_round}"
             )
         epsilon = self.state.epsilon(plan.delta)
-        self._engine = None
+        self._accountant = None
         return {
             "epsilon": epsilon,
             "budget-epsilon": plan.budget_epsilon,
