@@ -178,10 +178,11 @@ def test_the_reference_app_reads_the_noise_multipliers_the_harness_writes() -> N
 
 
 def test_write_app_copies_the_sources_and_sets_the_run_config(tmp_path: Path) -> None:
-    app = write_app(tmp_path / "app", {"owners": 30, "rounds-file": "/tmp/r.jsonl"})
+    rounds_file = str(tmp_path / "r.jsonl")
+    app = write_app(tmp_path / "app", {"owners": 30, "rounds-file": rounds_file})
     assert (app / "fedref" / "client_app.py").exists()
     config = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    assert (config["owners"], config["rounds-file"], config["num-server-rounds"]) == (30, "/tmp/r.jsonl", 5)
+    assert (config["owners"], config["rounds-file"], config["num-server-rounds"]) == (30, rounds_file, 5)
     with pytest.raises(ValueError, match="unknown reference app config keys"):
         write_app(tmp_path / "again", {"num-rounds": 3})
 

@@ -144,7 +144,7 @@ def test_privacy_owner_table(report: dict[str, Any], plots: dict[str, Path]) -> 
 
 
 def test_privacy_totals_across_runs_and_refusals(report: dict[str, Any], plots: dict[str, Path]) -> None:
-    report["privacy"]["ledger"] = "simulation ledger in /tmp/ledger"
+    report["privacy"]["ledger"] = "simulation ledger in runs/ledger"
     report["privacy"]["owners"][0].update(epsilon_total=4.5, budget_epsilon=5.0, remaining_epsilon=0.5)
     report["privacy"]["refusals"] = [{"round": 1, "owner": 2, "rule": "budget",
                                       "reason": "owner 2: the privacy budget is used up: <remaining 0.0042>"}]
@@ -155,7 +155,7 @@ def test_privacy_totals_across_runs_and_refusals(report: dict[str, Any], plots: 
                                           ["1", "2", "budget", "owner 2: the privacy budget is used up: "
                                                                "<remaining 0.0042>"]]
     assert "&lt;remaining 0.0042&gt;" in page
-    assert ["Ledger (totals across runs)", "simulation ledger in /tmp/ledger"] in parsed["privacy"]
+    assert ["Ledger (totals across runs)", "simulation ledger in runs/ledger"] in parsed["privacy"]
 
 
 def test_data_quality_and_scaling_sections(report: dict[str, Any], plots: dict[str, Path]) -> None:
