@@ -145,55 +145,6 @@ def run_status(run_id: int, env: dict[str, str], connection: str) -> tuple[str, 
     return str(runs[0].get("status", "unknown")), str(runs[0].get("status-details", ""))
 
 
-class LocalRunStatus:
-    """(status, details) of one run on this machine's own SuperLink, asked in-process over its HTTP API.
-
-    ``flwr list`` costs a process and 2-3 CPU seconds (Flower's CLI imports); this costs one HTTP
-    request once Flower's client is imported, which :meth:`preload` does in a background thread
-    while the run goes on. Any failure (another Flower version, the run unknown) answers with
-    :func:`run_status`, the CLI's view.
-    """
-
-    def __init__(self, run_id: int, env: dict[str, str], connection: str, http_port: str) -> None:
-        self.run_id, self.env, self.connection, self.http_port = run_id, env, connection, http_port
-        self._client: Any = None
-        self._loading: threading.Thread | None = None
-        self._failed = False
-
-    def preload(self) -> None:
-        """Import Flower's HTTP client now, in the background."""
-        if self._loading is None:
-            self._loading = threading.Thread(target=self._load, name="flower-status-client", daemon=True)
-            self._loading.start()
-
-    def _load(self) -> None:
-        try:
-            from flwr.supercore.control import ControlHttpClient
-            from flwr.supercore.interceptors.http.runtime_version import RuntimeVersionHttpInterceptor
-
-            self._client = ControlHttpClient.from_server_address(
-                f"127.0.0.1:{self.http_port}", insecure=True, root_certificates=None,
-                interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr CLI")])
-        except Exception:  # answered by `flwr list` instead
-            self._failed = True
-
-    def __call__(self) -> tuple[str, str]:
-        self.preload()
-        assert self._loading is not None
-        self._loading.join(timeout=60)
-        if self._client is not None and not self._failed:
-            try:
-                from flwr.proto.control_pb2 import ListRunsRequest
-
-                runs = self._client.ListRuns(ListRunsRequest(run_id=self.run_id)).run_dict
-                run = runs[self.run_id]
-                state = f"{run.status.status}:{run.status.sub_status}" if run.status.sub_status else run.status.status
-                return state, str(run.status.details or "N/A")  # as `flwr list` says it
-            except Exception:  # answered by `flwr list` instead
-                self._failed = True
-        return run_status(self.run_id, self.env, self.connection)
-
-
 def stop_run(run_id: int, env: dict[str, str], connection: str) -> bool:
     """``flwr stop`` a run (best effort, 30 s); True if Flower confirmed it."""
     try:
@@ -224,7 +175,7 @@ def follow(run_id: int, env: dict[str, str], connection: str, folder: RunFolder,
     otherwise at intervals growing from ``STATUS_INTERVAL_S`` to ``STATUS_MAX_INTERVAL_S``, and
     every ``STATUS_SAFETY_INTERVAL_S`` while the stream lives. ``broken`` is polled every
     ``POLL_INTERVAL_S``: a non-empty answer (e.g. "the SuperLink exited") ends the wait. ``status``,
-    when given, asks Flower cheaply (no process, e.g. :class:`LocalRunStatus`): it is then asked every
+    when given, asks Flower cheaply (no process, e.g. in-process: :mod:`fedmodel.local_control`): it is then asked every
     ``POLL_INTERVAL_S`` from the ``done`` event on, without waiting for the stream.
     """
     ask = status if status is not None else (lambda: run_status(run_id, env, connection))

@@ -3,14 +3,16 @@
 The runner gives every simulation its own Flower home (no shared ``~/.flwr``), turns off Flower's
 per-run dependency installation, starts a private local SuperLink on free loopback ports (early:
 :func:`local_superlink` lets it boot while ``fedmodel simulate`` checks the inputs), submits the run
-with ``flwr run``, follows the run folder's progress, checks the run's real final status (``flwr
-run`` exits 0 even for a failed run) and always stops the SuperLink it started.
+as ``flwr run`` would, copies its log as ``flwr log --stream`` would and asks its status as ``flwr
+ls`` would, all three in-process (:mod:`fedmodel.local_control`: no CLI process on the critical
+path), follows the run folder's progress, checks the run's real final status (a failed run is still
+"started") and always stops the SuperLink it started.
 
 Ray: Flower's ``ray.init`` takes its address from ``RAY_ADDRESS`` in the SuperLink's environment
 only (facts/ray-cluster.md). Without ``ray-address`` the runner starts a private Ray head (``ray
 start --head --block``, its own ports and temp dir under the run's home) at the same moment as the
-SuperLink and points ``RAY_ADDRESS`` at it: Ray's half-dozen daemons then boot while the SuperLink,
-``flwr run`` and the ServerApp do (one core idle most of that time), instead of after the ServerApp
+SuperLink and points ``RAY_ADDRESS`` at it: Ray's half-dozen daemons then boot while the SuperLink
+and the ServerApp do (one core idle most of that time), instead of after the ServerApp
 asked for them (about 6 s later on 2 cores); ``ray.init`` waits for a head still booting. The head
 is stopped with the SuperLink. Where the home path is too long for Ray's sockets, ``RAY_ADDRESS=local``
 lets Flower start Ray itself as before. With ``ray-address`` the cluster is checked first
@@ -34,9 +36,9 @@ from pathlib import Path
 
 from fedmodel.config import RunConfig
 from fedmodel.errors import SimulationError
+from fedmodel.local_control import LocalControl, LogStream
 from fedmodel.report.run_folder import RunFolder, read_events
 from fedmodel.runs import (
-    LocalRunStatus,
     ProgressFn,
     RunResult,
     descendants,
@@ -45,10 +47,8 @@ from fedmodel.runs import (
     new_run_folder,
     follow,
     free_port,
-    stop_process,
+    run_status,
     stop_processes,
-    stream_log,
-    submit,
     tool,
     write_app,
 )
@@ -81,6 +81,8 @@ class LocalSuperLink:
     proc: subprocess.Popen[bytes]
     started: float
     """When it was started (``time.time()``): the run's clock starts here."""
+    control: LocalControl
+    """Its Control API, in-process (Flower's client imported in the background from the start)."""
     ray_head: subprocess.Popen[bytes] | None = None
     """The run's private Ray head (None on a cluster, or where Flower starts Ray itself)."""
 
@@ -109,7 +111,9 @@ def local_superlink(config: RunConfig) -> Iterator[LocalSuperLink]:
                          FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
                          FLWR_LOCAL_CONTROL_API_PORT=str(free_port()))
         proc = launch_superlink(env, home)
-        yield LocalSuperLink(home, env, proc, started, head)
+        control = LocalControl(env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"])
+        control.preload()
+        yield LocalSuperLink(home, env, proc, started, control, head)
     finally:
         stop_processes((proc, STOP_GRACE_S), (head, RAY_HEAD_GRACE_S))
         shutil.rmtree(home, ignore_errors=True)
@@ -129,25 +133,23 @@ def run_simulation(config: RunConfig, *, on_event: ProgressFn | None = None,
             return run_simulation(config, on_event=on_event, superlink=link)
     config, folder = new_run_folder(config)
     run_dir = folder.path
-    home, env = superlink.home, superlink.env
-    log_proc: subprocess.Popen[bytes] | None = None
+    home, env, control = superlink.home, superlink.env, superlink.control
+    log: LogStream | None = None
     try:
         app_dir = write_app(home / "app", config)
         wait_until_up(superlink.proc, env)
-        run_id = submit(app_dir, env, LOCAL, ["--federation-config", federation_config(config)])
-        log_proc = stream_log(run_id, env, LOCAL, run_dir / "flower.log")
-        stream = log_proc
+        run_id = control.submit(app_dir, federation_settings(config))
+        log = stream = control.stream_log(run_id, run_dir / "flower.log")
         serverapp = ServerAppWatch(superlink.proc.pid, folder)
-        flower_status = LocalRunStatus(run_id, env, LOCAL, env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"])
-        flower_status.preload()
         status, details = follow(run_id, env, LOCAL, folder, on_event=on_event,
                                  broken=lambda: _exited(superlink.proc) or _head_exited(superlink.ray_head)
                                  or serverapp(),
-                                 stream_ended=lambda: stream.poll() is not None, status=flower_status)
-        if status.startswith("finished"):  # the stream exits by itself once it has every line of a finished run
-            _drain(stream, LOG_DRAIN_S)
+                                 stream_ended=stream.ended, status=lambda: _flower_status(control, run_id, env))
+        if status.startswith("finished"):  # the stream ends by itself once it has every line of a finished run
+            stream.wait(LOG_DRAIN_S)
     finally:
-        stop_process(log_proc)
+        if log is not None:
+            log.stop()
         _keep_ray_head_log(superlink.ray_head, home, run_dir)  # before it is stopped: only if it died
         stop_processes((superlink.proc, STOP_GRACE_S), (superlink.ray_head, RAY_HEAD_GRACE_S))
         _keep_superlink_log(home, run_dir)
@@ -163,10 +165,19 @@ def check_workers(config: RunConfig) -> None:
         check_local(config.cpus_per_worker, config.gpus_per_worker)
 
 
-def federation_config(config: RunConfig) -> str:
-    """Flower's simulation settings: one node per owner (or ``nodes`` hosting cohorts), worker resources, no init-args."""
-    return (f"num-supernodes={config.flower_nodes} client-resources-num-cpus={config.cpus_per_worker} "
-            f"client-resources-num-gpus={float(config.gpus_per_worker)!r}")
+def federation_settings(config: RunConfig) -> dict[str, int | float]:
+    """Flower's simulation settings (``SimulationConfig`` fields, ``flwr run --federation-config``): one node per
+    owner (or ``nodes`` hosting cohorts), worker resources, no init-args."""
+    return {"num_supernodes": config.flower_nodes, "client_resources_num_cpus": config.cpus_per_worker,
+            "client_resources_num_gpus": float(config.gpus_per_worker)}
+
+
+def _flower_status(control: LocalControl, run_id: int, env: dict[str, str]) -> tuple[str, str]:
+    """Flower's status of the run, asked in-process; ``flwr list``'s answer if that request fails."""
+    try:
+        return control.status(run_id)
+    except Exception:  # noqa: BLE001  (any failure of the in-process client: the CLI's view instead)
+        return run_status(run_id, env, LOCAL)
 
 
 def _private_ray_dir(config: RunConfig, home: Path) -> dict[str, str]:
@@ -254,13 +265,6 @@ def _launch_ray_head(home: Path) -> tuple[subprocess.Popen[bytes], str]:
         proc = subprocess.Popen(cmd, env=env, cwd=home, stdout=log_file, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     return proc, f"127.0.0.1:{port}"
-
-
-def _drain(proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def _head_exited(head: subprocess.Popen[bytes] | None) -> str | None:

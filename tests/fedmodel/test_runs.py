@@ -186,12 +186,3 @@ def test_finish_adds_timing_and_status_and_keeps_the_plots_drawn(tmp_path: Path)
     (folder.plots_dir / "loss.png").unlink()  # a lost plot is drawn again
     folder.write_report(written, redraw_plots=False)
     assert (folder.plots_dir / "loss.png").is_file()
-
-
-def test_local_run_status_answers_with_flower_list_when_its_client_fails(monkeypatch: pytest.MonkeyPatch) -> None:
-    asked: list[int] = []
-    monkeypatch.setattr(runs, "run_status", lambda run_id, env, connection: asked.append(run_id) or ("finished:failed",
-                                                                                                    "from flwr list"))
-    status = runs.LocalRunStatus(7, {}, "local", http_port="1")  # nothing listens on port 1
-    assert status() == ("finished:failed", "from flwr list") and asked == [7]
-    assert status() == ("finished:failed", "from flwr list") and asked == [7, 7]  # no second try of the client

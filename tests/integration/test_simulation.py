@@ -63,7 +63,7 @@ def test_three_owners_two_rounds_with_one_failing_owner(tmp_path: Path) -> None:
     for name in RUN_FILES:
         assert (out / name).is_file(), name
     assert report["status"] == "completed"
-    assert report["flower_status"] == "finished:completed"  # Flower's own word, asked in-process (LocalRunStatus)
+    assert report["flower_status"] == "finished:completed"  # Flower's own word, asked in-process (fedmodel.local_control)
     assert [r["round"] for r in report["rounds"]] == [1, 2]
     for r in report["rounds"]:
         assert (r["num_replies"], r["num_failures"]) == (2, 1)

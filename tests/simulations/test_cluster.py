@@ -20,7 +20,7 @@ from fedmodel.config import RunConfig
 from fedmodel.errors import ConfigError
 from fedmodel.runs import flower_env, free_port
 from simulations.cluster import RayClusterError, RayNode, assess, check_cluster
-from simulations.runner import MAX_RAY_TMPDIR_CHARS, _private_ray_dir, federation_config
+from simulations.runner import MAX_RAY_TMPDIR_CHARS, _private_ray_dir, federation_settings
 
 simulate_module = importlib.import_module("fedmodel.cli.simulate")
 
@@ -146,10 +146,14 @@ def test_fractional_gpus_share_a_gpu_like_flowers_pool() -> None:
     assert node(cpus=3, gpus=0).workers(1, 0.0) == 3
 
 
-def test_federation_config_sets_worker_resources_and_no_init_args() -> None:
-    text = federation_config(RunConfig(clients=6, cpus_per_worker=2, gpus_per_worker=0.25))
-    assert text == "num-supernodes=6 client-resources-num-cpus=2 client-resources-num-gpus=0.25"
-    assert "init-args" not in text
+def test_federation_settings_set_worker_resources_and_no_init_args() -> None:
+    settings = federation_settings(RunConfig(clients=6, cpus_per_worker=2, gpus_per_worker=0.25))
+    assert settings == {"num_supernodes": 6, "client_resources_num_cpus": 2, "client_resources_num_gpus": 0.25}
+    from flwr.supercore.utils import simulation_config_from_json
+
+    proto = simulation_config_from_json(dict(settings))  # fields Flower's SimulationConfig knows
+    assert (proto.num_supernodes, proto.client_resources_num_gpus) == (6, 0.25)
+    assert not proto.HasField("init_args_num_cpus")
 
 
 def test_the_superlink_environment_never_inherits_a_ray_address(tmp_path: Path,
