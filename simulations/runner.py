@@ -52,13 +52,17 @@ from fedmodel.runs import (
     tool,
     write_app,
 )
+from simulations import ray_env
 from simulations.cluster import check_cluster, check_local
 
 LOCAL = "local"
 SUPERLINK_START_TIMEOUT_S = 60.0
 PRIVATE_RAY_ENV = {
-    # Ray prestarts one idle worker per CPU for the first driver; Flower's actors carry a runtime env
-    # (PYTHONPATH), so they get workers of their own and these idle ones cost CPU and are never used.
+    # Flower's actors in plain workers (no PYTHONPATH runtime env: every local worker has that path
+    # already): no second Python start per worker (simulations/ray_env.py)
+    "RAY_RUNTIME_ENV_HOOK": ray_env.HOOK,
+    # Ray would prestart one idle worker per CPU when the driver connects, beside the ones Flower's
+    # actors ask for a moment later: measured, they cost CPU during round 1 and are never used.
     "RAY_prestart_worker_first_driver": "0",
 }
 RAY_HEAD_LOG = "ray-head.log"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -166,3 +167,41 @@ def test_a_head_that_died_is_named_with_its_log(tmp_path: Path) -> None:
     (home / runner.RAY_HEAD_LOG).write_text("ValueError: port in use")
     runner._keep_ray_head_log(dead, home, run_dir)
     assert (run_dir / runner.RAY_HEAD_LOG).read_text() == "ValueError: port in use"
+
+
+def test_the_private_ray_hook_drops_only_flowers_pythonpath(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray._private.worker import _maybe_modify_runtime_env
+
+    from simulations import ray_env
+
+    monkeypatch.setenv("RAY_RUNTIME_ENV_HOOK", runner.PRIVATE_RAY_ENV["RAY_RUNTIME_ENV_HOOK"])
+
+    def hook(runtime_env: dict[str, Any] | None) -> dict[str, Any] | None:
+        return _maybe_modify_runtime_env(runtime_env, False)  # what ray.init does with the runtime env it is given
+
+    assert hook({"env_vars": {"PYTHONPATH": "/a:/b"}}) == {}  # Flower's runtime env: plain workers
+    assert hook({"env_vars": {"PYTHONPATH": "/a", "X": "1"}, "pip": ["y"]}) == {"env_vars": {"X": "1"}, "pip": ["y"]}
+    assert hook({"pip": ["y"]}) == {"pip": ["y"]} and hook(None) is None and hook({}) == {}
+    assert ray_env.HOOK == "simulations.ray_env.drop_pythonpath"
+
+
+def test_only_a_private_ray_drops_flowers_runtime_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def launch(env: dict[str, str], home: Path) -> subprocess.Popen[bytes]:
+        started.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                                        start_new_session=True))
+        return started[-1]
+
+    monkeypatch.setattr(runner, "launch_superlink", launch)
+    monkeypatch.setattr(runner, "check_workers", lambda config: None)
+    monkeypatch.setattr(runner, "_launch_ray_head", lambda home: (launch({}, home), "127.0.0.1:1"))
+    try:
+        with runner.local_superlink(RunConfig(clients=2, rounds=1)) as link:
+            assert link.env["RAY_RUNTIME_ENV_HOOK"] == "simulations.ray_env.drop_pythonpath"
+        with runner.local_superlink(RunConfig(clients=2, rounds=1, ray_address="10.0.0.1:6379")) as link:
+            assert "RAY_RUNTIME_ENV_HOOK" not in link.env  # other machines' workers need the driver's PYTHONPATH
+            assert link.env["RAY_ADDRESS"] == "10.0.0.1:6379"
+    finally:
+        for proc in started:
+            proc.kill()
