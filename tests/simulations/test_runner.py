@@ -154,6 +154,7 @@ def test_the_ray_head_command_opens_only_free_ports_and_keeps_its_files_in_the_h
                                  "--runtime-env-agent-port", "--metrics-export-port", "--ray-client-server-port")]
     assert len(set(ports)) == len(ports) and "10001" not in ports and "6379" not in ports
     assert option["--include-dashboard"] == "false" and option["--node-ip-address"] == "127.0.0.1"
+    assert "--no-monitor" in cmd  # no autoscaler daemon on a one-machine Ray of fixed size
 
 
 def test_a_head_that_died_is_named_with_its_log(tmp_path: Path) -> None:
