@@ -1,6 +1,7 @@
 """Benchmark: one scenario three ways, fedmodel with DP, fedmodel without DP, plain Flower + Opacus.
 
-    python benchmarks/compare.py --scenario small|thousand|million [--owners N] [--rounds R] [--nodes K] [--note TEXT]
+    python benchmarks/compare.py --scenario small|thousand|million [--owners N] [--rounds R] [--nodes K]
+                                 [--repeat N] [--note TEXT]
     python benchmarks/compare.py --scenario gpu [--batch 256 1024 4096] [--tf32]
 
 Runs the variants one after another on this machine, each as its own process tree on a private
@@ -10,7 +11,10 @@ with the same model, rows, batch size, learning rate, rounds and fedmodel's cali
 multiplier, hence the same epsilon spent. Prints wall time, time from the command's start to the
 end of round 1, the process tree's peak summed RSS, test accuracy, epsilon and the ratios, and
 appends them with the date and machine to benchmarks/RESULTS.md. A variant that cannot run a
-scenario yet prints "not supported yet" and why, never a number.
+scenario yet prints "not supported yet" and why, never a number. With DP noise, one run's test
+accuracy is one draw: ``--repeat N`` runs every variant on N run seeds (the split, initial weights
+and fedmodel's noise follow the seed; the reference's noise is unseeded, as in Flower's example)
+and summarises median times and accuracy as mean ± sd, also paired by seed.
 
 Scenarios: small = 10 owners x 5 rounds; thousand = 1000 owners x 3 rounds, all training;
 million = 1,000,000 registered owners, 10 sampled per round, each holding 2 rows drawn from the
@@ -43,7 +47,7 @@ from fedbench.scenarios import (
     scenario,
     unsupported,
 )
-from fedbench.table import VariantResult, format_results
+from fedbench.table import VariantResult, format_repeats, format_results
 from fedbench.variants import DPSchedule, dp_schedule, run_fedmodel, run_reference_app
 from fedmodel.config import RunConfig
 from fedmodel.data.dataset import load_dataset, train_test_split
@@ -57,10 +61,14 @@ def training_rows(config: RunConfig) -> int:
     return len(train)
 
 
-def run_variants(s: Scenario, work: Path, *, timeout_s: float,
-                 nodes: int = DEFAULT_NODES) -> tuple[list[VariantResult], DPSchedule | None]:
-    """Every variant on ``s``, in turn; the DP schedule is computed before any clock starts."""
+def run_variants(s: Scenario, work: Path, *, timeout_s: float, nodes: int = DEFAULT_NODES,
+                 seed: int | None = None) -> tuple[list[VariantResult], DPSchedule | None]:
+    """Every variant on ``s`` (with run seed ``seed``, else the scenario's), in turn; the DP schedule is
+    computed before any clock starts."""
     config = run_config(s, nodes=nodes)
+    if seed is not None:
+        config = config.replace(seed=seed)
+    work.mkdir(parents=True, exist_ok=True)
     rows = training_rows(config)
     reasons = {v: unsupported(s, v, rows, nodes=nodes) for v in VARIANTS}
     schedule = dp_schedule(config) if any(r is None for r in reasons.values()) else None
@@ -88,7 +96,9 @@ def run_variants(s: Scenario, work: Path, *, timeout_s: float,
 def header(s: Scenario, args: argparse.Namespace, schedule: DPSchedule | None, started: str, load: str) -> str:
     config = run_config(s, nodes=args.nodes)
     overrides = "".join(f" --{k} {v}" for k, v in (("owners", args.owners), ("rounds", args.rounds),
-                                                   ("nodes", args.nodes)) if v is not None)
+                                                   ("nodes", args.nodes),
+                                                   ("repeat", args.repeat if args.repeat > 1 else None))
+                        if v is not None)
     hosting = (f"fedmodel: {config.nodes} Flower nodes hosting cohorts of owners" if config.cohorts
                else "fedmodel: one Flower node per owner")
     noise = ("-" if schedule is None else
@@ -115,6 +125,9 @@ def main() -> int:
     parser.add_argument("--nodes", type=int, default=DEFAULT_NODES,
                         help=f"fedmodel's Flower nodes hosting the owners; 0 = one per owner [default: {DEFAULT_NODES}]")
     parser.add_argument("--timeout-s", type=float, default=3600.0, help="per variant [default: 3600]")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every variant this many times, on run seeds seed, seed+1, ...: a table per run and "
+                             "a summary (median times, accuracy mean ± sd, paired by seed) [default: 1]")
     parser.add_argument("--note", default="", help="a sentence written under the table (e.g. what else ran)")
     parser.add_argument("--keep", action="store_true", help="keep the run folders and logs (printed)")
     parser.add_argument("--no-append", action="store_true", help=f"print only; do not append to {RESULTS.name}")
@@ -123,6 +136,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.scenario == "gpu":
         return gpu(args, parser)
+    if args.repeat < 1:
+        parser.error(f"--repeat {args.repeat}: expected a number of runs >= 1")
     try:
         s = scenario(args.scenario, owners=args.owners, rounds=args.rounds)
     except ValueError as exc:
@@ -130,16 +145,30 @@ def main() -> int:
     load, started_at = _load(), time.strftime("%Y-%m-%d %H:%M")
     work = Path(tempfile.mkdtemp(prefix="fedmodel-compare-"))
     started = time.perf_counter()
-    results: list[VariantResult] = []
+    repeats: list[list[VariantResult]] = []
     schedule: DPSchedule | None = None
+    base_seed = run_config(s, nodes=args.nodes).seed
+    seeds = [base_seed + i for i in range(args.repeat)]
     try:
-        results, schedule = run_variants(s, work, timeout_s=args.timeout_s, nodes=args.nodes)
+        for seed in seeds:
+            if args.repeat > 1:
+                print(f"run {len(repeats) + 1} of {args.repeat}: seed {seed}", file=sys.stderr, flush=True)
+            results, run_schedule = run_variants(s, work / f"seed-{seed}", timeout_s=args.timeout_s,
+                                                 nodes=args.nodes, seed=seed if args.repeat > 1 else None)
+            repeats.append(results)
+            schedule = schedule or run_schedule
     finally:
-        if args.keep or not results or any(r.status.startswith("failed") for r in results):
+        if args.keep or not repeats or any(r.status.startswith("failed") for run in repeats for r in run):
             print(f"run folders and logs kept in {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
-    text = header(s, args, schedule, started_at, f"{load} at start, {_load()} at end") + "\n" + format_results(results)
+    text = header(s, args, schedule, started_at, f"{load} at start, {_load()} at end") + "\n"
+    if args.repeat == 1:
+        text += format_results(repeats[0])
+    else:
+        text += "\n".join(f"Run {i + 1}, seed {seed}:\n\n{format_results(run)}" for i, (seed, run)
+                          in enumerate(zip(seeds, repeats))) + "\n" + format_repeats(repeats, seeds)
+    results = [r for run in repeats for r in run]
     text += f"\nWhole command: {time.perf_counter() - started:.0f} s.{' ' + args.note if args.note else ''}\n"
     print(text)
     if not args.no_append:

@@ -109,3 +109,61 @@ def format_results(results: list[VariantResult]) -> str:
     for label, *values in ratio_rows(results):
         lines.append(f"| {label} | " + " | ".join(_times(v) for v in values) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _median(values: list[float]) -> float | None:
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def _spread(values: list[float]) -> str:
+    """``mean ± sd (min-max)`` of the values, or ``-``."""
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return f"{mean:.3f} ± {sd:.3f} ({min(values):.3f}-{max(values):.3f})"
+
+
+def format_repeats(repeats: list[list[VariantResult]], seeds: list[int]) -> str:
+    """The summary of ``repeats`` (one list of variant results per run seed), in Markdown.
+
+    Per variant: completed runs, median wall / first-round time, test accuracy as mean ± sd (min-max)
+    and per seed. Ratios are of the medians. Accuracy differences are paired by seed (the same rows,
+    split and initial weights on both sides; each side's own DP noise).
+    """
+    names = [r.name for r in repeats[0]]
+    done = {name: [run[i] for run in repeats if run[i].ok] for i, name in enumerate(names)}
+    lines = [
+        f"Summary of {len(repeats)} runs (seeds {', '.join(map(str, seeds))}; each run: every variant on that seed's "
+        "split and initial weights):",
+        "",
+        "| variant | runs completed | median wall s | median first round s | test accuracy mean ± sd (min-max) "
+        "| accuracy per seed |",
+        "|---|---|---|---|---|---|",
+    ]
+    medians: dict[str, tuple[float | None, float | None]] = {}
+    for name in names:
+        results = done[name]
+        wall = _median([r.wall_s for r in results if r.wall_s is not None])
+        first = _median([r.first_round_s for r in results if r.first_round_s is not None])
+        medians[name] = (wall, first)
+        per_seed = " / ".join(_num(run[names.index(name)].accuracy, 3) for run in repeats)
+        lines.append(f"| {name} | {len(results)} of {len(repeats)} | {_num(wall, 1)} | {_num(first, 1)} | "
+                     f"{_spread([r.accuracy for r in results if r.accuracy is not None])} | {per_seed} |")
+    lines += ["", "| ratio of medians | wall | first round |", "|---|---|---|"]
+    for label, top, bottom in RATIOS:
+        if top in medians and bottom in medians:
+            (wall_a, first_a), (wall_b, first_b) = medians[top], medians[bottom]
+            lines.append(f"| {label} | {_times(ratio(wall_a, wall_b))} | {_times(ratio(first_a, first_b))} |")
+    if FEDMODEL_DP in names and REFERENCE in names:
+        dp, ref = names.index(FEDMODEL_DP), names.index(REFERENCE)
+        diffs = [run[dp].accuracy - run[ref].accuracy for run in repeats  # type: ignore[operator]
+                 if run[dp].ok and run[ref].ok and run[dp].accuracy is not None and run[ref].accuracy is not None]
+        if diffs:
+            lines += ["", f"Test accuracy, fedmodel DP minus reference, paired by seed: {_spread(diffs)}; "
+                          f"fedmodel DP lower in {sum(d < 0 for d in diffs)} of {len(diffs)} runs."]
+    return "\n".join(lines) + "\n"

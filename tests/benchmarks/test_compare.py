@@ -18,7 +18,14 @@ sys.path[:0] = [str(ROOT / "benchmarks"), str(ROOT / "benchmarks" / "reference_a
 
 from fedbench.reference import write_app  # noqa: E402
 from fedbench.scenarios import FEDMODEL_DP, FEDMODEL_NO_DP, REFERENCE, run_config, scenario, unsupported  # noqa: E402
-from fedbench.table import VariantResult, format_results, later_round_seconds, ratio, ratio_rows  # noqa: E402
+from fedbench.table import (  # noqa: E402
+    VariantResult,
+    format_repeats,
+    format_results,
+    later_round_seconds,
+    ratio,
+    ratio_rows,
+)
 from fedbench.treemem import TreeMemorySampler  # noqa: E402
 from fedbench.variants import DPSchedule  # noqa: E402
 from fedref.task import parse_noise_multipliers  # noqa: E402
@@ -196,3 +203,40 @@ def test_the_gpu_scenario_refuses_a_machine_without_a_gpu() -> None:
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 2 and "no CUDA GPU on this machine" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _run(accuracies: tuple[float | None, float | None, float | None], walls: tuple[float, float, float],
+         failed: str = "") -> list[VariantResult]:
+    names = (FEDMODEL_DP, FEDMODEL_NO_DP, REFERENCE)
+    return [VariantResult.failed(name, "timed out") if name == failed else
+            VariantResult(name, wall_s=wall, first_round_s=wall / 2, accuracy=acc)
+            for name, acc, wall in zip(names, accuracies, walls)]
+
+
+def test_repeats_summarise_median_times_and_accuracy_paired_by_seed() -> None:
+    repeats = [_run((0.30, 0.40, 0.20), (40.0, 36.0, 200.0)),
+               _run((0.20, 0.42, 0.25), (50.0, 38.0, 220.0)),
+               _run((0.40, 0.41, 0.30), (44.0, 37.0, 240.0))]
+    text = format_repeats(repeats, [42, 43, 44])
+    assert "Summary of 3 runs (seeds 42, 43, 44" in text
+    dp_row = next(line for line in text.splitlines() if line.startswith(f"| {FEDMODEL_DP} |"))
+    assert "| 3 of 3 | 44.0 | 22.0 | 0.300 ± 0.100 (0.200-0.400) | 0.300 / 0.200 / 0.400 |" in dp_row
+    assert "| reference / fedmodel DP | 5.00x | 5.00x |" in text  # 220 / 44: medians, not means
+    assert "| fedmodel DP / fedmodel no DP | 1.19x |" in text  # 44 / 37
+    # paired differences 0.10, -0.05, 0.10: mean 0.05, sd 0.0866
+    assert "paired by seed: 0.050 ± 0.087 (-0.050-0.100); fedmodel DP lower in 1 of 3 runs." in text
+
+
+def test_repeats_leave_failed_runs_out_of_the_numbers() -> None:
+    repeats = [_run((0.30, 0.40, 0.20), (40.0, 36.0, 200.0)),
+               _run((None, 0.42, 0.25), (50.0, 38.0, 220.0), failed=FEDMODEL_DP)]
+    text = format_repeats(repeats, [1, 2])
+    dp_row = next(line for line in text.splitlines() if line.startswith(f"| {FEDMODEL_DP} |"))
+    assert "| 1 of 2 | 40.0 |" in dp_row and "0.300 / - |" in dp_row
+    assert "fedmodel DP lower in 0 of 1 runs." in text  # the failed run is not paired
+
+
+def test_repeat_must_be_at_least_one() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--scenario", "small", "--repeat", "0",
+                           "--no-append"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2 and "--repeat 0: expected a number of runs >= 1" in proc.stderr
