@@ -17,6 +17,7 @@ while the SuperLink boots.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,7 +46,7 @@ class LocalControl:
     def _load(self) -> None:
         try:
             self._client = self.new_client()
-            import flwr.cli.build  # noqa: F401  (FAB builder, used by submit)
+            importlib.import_module("flwr.cli.build")  # the FAB builder submit() uses (typer, pathspec...)
         except Exception as exc:  # reported by client()
             self._error = exc
 

@@ -67,7 +67,7 @@ PRIVATE_RAY_ENV = {
 }
 RAY_HEAD_LOG = "ray-head.log"
 LOG_DRAIN_S = 10.0
-"""Seconds ``flwr log --stream`` gets to write the last lines of a finished run before it is stopped."""
+"""Seconds the log stream gets to copy the last lines of a finished run before it is stopped."""
 STOP_GRACE_S = 10.0
 """Seconds the SuperLink (and with it SuperExec and the ServerApp) gets to stop before it is killed."""
 RAY_HEAD_GRACE_S = 1.0
@@ -143,14 +143,14 @@ def run_simulation(config: RunConfig, *, on_event: ProgressFn | None = None,
         app_dir = write_app(home / "app", config)
         wait_until_up(superlink.proc, env)
         run_id = control.submit(app_dir, federation_settings(config))
-        log = stream = control.stream_log(run_id, run_dir / "flower.log")
+        log = control.stream_log(run_id, run_dir / "flower.log")
         serverapp = ServerAppWatch(superlink.proc.pid, folder)
         status, details = follow(run_id, env, LOCAL, folder, on_event=on_event,
                                  broken=lambda: _exited(superlink.proc) or _head_exited(superlink.ray_head)
                                  or serverapp(),
-                                 stream_ended=stream.ended, status=lambda: _flower_status(control, run_id, env))
+                                 stream_ended=log.ended, status=lambda: _flower_status(control, run_id, env))
         if status.startswith("finished"):  # the stream ends by itself once it has every line of a finished run
-            stream.wait(LOG_DRAIN_S)
+            log.wait(LOG_DRAIN_S)
     finally:
         if log is not None:
             log.stop()
