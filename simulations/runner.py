@@ -14,8 +14,9 @@ start --head --block``, its own ports and temp dir under the run's home) at the 
 SuperLink and points ``RAY_ADDRESS`` at it: Ray's half-dozen daemons then boot while the SuperLink
 and the ServerApp do (one core idle most of that time), instead of after the ServerApp
 asked for them (about 6 s later on 2 cores); ``ray.init`` waits for a head still booting. The head
-is stopped with the SuperLink. Where the home path is too long for Ray's sockets, ``RAY_ADDRESS=local``
-lets Flower start Ray itself as before. With ``ray-address`` the cluster is checked first
+is stopped with the SuperLink. Its files go under the run's home, or under a short directory of its
+own where the home's path (in a long ``TMPDIR``) is too long for Ray's sockets; only where neither
+works does ``RAY_ADDRESS=local`` let Flower start Ray itself. With ``ray-address`` the cluster is checked first
 (:mod:`simulations.cluster`) and Flower's actors run there. ``init-args-*`` are never set: they break
 attaching to a cluster.
 """
@@ -74,6 +75,8 @@ RAY_HEAD_GRACE_S = 1.0
 """Seconds the private Ray head gets to stop before it is killed: its graceful stop takes ~4 s on 2 cores,
 and nothing of it is kept (its files go with the run's home)."""
 MAX_RAY_TMPDIR_CHARS = 36  # Ray's AF_UNIX socket paths under <RAY_TMPDIR>/ray/session_*/sockets must stay < 108
+SHORT_TMP = "/tmp"
+"""Where a private Ray's files go when the run's home is too long for its sockets (a long ``TMPDIR``)."""
 
 
 @dataclass(frozen=True)
@@ -104,13 +107,14 @@ def local_superlink(config: RunConfig) -> Iterator[LocalSuperLink]:
     home = Path(tempfile.mkdtemp(prefix="fedmodel-flwr-"))
     proc: subprocess.Popen[bytes] | None = None
     head: subprocess.Popen[bytes] | None = None
+    ray_root: Path | None = None
     try:
-        ray_address, ray_dir = config.ray_address or "local", _private_ray_dir(config, home)
-        if ray_dir:  # a private Ray whose sockets fit under the home: its own head, booting from now on
-            head, ray_address = _launch_ray_head(home)
+        ray_address, ray_root = config.ray_address or "local", _private_ray_root(config, home)
+        if ray_root is not None:  # a private Ray: its own head, booting from now on
+            head, ray_address = _launch_ray_head(home, ray_root)
         # ":local:" connects to the simulation SuperLink on these ports, which we start (and stop) ourselves
         env = flower_env(home, {"default": LOCAL, LOCAL: {"address": ":local:"}},
-                         ray_address=ray_address, **ray_dir,
+                         ray_address=ray_address, **({"RAY_TMPDIR": str(ray_root)} if ray_root else {}),
                          **({} if config.ray_address else PRIVATE_RAY_ENV),
                          FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(free_port()),
                          FLWR_LOCAL_CONTROL_API_PORT=str(free_port()))
@@ -121,6 +125,8 @@ def local_superlink(config: RunConfig) -> Iterator[LocalSuperLink]:
     finally:
         stop_processes((proc, STOP_GRACE_S), (head, RAY_HEAD_GRACE_S))
         shutil.rmtree(home, ignore_errors=True)
+        if ray_root is not None and ray_root != home:
+            shutil.rmtree(ray_root, ignore_errors=True)
 
 
 def run_simulation(config: RunConfig, *, on_event: ProgressFn | None = None,
@@ -184,11 +190,26 @@ def _flower_status(control: LocalControl, run_id: int, env: dict[str, str]) -> t
         return run_status(run_id, env, LOCAL)
 
 
-def _private_ray_dir(config: RunConfig, home: Path) -> dict[str, str]:
-    """A private Ray keeps its session files (and finds no ``ray_current_cluster``) under the run's home."""
-    if config.ray_address or len(str(home)) > MAX_RAY_TMPDIR_CHARS:
-        return {}  # RAY_ADDRESS=local alone already starts a new instance
-    return {"RAY_TMPDIR": str(home)}
+def _private_ray_root(config: RunConfig, home: Path) -> Path | None:
+    """Where the run's private Ray keeps its session files (and finds no ``ray_current_cluster``).
+
+    The run's home when Ray's socket paths fit under it; else a short directory of its own under
+    :data:`SHORT_TMP` (the home sits in ``TMPDIR``, and Ray would put its sockets there too: a long
+    ``TMPDIR`` failed every run); None on a cluster, or where no short directory can be made (Flower
+    then starts Ray itself, ``RAY_ADDRESS=local``).
+    """
+    if config.ray_address:
+        return None
+    if len(str(home)) <= MAX_RAY_TMPDIR_CHARS:
+        return home
+    try:
+        root = Path(tempfile.mkdtemp(prefix="fm-ray-", dir=SHORT_TMP))
+    except OSError:
+        return None
+    if len(str(root)) > MAX_RAY_TMPDIR_CHARS:
+        shutil.rmtree(root, ignore_errors=True)
+        return None
+    return root
 
 
 class ServerAppWatch:
@@ -247,24 +268,25 @@ def _exited(proc: subprocess.Popen[bytes] | None) -> str | None:
     return None
 
 
-def _launch_ray_head(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _launch_ray_head(home: Path, ray_root: Path) -> tuple[subprocess.Popen[bytes], str]:
     """Start the run's private Ray head (not waiting for it) and return it with its GCS address.
 
     Every port it opens is a free one (two simulations on one machine never meet), its session
-    files stay under ``home/ray`` (no ``ray_current_cluster`` for anyone else to join), it prestarts
-    no idle workers (:data:`PRIVATE_RAY_ENV`), runs no autoscaler and shows no dashboard. ``--block``
-    keeps it in the foreground, in a session of its own, so stopping it stops its daemons and workers.
+    files stay under ``ray_root/ray`` (no ``ray_current_cluster`` for anyone else to join; its log
+    goes to ``home``), it prestarts no idle workers (:data:`PRIVATE_RAY_ENV`), runs no autoscaler and
+    shows no dashboard. ``--block`` keeps it in the foreground, in a session of its own, so stopping it
+    stops its daemons and workers.
     """
     port = free_port()
     cmd = [
         tool("ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
-        "--temp-dir", str(home / "ray"), "--include-dashboard", "false", "--disable-usage-stats",
+        "--temp-dir", str(ray_root / "ray"), "--include-dashboard", "false", "--disable-usage-stats",
         "--no-monitor",  # no autoscaler for a fixed one-machine Ray (one Python daemon less: ~1 CPU s, ~60 MB)
         "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
         "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
         "--ray-client-server-port", str(free_port()),  # unused (Flower's driver joins the GCS), never 10001
     ]
-    env = {**os.environ, **PRIVATE_RAY_ENV, "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **PRIVATE_RAY_ENV, "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(ray_root)}
     env.pop("RAY_ADDRESS", None)
     with (home / RAY_HEAD_LOG).open("wb") as log_file:
         proc = subprocess.Popen(cmd, env=env, cwd=home, stdout=log_file, stderr=subprocess.STDOUT,

@@ -20,7 +20,7 @@ from fedmodel.config import RunConfig
 from fedmodel.errors import ConfigError
 from fedmodel.runs import flower_env, free_port
 from simulations.cluster import RayClusterError, RayNode, assess, check_cluster
-from simulations.runner import MAX_RAY_TMPDIR_CHARS, _private_ray_dir, federation_settings
+from simulations.runner import _private_ray_root, federation_settings
 
 simulate_module = importlib.import_module("fedmodel.cli.simulate")
 
@@ -166,6 +166,5 @@ def test_the_superlink_environment_never_inherits_a_ray_address(tmp_path: Path,
 
 def test_a_private_ray_keeps_its_files_under_the_run_home(tmp_path: Path) -> None:
     home = Path("/run/fedmodel-flwr-abcdefgh")  # only its length matters
-    assert _private_ray_dir(RunConfig(), home) == {"RAY_TMPDIR": str(home)}
-    assert _private_ray_dir(RunConfig(ray_address="127.0.0.1:6379"), home) == {}
-    assert _private_ray_dir(RunConfig(), Path("/" + "x" * MAX_RAY_TMPDIR_CHARS)) == {}  # socket paths too long
+    assert _private_ray_root(RunConfig(), home) == home
+    assert _private_ray_root(RunConfig(ray_address="127.0.0.1:6379"), home) is None

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -92,7 +94,7 @@ def test_a_private_ray_head_boots_beside_the_superlink_and_stops_with_it(monkeyp
     heads: list[tuple[Path, subprocess.Popen[bytes]]] = []
     links: list[tuple[dict[str, str], subprocess.Popen[bytes]]] = []
 
-    def launch_head(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+    def launch_head(home: Path, ray_root: Path) -> tuple[subprocess.Popen[bytes], str]:
         assert not links, "the head starts first: it boots while the SuperLink does"
         heads.append((home, sleeper()))
         return heads[-1][1], "127.0.0.1:45678"
@@ -116,18 +118,45 @@ def test_a_private_ray_head_boots_beside_the_superlink_and_stops_with_it(monkeyp
         links[0][1].kill()
 
 
-def test_without_a_short_home_or_with_a_cluster_flower_starts_or_joins_ray_itself(
+def test_a_home_too_long_for_rays_sockets_gets_a_short_ray_directory_of_its_own(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    heads: list[tuple[Path, Path]] = []
     envs: list[dict[str, str]] = []
-    monkeypatch.setattr(runner, "_launch_ray_head", lambda home: pytest.fail("no private head expected"))
+    monkeypatch.setattr(runner, "_launch_ray_head",
+                        lambda home, ray_root: heads.append((home, ray_root)) or (sleeper(), "127.0.0.1:45678"))
     monkeypatch.setattr(runner, "launch_superlink", lambda env, home: envs.append(env) or sleeper())
     monkeypatch.setattr(runner, "check_workers", lambda config: None)
-    long_home = tmp_path / ("x" * runner.MAX_RAY_TMPDIR_CHARS)
-    long_home.mkdir()
-    monkeypatch.setattr(runner.tempfile, "mkdtemp", lambda prefix: str(long_home))
+    long_tmp = tmp_path / ("x" * runner.MAX_RAY_TMPDIR_CHARS)  # a long TMPDIR: the run's home lands in it
+    long_tmp.mkdir()
+    short_tmp = Path(tempfile.mkdtemp(prefix="s-", dir="/tmp" if Path("/tmp").is_dir() else None))
+    monkeypatch.setattr(runner, "SHORT_TMP", str(short_tmp))
+    monkeypatch.setenv("TMPDIR", str(long_tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    try:
+        with runner.local_superlink(RunConfig(clients=2, rounds=1)) as link:
+            (home, ray_root), = heads
+            assert link.home == home and str(home).startswith(str(long_tmp))
+            assert ray_root.parent == short_tmp and len(str(ray_root)) <= runner.MAX_RAY_TMPDIR_CHARS
+            assert envs[0]["RAY_TMPDIR"] == str(ray_root) and envs[0]["RAY_ADDRESS"] == "127.0.0.1:45678"
+        assert not ray_root.exists() and not home.exists()  # both removed with the run
+    finally:
+        shutil.rmtree(short_tmp, ignore_errors=True)
+
+
+def test_without_a_short_directory_or_with_a_cluster_flower_starts_or_joins_ray_itself(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    envs: list[dict[str, str]] = []
+    monkeypatch.setattr(runner, "_launch_ray_head", lambda home, ray_root: pytest.fail("no private head expected"))
+    monkeypatch.setattr(runner, "launch_superlink", lambda env, home: envs.append(env) or sleeper())
+    monkeypatch.setattr(runner, "check_workers", lambda config: None)
+    long_tmp = tmp_path / ("x" * runner.MAX_RAY_TMPDIR_CHARS)
+    long_tmp.mkdir()
+    monkeypatch.setattr(runner, "SHORT_TMP", str(long_tmp))  # nowhere short either
+    monkeypatch.setenv("TMPDIR", str(long_tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)
     with runner.local_superlink(RunConfig(clients=2, rounds=1)) as link:
-        assert link.ray_head is None and envs[0]["RAY_ADDRESS"] == "local"
-    long_home.mkdir()
+        assert link.ray_head is None and envs[0]["RAY_ADDRESS"] == "local" and "RAY_TMPDIR" not in envs[0]
+    assert [p.name for p in long_tmp.iterdir()] == []  # the long Ray directory it tried was removed
     with runner.local_superlink(RunConfig(clients=2, rounds=1, ray_address="10.0.0.1:6379")) as link:
         assert link.ray_head is None and envs[1]["RAY_ADDRESS"] == "10.0.0.1:6379"
 
@@ -142,14 +171,15 @@ def test_the_ray_head_command_opens_only_free_ports_and_keeps_its_files_in_the_h
             assert kwargs["start_new_session"] is True
             env = kwargs["env"]
             assert isinstance(env, dict) and "RAY_ADDRESS" not in env and env["RAY_prestart_worker_first_driver"] == "0"
+            assert env["RAY_TMPDIR"] == str(tmp_path / "r")
 
     monkeypatch.setenv("RAY_ADDRESS", "10.9.9.9:6379")  # the caller's cluster is never the private head's
     monkeypatch.setattr(runner.subprocess, "Popen", Started)
-    _, address = runner._launch_ray_head(tmp_path)
+    _, address = runner._launch_ray_head(tmp_path, tmp_path / "r")
     (cmd,) = commands
     assert cmd[1:4] == ["start", "--head", "--block"]
     option = {cmd[i]: cmd[i + 1] for i in range(4, len(cmd) - 1) if cmd[i].startswith("--")}
-    assert address == f"127.0.0.1:{option['--port']}" and option["--temp-dir"] == str(tmp_path / "ray")
+    assert address == f"127.0.0.1:{option['--port']}" and option["--temp-dir"] == str(tmp_path / "r" / "ray")
     ports = [option[k] for k in ("--port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
                                  "--runtime-env-agent-port", "--metrics-export-port", "--ray-client-server-port")]
     assert len(set(ports)) == len(ports) and "10001" not in ports and "6379" not in ports
@@ -196,7 +226,7 @@ def test_only_a_private_ray_drops_flowers_runtime_env(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(runner, "launch_superlink", launch)
     monkeypatch.setattr(runner, "check_workers", lambda config: None)
-    monkeypatch.setattr(runner, "_launch_ray_head", lambda home: (launch({}, home), "127.0.0.1:1"))
+    monkeypatch.setattr(runner, "_launch_ray_head", lambda home, ray_root: (launch({}, home), "127.0.0.1:1"))
     try:
         with runner.local_superlink(RunConfig(clients=2, rounds=1)) as link:
             assert link.env["RAY_RUNTIME_ENV_HOOK"] == "simulations.ray_env.drop_pythonpath"
