@@ -94,6 +94,15 @@ class LocalControl:
             raise SimulationError(f"the SuperLink did not start the run{': ' + response.note if response.note else ''}")
         return int(response.run_id)
 
+    def stop_run(self, run_id: int) -> bool:
+        """``flwr stop RUN_ID``: True if the SuperLink stopped the run (best effort: False on any failure)."""
+        from flwr.proto.control_pb2 import StopRunRequest
+
+        try:
+            return bool(self.client().StopRun(StopRunRequest(run_id=run_id)).success)
+        except Exception:  # noqa: BLE001  (a SuperLink already gone or never reached)
+            return False
+
     def stream_log(self, run_id: int, path: Path) -> LogStream:
         """``flwr log RUN_ID --stream > path``, in a background thread."""
         return LogStream(self, run_id, path)
@@ -114,6 +123,7 @@ class LogStream:
         self.path = path
         self.error: str | None = None
         self._stop = threading.Event()
+        self._client: Any = None
         path.write_bytes(b"")
         self._thread = threading.Thread(target=self._copy, args=(control, run_id), name=f"flower-log-{run_id}",
                                         daemon=True)
@@ -123,7 +133,9 @@ class LogStream:
         try:
             from flwr.proto.control_pb2 import StreamLogsRequest
 
-            client = control.new_client()  # its own connection: the shared one keeps answering status requests
+            self._client = client = control.new_client()  # its own connection: the shared one answers status requests
+            if self._stop.is_set():
+                return
             with self.path.open("a", encoding="utf-8") as out:
                 for piece in client.StreamLogs(StreamLogsRequest(run_id=run_id, after_timestamp=0.0)):
                     out.write(piece.log_output)
@@ -145,5 +157,11 @@ class LogStream:
         self._thread.join(timeout=timeout_s)
 
     def stop(self) -> None:
-        """Stop copying (the thread stops at its next line, or when the SuperLink closes the stream)."""
+        """Stop copying now: the open stream is closed (a SuperLink stops gracefully only once no request is open)."""
         self._stop.set()
+        client = self._client
+        if client is not None and not self.ended():
+            try:
+                client.close()  # the copying thread's read fails at once and it ends quietly
+            except Exception:  # noqa: BLE001  (closing a connection that is already going away)
+                pass

@@ -27,6 +27,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -69,6 +70,8 @@ PRIVATE_RAY_ENV = {
 RAY_HEAD_LOG = "ray-head.log"
 LOG_DRAIN_S = 10.0
 """Seconds the log stream gets to copy the last lines of a finished run before it is stopped."""
+STOPPED_LOG_WAIT_S = 3.0
+"""Seconds the log stream of a run stopped early (Ctrl-C, a broken run) gets to end before it is cut."""
 STOP_GRACE_S = 10.0
 """Seconds the SuperLink (and with it SuperExec and the ServerApp) gets to stop before it is killed."""
 RAY_HEAD_GRACE_S = 1.0
@@ -159,6 +162,10 @@ def run_simulation(config: RunConfig, *, on_event: ProgressFn | None = None,
             log.wait(LOG_DRAIN_S)
     finally:
         if log is not None:
+            if not log.ended():  # interrupted or broken: the SuperLink stops gracefully only once the stream is closed
+                # (else it takes its whole grace period), and it closes a stopped run's stream itself
+                threading.Thread(target=control.stop_run, args=(run_id,), daemon=True).start()  # a hung one: no wait
+                log.wait(STOPPED_LOG_WAIT_S)
             log.stop()
         _keep_ray_head_log(superlink.ray_head, home, run_dir)  # before it is stopped: only if it died
         stop_processes((superlink.proc, STOP_GRACE_S), (superlink.ray_head, RAY_HEAD_GRACE_S))

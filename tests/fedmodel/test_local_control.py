@@ -148,3 +148,50 @@ def test_a_stopped_log_stream_ends_quietly(tmp_path: Path) -> None:
     stream.wait(10)
     assert stream.ended() and stream.error is None
     assert "ended early" not in (tmp_path / "flower.log").read_text()
+
+
+class HangingClient(FakeClient):
+    """A stream that sends one line and then waits, as a live run's does, until the connection is closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closing = threading.Event()
+
+    def StreamLogs(self, request: Any) -> Iterator[StreamLogsResponse]:  # noqa: N802
+        yield StreamLogsResponse(log_output="INFO: [ROUND 1]\n", latest_timestamp=1.0)
+        assert self.closing.wait(30)
+        raise ConnectionError("connection closed")
+
+    def close(self) -> None:
+        super().close()
+        self.closing.set()
+
+
+def test_stopping_a_live_log_stream_closes_its_connection_at_once(tmp_path: Path) -> None:
+    # the SuperLink's graceful stop waits for open requests: an open stream held it for its whole grace period
+    client = HangingClient()
+    stream = control_with(client).stream_log(7, tmp_path / "flower.log")
+    for _ in range(100):
+        if (tmp_path / "flower.log").read_text():
+            break
+        threading.Event().wait(0.05)
+    assert not stream.ended()
+    stream.stop()
+    stream.wait(5)
+    assert stream.ended() and client.closed and stream.error is None
+    assert (tmp_path / "flower.log").read_text() == "INFO: [ROUND 1]\n"
+
+
+def test_stop_run_says_whether_the_superlink_stopped_it() -> None:
+    class Stopping(FakeClient):
+        def StopRun(self, request: Any) -> Any:  # noqa: N802
+            from flwr.proto.control_pb2 import StopRunResponse
+
+            self.requests.append(request)
+            if self.refuse:
+                raise ConnectionError("gone")
+            return StopRunResponse(success=True)
+
+    client = Stopping()
+    assert control_with(client).stop_run(7) is True and client.requests[0].run_id == 7
+    assert control_with(Stopping(refuse=True)).stop_run(7) is False  # best effort: never raises

@@ -236,3 +236,52 @@ def test_only_a_private_ray_drops_flowers_runtime_env(monkeypatch: pytest.Monkey
     finally:
         for proc in started:
             proc.kill()
+
+
+def test_an_interrupted_run_is_stopped_so_that_its_log_stream_ends_before_the_superlink_stops(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    class Stream:
+        def __init__(self) -> None:
+            self.stopped = False
+
+        def ended(self) -> bool:
+            return "stop_run" in calls  # the SuperLink ends a stopped run's stream
+
+        def wait(self, timeout_s: float) -> None:
+            deadline = time.monotonic() + timeout_s
+            while not self.ended() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            calls.append(f"waited, ended={self.ended()}")
+
+        def stop(self) -> None:
+            calls.append("log.stop")
+
+    class Control:
+        def submit(self, app_dir: Path, federation: dict[str, Any]) -> int:
+            return 7
+
+        def stream_log(self, run_id: int, path: Path) -> Stream:
+            return Stream()
+
+        def stop_run(self, run_id: int) -> bool:
+            assert run_id == 7
+            calls.append("stop_run")
+            return True
+
+    def interrupted(*args: object, **kwargs: object) -> tuple[str, str]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "wait_until_up", lambda proc, env: None)
+    monkeypatch.setattr(runner, "follow", interrupted)
+    monkeypatch.setattr(runner, "stop_processes", lambda *stops: calls.append("stop_processes"))
+    home = tmp_path / "home"
+    home.mkdir()
+    link = runner.LocalSuperLink(home, {"FLWR_HOME": str(home)}, sleeper(), time.time(), Control())  # type: ignore[arg-type]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run_simulation(RunConfig(clients=2, rounds=1, out=str(tmp_path / "run")), superlink=link)
+    finally:
+        link.proc.kill()
+    assert calls == ["stop_run", "waited, ended=True", "log.stop", "stop_processes"]
