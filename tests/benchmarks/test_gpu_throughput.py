@@ -39,4 +39,7 @@ def test_the_table_has_a_row_per_batch_with_every_mode_and_its_ratio_to_no_dp() 
         assert len(cells) == 1 + 4 + 3 and all(c.endswith("x") for c in cells[5:])
         rates = [float(c.replace(",", "")) for c in cells[1:5]]
         assert all(r > 0 for r in rates)
-        assert float(cells[5][:-1]) == pytest.approx(rates[1] / rates[0], abs=0.006)
+        # the rates are printed rounded to whole samples/s (slow CPU rates: a few per second), the ratio from
+        # the exact ones: it must lie within what the printed rates allow, and within 0.005 of its own rounding
+        low, high = (rates[1] - 0.5) / (rates[0] + 0.5), (rates[1] + 0.5) / max(rates[0] - 0.5, 1e-9)
+        assert low - 0.005 <= float(cells[5][:-1]) <= high + 0.005
