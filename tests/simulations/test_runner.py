@@ -128,7 +128,7 @@ def test_a_home_too_long_for_rays_sockets_gets_a_short_ray_directory_of_its_own(
     monkeypatch.setattr(runner, "check_workers", lambda config: None)
     long_tmp = tmp_path / ("x" * runner.MAX_RAY_TMPDIR_CHARS)  # a long TMPDIR: the run's home lands in it
     long_tmp.mkdir()
-    short_tmp = Path(tempfile.mkdtemp(prefix="s-", dir="/tmp" if Path("/tmp").is_dir() else None))
+    short_tmp = Path(tempfile.mkdtemp(prefix="s-", dir=runner.SHORT_TMP if Path(runner.SHORT_TMP).is_dir() else None))
     monkeypatch.setattr(runner, "SHORT_TMP", str(short_tmp))
     monkeypatch.setenv("TMPDIR", str(long_tmp))
     monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
