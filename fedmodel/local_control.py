@@ -134,15 +134,17 @@ class LogStream:
             from flwr.proto.control_pb2 import StreamLogsRequest
 
             self._client = client = control.new_client()  # its own connection: the shared one answers status requests
-            if self._stop.is_set():
-                return
-            with self.path.open("a", encoding="utf-8") as out:
-                for piece in client.StreamLogs(StreamLogsRequest(run_id=run_id, after_timestamp=0.0)):
-                    out.write(piece.log_output)
-                    out.flush()
-                    if self._stop.is_set():
-                        break
-            client.close()
+            try:
+                if self._stop.is_set():
+                    return
+                with self.path.open("a", encoding="utf-8") as out:
+                    for piece in client.StreamLogs(StreamLogsRequest(run_id=run_id, after_timestamp=0.0)):
+                        out.write(piece.log_output)
+                        out.flush()
+                        if self._stop.is_set():
+                            break
+            finally:
+                client.close()
         except Exception as exc:  # a stream cut by the SuperLink's stop, or one that failed: the file says so
             if not self._stop.is_set():
                 self.error = f"{type(exc).__name__}: {exc}"
@@ -157,7 +159,11 @@ class LogStream:
         self._thread.join(timeout=timeout_s)
 
     def stop(self) -> None:
-        """Stop copying now: the open stream is closed (a SuperLink stops gracefully only once no request is open)."""
+        """Stop copying now: this side's connection is closed and the thread ends at once.
+
+        The SuperLink's side of the stream lives on until the run is finished; a run ended early must be
+        stopped (:meth:`LocalControl.stop_run`) before the SuperLink can stop gracefully.
+        """
         self._stop.set()
         client = self._client
         if client is not None and not self.ended():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 
 from fedbench.scenarios import FEDMODEL_DP, FEDMODEL_NO_DP, REFERENCE
@@ -112,20 +113,15 @@ def format_results(results: list[VariantResult]) -> str:
 
 
 def _median(values: list[float]) -> float | None:
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return statistics.median(values) if values else None
 
 
 def _spread(values: list[float]) -> str:
-    """``mean ± sd (min-max)`` of the values, or ``-``."""
+    """``mean ± sd (min-max)`` of the values (the sample standard deviation), or ``-``."""
     if not values:
         return "-"
-    mean = sum(values) / len(values)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return f"{mean:.3f} ± {sd:.3f} ({min(values):.3f}-{max(values):.3f})"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {sd:.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
 def format_repeats(repeats: list[list[VariantResult]], seeds: list[int]) -> str:
@@ -146,12 +142,12 @@ def format_repeats(repeats: list[list[VariantResult]], seeds: list[int]) -> str:
         "|---|---|---|---|---|---|",
     ]
     medians: dict[str, tuple[float | None, float | None]] = {}
-    for name in names:
+    for i, name in enumerate(names):
         results = done[name]
         wall = _median([r.wall_s for r in results if r.wall_s is not None])
         first = _median([r.first_round_s for r in results if r.first_round_s is not None])
         medians[name] = (wall, first)
-        per_seed = " / ".join(_num(run[names.index(name)].accuracy, 3) for run in repeats)
+        per_seed = " / ".join(_num(run[i].accuracy, 3) for run in repeats)
         lines.append(f"| {name} | {len(results)} of {len(repeats)} | {_num(wall, 1)} | {_num(first, 1)} | "
                      f"{_spread([r.accuracy for r in results if r.accuracy is not None])} | {per_seed} |")
     lines += ["", "| ratio of medians | wall | first round |", "|---|---|---|"]
