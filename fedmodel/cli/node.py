@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from fedmodel.cli.console import err, fail, out
 from fedmodel.deployment.coordinator import flwr_env
+from fedmodel.deployment.guard import guarded_env
 from fedmodel.deployment.process import run_foreground
 from fedmodel.deployment.node import exit_hint, open_node_ledger, privacy_policy, supernode_command
 from fedmodel.errors import FedModelError
@@ -114,7 +115,7 @@ def start(
     out.print(f"{'ledger':<8} {escape(str(ledger))}{' (encrypted)' if encrypted else ''}; audit log "
               f"{escape(str(state / 'audit.log'))}", highlight=False, soft_wrap=True)
     lines: deque[str] = deque(maxlen=400)
-    result = run_foreground(cmd, env=flwr_env(state), cwd=state, log_path=state / "supernode.log",
+    result = run_foreground(cmd, env=guarded_env(flwr_env(state), state), cwd=state, log_path=state / "supernode.log",
                             on_line=lines.append)
     if result.interrupted:
         out.print(f"node stopped (flower-supernode exit code {result.code})", highlight=False)
