@@ -35,6 +35,7 @@ from fedmodel.report.run_folder import RunFolder
 from fedmodel.security.audit_log import AuditLog
 from fedmodel.training import evaluate
 from server.audit import UpdateAudit, audit_run
+from server.identity import IdentifiedGrid, NodeNames
 from server.recorder import RunRecorder
 from server.resume import handbacks, open_checkpoint, resume, save_round, train_config
 from server.rounds import run_rounds
@@ -66,6 +67,10 @@ def main(grid: Grid, context: Context) -> None:
     audit.append("run-start", run_id=str(context.run_id), host=platform.node(), config=config.to_mapping())
     recorder = RunRecorder(config, folder, audit=audit)
     try:
+        names = NodeNames.from_environment()  # a coordinator's registry: owners named by their admitted key
+        if names is not None:
+            grid = IdentifiedGrid(grid, names, recorder.identity_claim)  # type: ignore[assignment]
+            recorder.identity_source = f"the coordinator's node registry {names.path} (Flower node id of the reply)"
         if config.task != "tabular":  # a language model: only LoRA adapters travel (server.text)
             from server.text import run_text
 

@@ -5,11 +5,14 @@ coordinator gave), that were sent the round but did not answer before ``round-ti
 (``timed_out``) and, of the owners heard from before, those whose node was not connected
 (``not_connected``). A node is named by the owner it last answered for; one never heard from is
 ``node <id>``. :meth:`RunRecorder.state` and :meth:`RunRecorder.restore` carry all of it through a
-checkpoint.
+checkpoint. In a deployment the owner is the coordinator's registry name of the replying node
+(:mod:`server.identity`); a reply that claimed another name is listed in ``identity.claims`` and
+flagged with ``claimed_name`` on the owner's entries.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import platform
 import time
@@ -28,6 +31,7 @@ from fedmodel.report.run_folder import RunFolder
 from fedmodel.security.audit_log import AuditLog
 
 
+log = logging.getLogger("fedmodel.server")
 OwnerId = int | str
 R = TypeVar("R", ArrayRecord, MetricRecord, ConfigRecord)
 
@@ -72,6 +76,8 @@ class RunRecorder:
         self.central: dict[str, Any] | None = None  # central DP's releases (server.central_dp)
         self._seconds_before = 0.0  # ServerApp time spent before the latest resume
         self._round: _Round | None = None
+        self.identity_source: str | None = None  # where owners' names come from, when not from the replies
+        self.identity_claims: list[dict[str, Any]] = []  # replies that claimed a name other than their node's
 
     # ------------------------------------------------------------------ strategy hooks
     def round_started(self, server_round: int) -> None:
@@ -242,6 +248,24 @@ class RunRecorder:
                                                    "not_connected")})
         self._round = None
 
+    def identity_claim(self, node_id: int, owner: str, claimed: str) -> None:
+        """A reply from ``node_id`` (registry name ``owner``) claimed to be ``claimed``: flagged, never believed."""
+        if any(c["node_id"] == node_id and c["claimed_name"] == claimed for c in self.identity_claims):
+            return
+        server_round = self._round.number if self._round is not None else None
+        self.identity_claims.append({"node_id": node_id, "owner": owner, "claimed_name": claimed,
+                                     "round": server_round})
+        log.warning("node %d (%s) replied claiming to be owner %s; reported as %s", node_id, owner, claimed, owner)
+        self.folder.event("identity-claim", node_id=node_id, owner=owner, claimed_name=claimed, round=server_round)
+        if self.audit is not None:
+            self.audit.append("identity-claim", node_id=node_id, owner=owner, claimed_name=claimed,
+                              round=server_round, warning=f"reply claimed another owner's name; reported as {owner}")
+
+    def _claimed(self, owner: OwnerId) -> dict[str, list[str]]:
+        """``{"claimed_name": [...]}`` for an owner whose node claimed other names, else nothing."""
+        names = sorted({c["claimed_name"] for c in self.identity_claims if c["owner"] == owner})
+        return {"claimed_name": names} if names else {}
+
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
         """Everything the report needs from the rounds so far, JSON-compatible (owners keep their type)."""
@@ -255,7 +279,7 @@ class RunRecorder:
             "owner_quality": pairs(self.owner_quality), "scaling": self.scaling,
             "owner_state": [[o, r, s] for o, (r, s) in self.owner_state.items()],
             "node_owner": pairs(self.node_owner), "resumes": self.resumes, "refusals": self.refusals,
-            "central": self.central,
+            "central": self.central, "identity_claims": self.identity_claims,
             "seconds_before": round(time.time() - self.started, 3) + self._seconds_before,
         }
 
@@ -275,6 +299,7 @@ class RunRecorder:
         self.resumes = list(state["resumes"])
         self.refusals = list(state.get("refusals", []))
         self.central = state.get("central")
+        self.identity_claims = list(state.get("identity_claims", []))
         self._seconds_before = float(state.get("seconds_before", 0.0))
 
     def _keep_state(self, server_round: int, owner: OwnerId, msg: Message) -> None:
@@ -296,7 +321,7 @@ class RunRecorder:
             {"owner": o, "num_examples": int(m["num-examples"]), 
              "train_loss": self.owner_train.get(o, {}).get("train-loss"),
              **{k: m.get(k) for k in ("accuracy", "precision", "recall", "f1")}, "loss": m.get("loss"),
-             "ray_node": self.owner_node.get(o)}
+             "ray_node": self.owner_node.get(o), **self._claimed(o)}
             for o, m in sorted(self.owner_eval.items(), key=lambda item: _sort_key(item[0]))
         ]
         privacy: dict[str, Any] = {"mode": "dp-sgd" if c.dp else "none"}
@@ -312,7 +337,7 @@ class RunRecorder:
                      "epsilon_scaling_statistics": self._scaling_epsilon(o),
                      "noise_multiplier": m["noise-multiplier"], "sample_rate": m["sample-rate"],
                      "steps": int(m["steps"]), "max_grad_norm": m["max-grad-norm"], "delta": m["delta"],
-                     "num_examples": int(m["num-examples"])}
+                     "num_examples": int(m["num-examples"]), **self._claimed(o)}
                     for o, m in sorted(self.owner_privacy.items(), key=lambda item: _sort_key(item[0]))
                 ],
             })
@@ -322,6 +347,10 @@ class RunRecorder:
         if self.privacy_audit is not None:
             privacy["audit"] = self.privacy_audit
         privacy["client_level"] = central_summary(self.central, c.delta)
+        identity = {}  # deployments with a node registry only: simulated owners are their partition numbers
+        if self.identity_source or self.identity_claims:
+            identity = {"identity": {"source": self.identity_source or "the replies (self-declared)",
+                                     "claims": self.identity_claims}}
         return _nan_to_none({
             "status": status, "reason": reason, "dataset": c.dataset_label, "num_clients": c.clients,
             "num_rounds": c.rounds, "strategy": c.strategy, "model": c.model, "partition": str(c.partition),
@@ -341,7 +370,7 @@ class RunRecorder:
             },
             "timing": {"serverapp_seconds": round(time.time() - self.started + self._seconds_before, 3)},
             "resumed": self.resumes,
-            "versions": _versions(), "config": c.to_mapping(),
+            "versions": _versions(), "config": c.to_mapping(), **identity,
             "notes": [
                 "The DP guarantee covers the model updates. Each owner's shard size, mean training loss and "
                 "the metrics of the global model on its shard are released as plain numbers, outside it.",

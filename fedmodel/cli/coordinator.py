@@ -14,13 +14,13 @@ from fedmodel.cli.console import err, fail, out
 from fedmodel.deployment.coordinator import (
     NodeEntry,
     allow_node,
-    flwr_env,
     join_address,
     list_nodes,
     read_nodes,
     revoke_node,
     split_address,
     superlink_command,
+    superlink_env,
     write_connection,
 )
 from fedmodel.deployment.process import run_foreground
@@ -64,7 +64,8 @@ def start(
     if insecure:
         _warn_insecure()
     _print_start(state, address, connection, ca, sans)
-    result = run_foreground(cmd, env=flwr_env(state), cwd=state, log_path=state / "superlink.log")
+    env = superlink_env(state, insecure=insecure)  # its ServerApps name owners by the node registry
+    result = run_foreground(cmd, env=env, cwd=state, log_path=state / "superlink.log")
     if result.interrupted:
         out.print(f"coordinator stopped (flower-superlink exit code {result.code})", highlight=False)
     elif result.code != 0:

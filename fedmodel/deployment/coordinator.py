@@ -7,6 +7,10 @@ neither names nor keys in ``flwr supernode list``, so fedmodel keeps its own reg
 coordinator uses its own Flower home, ``STATE/flwr_home``, whose ``config.toml`` names one connection,
 ``fedmodel``. The ``flwr`` CLI exits 0 even when a ``--format json`` command fails, so every answer's
 ``success`` is checked here.
+
+The registry is also what the coordinator's ServerApp names owners by: ``coordinator start`` puts its
+path in :data:`REGISTRY_ENV` on the SuperLink, whose SuperExec and ``flwr-serverapp`` processes
+inherit it (``server.identity`` maps a reply's Flower node id, bound to the admitted key, to a name).
 """
 
 from __future__ import annotations
@@ -35,12 +39,14 @@ from fedmodel.security.certs import fingerprint
 __all__ = [
     "CONNECTION", "DeploymentError", "NodeEntry", "allow_node", "flwr_env", "flwr_home", "join_address",
     "list_nodes", "read_nodes", "registry_path", "revoke_node", "split_address",
-    "superlink_command", "write_connection",
+    "superlink_command", "write_connection", "REGISTRY_ENV", "read_registry", "superlink_env",
 ]
 
 CONNECTION = "fedmodel"
 CERT_FILES = ("ca.crt", "server.pem", "server.key")
 REGISTRY_FILE = "nodes.json"
+REGISTRY_ENV = "FEDMODEL_NODE_REGISTRY"
+"""Environment variable of the SuperLink (inherited by its ServerApps): the absolute path of ``STATE/nodes.json``."""
 FLWR_TIMEOUT_S = 60.0
 KEY_FORMAT = "ecdsa-sha2-nistp384 AAAA... (one line, OpenSSH format)"
 KEY_HINT = (f"expected an OpenSSH public key line `{KEY_FORMAT}`; the site makes its key pair with "
@@ -202,6 +208,19 @@ def flwr_env(state_dir: Path) -> dict[str, str]:
     return env
 
 
+def superlink_env(state_dir: Path, *, insecure: bool) -> dict[str, str]:
+    """The coordinator's SuperLink environment: :func:`flwr_env` plus :data:`REGISTRY_ENV` (not when ``insecure``).
+
+    Flower starts ``flower-superexec`` and each ``flwr-serverapp`` with the SuperLink's environment,
+    so fedmodel's ServerApp finds the registry there. Without node authentication (``insecure``) a
+    node id is bound to no key, so no registry is named and owners stay self-declared.
+    """
+    env = flwr_env(state_dir)
+    if not insecure:
+        env[REGISTRY_ENV] = str(registry_path(state_dir))
+    return env
+
+
 def write_connection(state_dir: Path, address: str, ca_cert: Path | None) -> Path:
     """Write the ``fedmodel`` connection, the default one, into ``STATE/flwr_home/config.toml``.
 
@@ -280,7 +299,17 @@ def read_nodes(state_dir: Path) -> list[NodeEntry]:
     DeploymentError
         The registry file is unreadable or malformed (named).
     """
-    path = registry_path(state_dir)
+    return read_registry(registry_path(state_dir))
+
+
+def read_registry(path: Path) -> list[NodeEntry]:
+    """The entries of the registry file ``path`` (empty when it does not exist yet).
+
+    Raises
+    ------
+    DeploymentError
+        The file is unreadable or malformed (named).
+    """
     if not path.exists():
         return []
     try:

@@ -117,6 +117,7 @@ def test_sites_requiring_secagg_train_a_secure_run_and_refuse_a_plain_one(tmp_pa
     assert report["status"] == "completed"
     assert [(r["num_replies"], r["num_failures"]) for r in report["rounds"]] == [(3, 0)]
     assert {o["owner"] for o in report["privacy"]["owners"]} == set(SITES)
+    assert "node registry" in report["identity"]["source"] and report["identity"]["claims"] == []  # named by key
     assert all(0 < o["epsilon"] <= 3 for o in report["privacy"]["owners"])
     events = [json.loads(line) for line in (tmp_path / "secure" / "progress.jsonl").read_text().splitlines()]
     assert [e["completed"] for e in events if e["event"] == "secure-aggregation"] == [True]

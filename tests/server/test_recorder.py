@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import csv
+import json
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
 
 import clients.app as client_app
 from fedmodel.config import RunConfig
 from fedmodel.errors import AllClientsFailedError
 from fedmodel.models import build_model
+from fedmodel.protocol import OWNER_RECORD_KEY
 from fedmodel.report.run_folder import RunFolder
 from server.recorder import RunRecorder
 
@@ -96,3 +99,74 @@ def test_totals_across_runs_and_refusals_reach_the_report_and_the_coordinators_a
     entry = read_entries(tmp_path / "again" / "audit.log")[0][0]
     assert entry.event == "train-replies" and entry.fields["replies"] == []
     assert [f["owner"] for f in entry.fields["failures"]] == [0, 1]
+
+
+# ---------------------------------------------------------------- owners named by their admitted key (deployment)
+def deployed_reply(msg: Message, claimed: str, epsilon: float) -> Message:
+    """A deployed owner's train reply as clients.app writes it: the name is whatever the node puts there."""
+    metrics = {"num-examples": 50.0, "train-loss": 0.5, "epsilon": epsilon, "budget-epsilon": 3.0,
+               "noise-multiplier": 1.1, "sample-rate": 0.3, "steps": 4.0, "max-grad-norm": 1.0, "delta": 1e-5}
+    return Message(RecordDict({"metrics": MetricRecord(metrics),  # type: ignore[arg-type]
+                               OWNER_RECORD_KEY: ConfigRecord({"name": claimed})}), reply_to=msg)
+
+
+class SitesGrid:
+    """Nodes answering with prepared replies: ``answers[node](msg)``; Flower sets a reply's src_node_id."""
+
+    def __init__(self, answers: dict[int, Callable[[Message], Message]]) -> None:
+        self.answers = answers
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        return [self.answers[int(m.metadata.dst_node_id)](m) for m in messages]
+
+
+def test_a_node_claiming_another_sites_name_is_reported_under_its_registry_name(tmp_path: Path) -> None:
+    from fedmodel.deployment.coordinator import NodeEntry
+    from fedmodel.security.audit_log import AuditLog, read_entries
+    from server.identity import IdentifiedGrid, NodeNames
+
+    registry = tmp_path / "coordinator" / "nodes.json"
+    registry.parent.mkdir()
+    sites = (("site-a", 11), ("site-b", 12), ("site-d", 13))
+    registry.write_text(json.dumps({"nodes": [NodeEntry(n, i, "f" * 64, "ecdsa-sha2-nistp384 AAAA", "allowed").to_record()
+                                              for n, i in sites]}))
+    config = RunConfig(clients=4, rounds=1, epsilon=3.0, out=str(tmp_path / "run"))
+    folder = RunFolder(tmp_path / "run")
+    folder.create(config.to_mapping())
+    recorder = RunRecorder(config, folder, audit=AuditLog(tmp_path / "run" / "audit.log"))
+    refusal = "owner site-b: refused by the owner's privacy policy (dp-required): the run has dp = false"
+    grid = IdentifiedGrid(SitesGrid({
+        11: lambda m: deployed_reply(m, "site-b", 2.9),  # site-a poses as site-b
+        12: lambda m: deployed_reply(m, "site-b", 0.7),  # the real site-b
+        99: lambda m: deployed_reply(m, "site-c", 0.8),  # a node the coordinator never admitted
+        13: lambda m: Message(Error(code=0, reason=refusal), reply_to=m),  # site-d's error, in site-b's name
+    }), NodeNames(registry), recorder.identity_claim)
+    messages = [make_message(metadata=Metadata(
+        run_id=1, message_id=f"to-{n}", src_node_id=0, dst_node_id=n, reply_to_message_id="", group_id="1",
+        created_at=time.time(), ttl=600.0, message_type=MessageType.TRAIN),
+        content=RecordDict({"config": ConfigRecord({"server-round": 1})})) for n in (11, 12, 99, 13)]
+    recorder.round_started(1)
+    answered = grid.send_and_receive(messages)
+    recorder.train_sent(1, messages, answered)
+    recorder.train_replies(1, answered)
+    recorder.central_evaluation(1, {"loss": 1.0, "accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5})
+    report = recorder.report("completed")
+
+    row = report["rounds"][0]
+    assert row["replied"] == ["node 99", "site-a", "site-b"]
+    assert [(f["node_id"], f["owner"]) for f in row["failures"]] == [(13, "site-d")]
+    assert [(r["owner"], r["rule"]) for r in report["privacy"]["refusals"]] == [("site-d", "dp-required")]
+    owners = {o["owner"]: o for o in report["privacy"]["owners"]}
+    assert (owners["site-a"]["epsilon"], owners["site-a"]["claimed_name"]) == (2.9, ["site-b"])
+    assert owners["site-b"]["epsilon"] == 0.7 and "claimed_name" not in owners["site-b"]  # not overwritten
+    assert owners["node 99"]["claimed_name"] == ["site-c"]
+    assert [(c["node_id"], c["owner"], c["claimed_name"]) for c in report["identity"]["claims"]] == [
+        (11, "site-a", "site-b"), (99, "node 99", "site-c"), (13, "site-d", "site-b")]
+    entries, _ = read_entries(tmp_path / "run" / "audit.log")
+    warned = [(e.fields["node_id"], e.fields["claimed_name"]) for e in entries if e.event == "identity-claim"]
+    assert warned == [(11, "site-b"), (99, "site-c"), (13, "site-b")]
+
+    # a site admitted while the run goes on is named as soon as it answers
+    registry.write_text(json.dumps({"nodes": [NodeEntry("site-e", 99, "e" * 64, "k", "allowed").to_record()]}))
+    (again,) = grid.send_and_receive(messages[2:3])
+    assert again.content[OWNER_RECORD_KEY]["name"] == "site-e"

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from fedmodel.cli.coordinator import coordinator_app
 from fedmodel.deployment.coordinator import (
+    REGISTRY_ENV,
     DeploymentError,
     allow_node,
     flwr_env,
@@ -30,6 +31,7 @@ from fedmodel.deployment.coordinator import (
     revoke_node,
     split_address,
     superlink_command,
+    superlink_env,
     write_connection,
 )
 from fedmodel.deployment.process import ProcessExit, run_foreground
@@ -300,3 +302,24 @@ def test_allow_node_cli_prints_one_error_line(state: Path, tmp_path: Path) -> No
     assert result.exit_code == 2
     assert result.output.startswith("error: ") and "Traceback" not in result.output
     assert "site.pub" in result.output and "fedmodel node keygen" in result.output
+
+
+def test_the_superlink_names_the_registry_for_its_serverapps_unless_insecure(certs: CertPaths, tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, dict[str, str]] = {}
+
+    def run(cmd: list[str], *, env: dict[str, str], cwd: Path, log_path: Path) -> ProcessExit:
+        seen[cmd[0]] = env
+        return ProcessExit(0, True)
+
+    monkeypatch.setattr("fedmodel.cli.coordinator.run_foreground", run)
+    app = typer.Typer()
+    app.add_typer(coordinator_app, name="coordinator")
+    state = tmp_path / "state"
+    result = CliRunner().invoke(app, ["coordinator", "start", "--certs", str(certs.ca_cert.parent), "--state-dir",
+                                      str(state)])
+    assert result.exit_code == 0, result.output
+    (env,) = seen.values()
+    assert env[REGISTRY_ENV] == str(state.absolute() / "nodes.json")  # Flower passes it on to flwr-serverapp
+    assert superlink_env(state, insecure=False) == env
+    assert REGISTRY_ENV not in superlink_env(state, insecure=True)  # no node auth: no key names anybody
