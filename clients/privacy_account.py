@@ -46,6 +46,27 @@ def owner_account(owner: str, config: RunConfig, context: Context) -> OwnerAccou
     return account
 
 
+LOCAL_STATISTICS_KEY = "fedmodel-local-statistics-audit"
+"""``context.state`` record set once the run's use of local statistics is in the owner's audit log."""
+
+
+def record_local_statistics(owner: str, config: RunConfig, context: Context, uses: tuple[str, ...]) -> None:
+    """Append that the owner's own statistics clean its rows (its ``--allow-local-statistics``), once per run and use.
+
+    Raises what the audit log raises: a node that cannot record its opt-in does not use it.
+    """
+    recorded = list(context.state[LOCAL_STATISTICS_KEY]["options"]) if LOCAL_STATISTICS_KEY in context.state else []  # type: ignore[arg-type]
+    if set(uses) <= set(recorded):
+        return
+    account = _account(owner, config, context)[0]
+    if account.audit is not None:
+        account.audit.append("local-statistics", owner=owner, run_id=account.run.run_id,
+                             coordinator=account.run.coordinator, options=list(uses),
+                             reason="allowed by the owner (--allow-local-statistics): outside DP-SGD's "
+                                    "record-level guarantee")
+    context.state[LOCAL_STATISTICS_KEY] = ConfigRecord({"options": sorted(set(recorded) | set(uses))})
+
+
 def record_refusal(owner: str, context: Context, exc: BaseException) -> None:
     """Append a refusal (budget or policy) to the owner's audit log; never raises (the reply says why anyway)."""
     if not isinstance(exc, (PrivacyBudgetExceeded, PolicyViolation)):
