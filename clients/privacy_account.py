@@ -55,7 +55,8 @@ def record_local_statistics(owner: str, config: RunConfig, context: Context, use
 
     Raises what the audit log raises: a node that cannot record its opt-in does not use it.
     """
-    recorded = list(context.state[LOCAL_STATISTICS_KEY]["options"]) if LOCAL_STATISTICS_KEY in context.state else []  # type: ignore[arg-type]
+    done = context.state.get(LOCAL_STATISTICS_KEY)
+    recorded = [str(o) for o in done["options"]] if isinstance(done, ConfigRecord) else []  # type: ignore[union-attr]
     if set(uses) <= set(recorded):
         return
     account = _account(owner, config, context)[0]

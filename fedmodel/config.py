@@ -822,7 +822,7 @@ class NodeSettings:
     min_noise_multiplier: float = 0.0  # 0 = no minimum
     max_epsilon_per_run: float | None = None  # None = no limit per run (the total budget still holds)
     require_secure_aggregation: bool = False
-    allow_local_statistics: bool = False  # cleaning/scaling with the owner's own statistics (outside DP-SGD's guarantee)
+    allow_local_statistics: bool = False  # cleaning with the owner's own statistics (outside DP-SGD's guarantee)
 
     KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir", "id-columns",
             "coordinator", "ledger-key", "allow-no-dp", "min-noise-multiplier", "max-epsilon-per-run",
