@@ -21,7 +21,7 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context
 
 from fedmodel.config import NodeSettings, RunConfig
-from fedmodel.errors import PolicyViolation, PrivacyBudgetExceeded
+from fedmodel.errors import ConfigError, PolicyViolation, PrivacyBudgetExceeded
 from fedmodel.privacy.owner_ledger import DataFingerprint, OwnerAccount, RunIdentity, audit_log_for, open_ledger
 from fedmodel.privacy.policy import PrivacyPolicy
 from clients.secure import secure_aggregation_in_effect
@@ -73,7 +73,11 @@ def record_refusal(owner: str, context: Context, exc: BaseException) -> None:
     if not isinstance(exc, (PrivacyBudgetExceeded, PolicyViolation)):
         return
     try:
-        config = RunConfig.from_mapping(dict(context.run_config), source="run_config")
+        try:
+            config = RunConfig.from_mapping(dict(context.run_config), source="run_config")
+        except ConfigError:  # a run refused for its keys (rule run-config): the run's identity is enough
+            run = context.run_config
+            config = RunConfig(run_id=str(run.get("run-id", "")), out=str(run.get("out", "")))
         _account(owner, config, context)[0].refused(exc)
     except Exception:  # the refusal reply must still go out
         log.exception("owner %s: cannot record the refusal in the audit log", owner)

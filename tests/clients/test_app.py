@@ -231,6 +231,10 @@ def test_a_deployed_node_refuses_an_unknown_run_key(tmp_path) -> None:  # type: 
     ctx.run_config["exact-evaluation"] = True
     reply = client_app.train(deployed_instruction(1), ctx)
     assert "(run-config): exact-evaluation: not on this node's allow-list" in reply.error.reason
+    from fedmodel.security.audit_log import read_entries
+
+    refusals = [e.fields for e in read_entries(tmp_path / "audit.log")[0] if e.event == "refuse"]
+    assert [f["rule"] for f in refusals] == ["run-config"]  # the owner's audit log has it too
 
 
 def test_a_deployed_node_trains_at_its_own_delta_whatever_the_run_asks(tmp_path) -> None:  # type: ignore[no-untyped-def]
