@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
@@ -35,6 +35,7 @@ from fedmodel.data.prepare import (
     as_raw,
     bounds_from_config,
     cleaning_spec,
+    local_statistics,
     prepare_shard,
     read_owner_file,
     stats_from_config,
@@ -42,13 +43,14 @@ from fedmodel.data.prepare import (
 from fedmodel.data.scaling import feature_sums, noisy_feature_sums
 from fedmodel.data.schema import Schema
 from fedmodel.device import resolve_device
-from fedmodel.errors import FedModelError, PrivacyBudgetExceeded
+from fedmodel.errors import DataValidationError, FedModelError, PrivacyBudgetExceeded
 from fedmodel.owner import evaluate_owner, round_seed, train_owner_round
 from fedmodel.privacy import OwnerPrivacyState
 from fedmodel.privacy.accounting import gaussian_sum_epsilon
 from fedmodel.privacy.audit import shard_with_canaries
+from fedmodel.privacy.policy import check_run_config
 from fedmodel.protocol import FEATURE_SUMS_QUERY, OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, QUALITY_RECORD_KEY
-from clients.privacy_account import owner_account, record_refusal
+from clients.privacy_account import owner_account, record_local_statistics, record_refusal
 from clients.carry import REPLY_KEY, current_privacy, keep_privacy, privacy_record, restore_privacy
 from clients.central_dp import central_dp_mod
 from clients.cohort import CellCache, PerMessage, is_cohort_message, serve_cohort
@@ -71,6 +73,7 @@ class Owner:
     raw: RawTable
     schema: Schema
     spec: CleaningSpec
+    local_statistics: tuple[str, ...] = ()  # cleaning with its own statistics, under the owner's opt-in
 
     def prepared(self, message_config: ConfigRecord) -> PreparedShard:
         """The shard to train or evaluate on, cleaned and scaled with the statistics the message carries."""
@@ -112,7 +115,9 @@ def _parse(items: tuple[tuple[str, object], ...]) -> RunConfig:
 
 
 def run_config(context: Context) -> RunConfig:
-    """The run's config, parsed once per process."""
+    """The run's config, parsed once per process; a deployed node first refuses keys off its allow-list."""
+    if "data-path" in context.node_config:  # a deployed node (NodeSettings): before parsing, before any data
+        check_run_config(str(context.node_config.get("owner-name", "owner")), context.run_config)
     return _parse(tuple(sorted(context.run_config.items())))
 
 
@@ -134,9 +139,15 @@ def resolve_owner(msg: Message, context: Context) -> Owner:
     if schema is None:
         raise FedModelError(f"owner {settings.owner_name}: the run declared no data schema; refusing to guess it")
     spec = cleaning_spec(config, extra_id_columns=settings.id_columns)
+    query = msg.metadata.message_type == MessageType.QUERY  # the feature sums are taken unscaled
+    stats, impute = (None, None) if query else stats_from_config(msg.content["config"])
+    local = local_statistics(spec, stats=stats, impute=impute, scaled=not query)
+    settings.policy.check_local_statistics(settings.owner_name, local)  # before touching data
+    if local:  # the owner allowed it: its audit log says so (and its train replies, Owner.local_statistics)
+        record_local_statistics(settings.owner_name, settings.apply(config), context, local)
     raw = read_owner_file(Path(settings.data_path), settings.label, schema, spec)
     seed_id = zlib.crc32(settings.owner_name.encode())
-    return Owner(settings.owner_name, seed_id, False, settings.apply(config), raw, schema, spec)
+    return Owner(settings.owner_name, seed_id, False, settings.apply(config), raw, schema, spec, local)
 
 
 def global_weights(msg: Message) -> dict[str, torch.Tensor]:
@@ -173,6 +184,9 @@ def _reply(msg: Message, owner: Owner, metrics: dict[str, float], arrays: ArrayR
         content["arrays"] = arrays
     if quality is not None:
         content[QUALITY_RECORD_KEY] = ConfigRecord(quality)  # type: ignore[arg-type]
+    local = getattr(owner, "local_statistics", ())  # a text owner (clients.text) cleans nothing
+    if arrays is not None and local:  # a train reply, cleaned with the owner's own statistics
+        metrics = {**metrics, "local-statistics": 1.0}
     if owner.simulated:
         metrics = {**metrics, "owner": float(owner.seed_id)}
     else:
@@ -200,12 +214,28 @@ def ray_node_id() -> str | None:
 
 def _error_reply(msg: Message, context: Context, exc: BaseException) -> Message:
     who = _owner_label(context)
-    text = str(exc)
+    text = _public_text(context, exc)
     reason = text if text.startswith(f"{who}:") else f"{who}: {type(exc).__name__}: {text}"
     if not isinstance(exc, FedModelError):
         log.exception("%s failed", who)
     record_refusal(who.removeprefix("owner "), context, exc)  # a budget or policy refusal goes to the audit log
     return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
+
+
+def _public_text(context: Context, exc: BaseException) -> str:
+    """What an error may tell the coordinator: a deployed node never sends a data value.
+
+    A data error gives its public message (file, row, column; no value); an error fedmodel did not
+    raise on purpose (a library's, whose text may quote data) only its type, the traceback staying in
+    the node's log. A simulation (one trusted process tree) keeps the full text.
+    """
+    if "data-path" not in context.node_config:
+        return str(exc)
+    if isinstance(exc, DataValidationError):
+        return exc.public_message
+    if isinstance(exc, FedModelError):
+        return str(exc)
+    return "unexpected error (the details, which may quote the owner's data, are in the node's log)"
 
 
 def _owner_label(context: Context) -> str:

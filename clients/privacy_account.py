@@ -21,7 +21,7 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context
 
 from fedmodel.config import NodeSettings, RunConfig
-from fedmodel.errors import PolicyViolation, PrivacyBudgetExceeded
+from fedmodel.errors import ConfigError, PolicyViolation, PrivacyBudgetExceeded
 from fedmodel.privacy.owner_ledger import DataFingerprint, OwnerAccount, RunIdentity, audit_log_for, open_ledger
 from fedmodel.privacy.policy import PrivacyPolicy
 from clients.secure import secure_aggregation_in_effect
@@ -46,12 +46,38 @@ def owner_account(owner: str, config: RunConfig, context: Context) -> OwnerAccou
     return account
 
 
+LOCAL_STATISTICS_KEY = "fedmodel-local-statistics-audit"
+"""``context.state`` record set once the run's use of local statistics is in the owner's audit log."""
+
+
+def record_local_statistics(owner: str, config: RunConfig, context: Context, uses: tuple[str, ...]) -> None:
+    """Append that the owner's own statistics clean its rows (its ``--allow-local-statistics``), once per run and use.
+
+    Raises what the audit log raises: a node that cannot record its opt-in does not use it.
+    """
+    done = context.state.get(LOCAL_STATISTICS_KEY)
+    recorded = [str(o) for o in done["options"]] if isinstance(done, ConfigRecord) else []  # type: ignore[union-attr]
+    if set(uses) <= set(recorded):
+        return
+    account = _account(owner, config, context)[0]
+    if account.audit is not None:
+        account.audit.append("local-statistics", owner=owner, run_id=account.run.run_id,
+                             coordinator=account.run.coordinator, options=list(uses),
+                             reason="allowed by the owner (--allow-local-statistics): outside DP-SGD's "
+                                    "record-level guarantee")
+    context.state[LOCAL_STATISTICS_KEY] = ConfigRecord({"options": sorted(set(recorded) | set(uses))})
+
+
 def record_refusal(owner: str, context: Context, exc: BaseException) -> None:
     """Append a refusal (budget or policy) to the owner's audit log; never raises (the reply says why anyway)."""
     if not isinstance(exc, (PrivacyBudgetExceeded, PolicyViolation)):
         return
     try:
-        config = RunConfig.from_mapping(dict(context.run_config), source="run_config")
+        try:
+            config = RunConfig.from_mapping(dict(context.run_config), source="run_config")
+        except ConfigError:  # a run refused for its keys (rule run-config): the run's identity is enough
+            run = context.run_config
+            config = RunConfig(run_id=str(run.get("run-id", "")), out=str(run.get("out", "")))
         _account(owner, config, context)[0].refused(exc)
     except Exception:  # the refusal reply must still go out
         log.exception("owner %s: cannot record the refusal in the audit log", owner)

@@ -15,6 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 from fedmodel.errors import ConfigError
@@ -633,6 +634,81 @@ def resolve_min_clients(text: str, clients: int) -> int:
     return int(number)
 
 
+# ------------------------------------------------------------------ what a deployed node takes from a run
+RunKeyRule = Literal["allowed", "simulation-only", "testing-aid"]
+ALLOWED: RunKeyRule = "allowed"
+SIMULATION_ONLY: RunKeyRule = "simulation-only"
+TESTING_AID: RunKeyRule = "testing-aid"
+_ALLOWED_KEYS = (
+    # what to train and how: the coordinator's choice (the owner's budget and policy still bound privacy)
+    "dataset", "data-path", "label", "clients", "rounds", "epsilon", "delta", "dp", "max-grad-norm", "strategy",
+    "proximal-mu", "server-lr", "model", "local-epochs", "batch-size", "lr", "seed", "device", "test-fraction",
+    "out", "aggregation", "max-update-norm",
+    # language models (the base model is the owner's own copy, node-config model-path)
+    "task", "model-path", "text-column", "max-length", "lora-rank", "lora-alpha", "lora-dropout", "lora-targets",
+    "physical-batch-size", "pooling", "head-lr", "max-rows",
+    # cleaning (local statistics need the owner's --allow-local-statistics, fedmodel.data.prepare.local_statistics)
+    "missing", "duplicates", "outliers", "outlier-k", "scaling", "scaling-stats", "scaling-noise", "id-columns",
+    "augment",
+    # reliability, secure aggregation and central DP: the coordinator's protocol
+    "min-clients", "round-timeout", "below-minimum", "resume", "run-id", "secure-aggregation", "secagg-shares",
+    "secagg-threshold", "central-dp", "central-noise", "central-clip", "central-target-quantile", "central-clip-lr",
+    "central-count-stddev",
+)
+_SIMULATION_ONLY_KEYS = ("partition", "ray-address", "cpus-per-worker", "gpus-per-worker", "nodes",
+                         "owners-per-round", "ledger")
+_TESTING_AID_KEYS = ("inject-failure-owners", "inject-faults", "audit", "audit-canaries", "audit-owners")
+DEPLOYED_RUN_KEYS: Mapping[str, RunKeyRule] = MappingProxyType({
+    **{k: ALLOWED for k in _ALLOWED_KEYS}, **{k: SIMULATION_ONLY for k in _SIMULATION_ONLY_KEYS},
+    **{k: TESTING_AID for k in _TESTING_AID_KEYS},
+})
+"""Every run-config key, as a deployed node treats it (the node's allow-list, declared once).
+
+``allowed``: the coordinator may set it. ``simulation-only`` (Ray, cohorts, partitions, a simulation's
+ledger) and ``testing-aid`` (injected faults and failures, privacy-audit canaries): refused unless at
+RunConfig's default, since Flower fuses the app's ``[tool.flwr.app.config]`` defaults into every run.
+A key missing here (a new RunConfig field nobody classified, or a key RunConfig does not know) is refused.
+"""
+_WHY_REFUSED = {
+    SIMULATION_ONLY: "a simulation setting; a deployed node is one owner on its own machine",
+    TESTING_AID: "a testing aid that makes the node misbehave on purpose; a node never takes it from a coordinator",
+}
+
+
+def refused_run_keys(values: Mapping[str, Any]) -> dict[str, str]:
+    """The keys of a run config a deployed node refuses, each with why; empty when it may go on.
+
+    Parameters
+    ----------
+    values
+        The run config as Flower hands it over (kebab-case keys, raw values), before any parsing.
+
+    Returns
+    -------
+    dict of str to str
+        Key -> the reason: not on the allow-list, or a simulation-only key or testing aid set to
+        something other than RunConfig's default (a value that does not parse counts as set).
+    """
+    defaults = RunConfig()
+    refused: dict[str, str] = {}
+    for key, raw in values.items():
+        rule = DEPLOYED_RUN_KEYS.get(key)
+        if rule is None:
+            refused[key] = "not on this node's allow-list of run-config keys"
+            continue
+        if rule == ALLOWED:
+            continue
+        name = key.replace("-", "_")
+        try:
+            at_default = bool(_coerce(name, raw) == getattr(defaults, name))
+        except ValueError:
+            at_default = False
+        if not at_default:
+            shown = repr(raw) if len(repr(raw)) <= 60 else repr(raw)[:57] + "..."
+            refused[key] = f"= {shown}: {_WHY_REFUSED[rule]}"
+    return refused
+
+
 def _at(source: str) -> str:
     return f"{source}: " if source else ""
 
@@ -724,9 +800,11 @@ def _coerce(name: str, raw: Any) -> Any:
 class NodeSettings:
     """A data owner's own settings, from its SuperNode's ``node_config``; the coordinator cannot change them.
 
-    The owner's budget (its total across every run, kept in the privacy ledger in ``state_dir``) and
-    delta cap what a run may spend (a run may ask for less, never more), the data path and the device
-    are the owner's, and so is the privacy policy (:attr:`policy`: DP required unless ``allow_no_dp``).
+    The owner's budget (its total across every run, kept in the privacy ledger in ``state_dir``) caps
+    what a run may spend (a run may ask for less, never more); the delta is the owner's alone (a run's
+    delta is ignored: a smaller one would make the same noise cost more of the budget); the data path
+    and the device are the owner's, and so is the privacy policy (:attr:`policy`: DP required unless
+    ``allow_no_dp``, cleaning with local statistics refused unless ``allow_local_statistics``).
     """
 
     data_path: str
@@ -744,6 +822,7 @@ class NodeSettings:
     min_noise_multiplier: float = 0.0  # 0 = no minimum
     max_epsilon_per_run: float | None = None  # None = no limit per run (the total budget still holds)
     require_secure_aggregation: bool = False
+    allow_local_statistics: bool = False  # cleaning with the owner's own statistics (outside DP-SGD's guarantee)
 
     KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir", "id-columns",
             "coordinator", "ledger-key", "allow-no-dp", "min-noise-multiplier", "max-epsilon-per-run",
@@ -751,6 +830,8 @@ class NodeSettings:
     _FLOAT_KEYS = ("budget-epsilon", "delta", "min-noise-multiplier", "max-epsilon-per-run")
     _BOOL_KEYS = ("allow-no-dp", "require-secure-aggregation")
     KEYS += ("model-path",)  # language models (fedmodel node start --model-path)
+    KEYS += ("allow-local-statistics",)  # fedmodel node start --allow-local-statistics
+    _BOOL_KEYS += ("allow-local-statistics",)
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> NodeSettings | None:
@@ -817,11 +898,17 @@ class NodeSettings:
 
         return PrivacyPolicy(dp_required=not self.allow_no_dp, min_noise_multiplier=self.min_noise_multiplier,
                              max_epsilon_per_run=self.max_epsilon_per_run,
-                             require_secure_aggregation=self.require_secure_aggregation)
+                             require_secure_aggregation=self.require_secure_aggregation,
+                             allow_local_statistics=self.allow_local_statistics)
 
     def apply(self, run: RunConfig) -> RunConfig:
-        """The run as this owner trains it: the stricter of run and owner privacy, the owner's device."""
+        """The run as this owner trains it: the smaller epsilon, the owner's delta, data and device.
+
+        The delta is the owner's whatever the run asks (the train reply's ``delta`` metric shows it):
+        the ledger reports the owner's total at the smallest delta it was charged at, so a coordinator
+        pushing delta down would make every earlier release cost more of the owner's budget.
+        """
         return dataclasses.replace(
-            run, epsilon=min(run.epsilon, self.budget_epsilon), delta=min(run.delta, self.delta),
+            run, epsilon=min(run.epsilon, self.budget_epsilon), delta=self.delta,
             device=self.device, data_path=self.data_path, label=self.label,
         )

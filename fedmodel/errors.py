@@ -28,9 +28,18 @@ class ConfigError(FedModelError):
 
 
 class DataValidationError(FedModelError):
-    """A data file cannot be used; the message names the file, row and field."""
+    """A data file cannot be used; the message names the file, row and field.
+
+    The message is for the owner (``fedmodel data check``, the node's log) and may quote a cell's
+    value; :attr:`public_message` is what a deployed node sends the coordinator: file, row and column,
+    never a value. A message that quotes a value passes ``public`` without it.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, *, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public_message = message if public is None else public
 
 
 class DeviceError(FedModelError):

@@ -82,13 +82,20 @@ def start(
     model_path: Annotated[Path | None, typer.Option(
         "--model-path", help="This site's copy of the base model folder, for language-model runs (Hugging Face "
                              "folder: config, *.safetensors, tokenizer; checked against the coordinator's)")] = None,
+    allow_local_statistics: Annotated[bool, typer.Option(
+        "--allow-local-statistics",
+        help="Policy: accept cleaning and scaling computed from this site's own rows (local quartiles for "
+             "outliers, local mean/median/mode imputation, local z-score or min-max). Gives up: one record can "
+             "shift every other row, so DP-SGD's record-level guarantee no longer covers the preprocessing; "
+             "replies and the audit log show it (refused by default)")] = False,
 ) -> None:
     """Run this site's SuperNode in the foreground until Ctrl-C or until the coordinator revokes it."""
     owner = name if name is not None else (key.stem if key is not None else "node")
     try:
         policy = privacy_policy(allow_no_dp=allow_no_dp, min_noise_multiplier=min_noise_multiplier,
                                 max_epsilon_per_run=max_epsilon_per_run,
-                                require_secure_aggregation=require_secure_aggregation)
+                                require_secure_aggregation=require_secure_aggregation,
+                                allow_local_statistics=allow_local_statistics)
         cmd = supernode_command(
             coordinator=coordinator, ca_cert=ca, key=key, data=data, label=label, name=owner,
             budget_epsilon=budget_epsilon, delta=delta, device=device, state_dir=state_dir, port=port,

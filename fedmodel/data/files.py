@@ -88,12 +88,15 @@ def _read_csv(path: Path, label: str, schema: Schema | None) -> Dataset:
                 value = float(cell)
             except ValueError:
                 what = "the value is empty" if not cell.strip() else f"{cell!r} is not a number"
+                public = "the value is empty" if not cell.strip() else "the value is not a number"
                 raise DataValidationError(
-                    f"{path}: row {r}, column {header[i]!r}: {what}; expected a number"
+                    f"{path}: row {r}, column {header[i]!r}: {what}; expected a number",
+                    public=f"{path}: row {r}, column {header[i]!r}: {public}; expected a number",
                 ) from None
             if not math.isfinite(value):
                 raise DataValidationError(
-                    f"{path}: row {r}, column {header[i]!r}: {cell!r} is not a finite number"
+                    f"{path}: row {r}, column {header[i]!r}: {cell!r} is not a finite number",
+                    public=f"{path}: row {r}, column {header[i]!r}: the value is not a finite number",
                 )
             x[r - 2, j] = value
             j += 1
@@ -142,7 +145,8 @@ def _read_npz(path: Path, label: str, schema: Schema | None) -> Dataset:
     if len(bad):
         r, c = (int(v) for v in bad[0])
         raise DataValidationError(
-            f"{path}: row {r}, column {c} (0-based) of {fkey!r}: {x[r, c]} is not a finite number"
+            f"{path}: row {r}, column {c} (0-based) of {fkey!r}: {x[r, c]} is not a finite number",
+            public=f"{path}: row {r}, column {c} (0-based) of {fkey!r}: the value is not a finite number",
         )
     names = tuple(f"feature_{i}" for i in range(x.shape[1]))
     if schema is not None:
@@ -159,7 +163,8 @@ def _dataset(path: Path, x: np.ndarray, labels: list[str], features: tuple[str, 
     classes, y = encode_labels([normalise_label(v) for v in labels])
     if len(classes) < 2:
         raise DataValidationError(
-            f"{path}: the label has a single value {classes[0]!r}; expected at least two classes"
+            f"{path}: the label has a single value {classes[0]!r}; expected at least two classes",
+            public=f"{path}: the label has a single value; expected at least two classes",
         )
     return Dataset(path.name, x, y, classes, features)
 

@@ -144,6 +144,38 @@ def prepare_shard(raw: RawTable, spec: CleaningSpec, schema: Schema, *, name: st
     return PreparedShard(data, {**counts, **cleaned})
 
 
+def local_statistics(spec: CleaningSpec, *, stats: FeatureStats | None, impute: np.ndarray | None,
+                     scaled: bool = True) -> tuple[str, ...]:
+    """The cleaning steps of ``spec`` that would use statistics of the owner's own rows, each naming its option.
+
+    Such a step lets one record move every other row (a quartile, mean, median, mode or scale moves
+    with it), so DP-SGD's record-level guarantee no longer covers the preprocessing. Steps that act on
+    each record alone are not listed: ``missing = drop`` drops a row for its own gaps, and
+    ``duplicates = drop`` keeps one of identical rows, so adding or removing one record adds or removes
+    at most one row of the result (an identical one either way); identifier columns are dropped or
+    hashed per row.
+
+    Parameters
+    ----------
+    spec
+        The run's cleaning settings.
+    stats, impute
+        The scaling statistics and mean-imputation values the message carries (the coordinator's
+        public bounds or DP statistics); None when it carries none, so the owner's own would be used.
+    scaled
+        False when the rows are used unscaled (the feature-sums query): scaling does not count then.
+    """
+    uses: list[str] = []
+    if spec.outliers != "keep":
+        uses.append(f"outliers = {spec.outliers!r} (quartiles of the owner's rows)")
+    if spec.missing in ("median", "mode") or (spec.missing == "mean" and impute is None):
+        uses.append(f"missing = {spec.missing!r} (imputed with the owner's own {spec.missing}s)")
+    if scaled and spec.scaling != "none" and stats is None:
+        uses.append(f"scaling = {spec.scaling!r} with the owner's own statistics (scaling-stats = local, or no "
+                    "federated statistics in the message)")
+    return tuple(uses)
+
+
 def coordinator_spec(spec: CleaningSpec) -> CleaningSpec:
     """The coordinator cleans its held-out rows like an owner, but keeps every row it can evaluate.
 

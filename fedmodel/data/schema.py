@@ -51,7 +51,8 @@ class Schema:
             if code is None:
                 where = f"row {rows[i]}" if rows is not None else f"row {i}"
                 raise DataValidationError(
-                    f"{source}: {where}: label {raw!r} is not one of the run's labels {', '.join(self.labels)}"
+                    f"{source}: {where}: label {raw!r} is not one of the run's labels {', '.join(self.labels)}",
+                    public=f"{source}: {where}: the label is not one of the run's labels",  # no value leaves
                 )
             out.append(code)
         return out

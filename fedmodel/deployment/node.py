@@ -4,8 +4,8 @@ The SuperNode hands its ``--node-config`` to every ClientApp it runs, as ``conte
 are the contract with fedmodel's ClientApp (:class:`~fedmodel.config.NodeSettings`): ``data-path`` and
 ``state-dir`` (absolute paths), ``label``, ``owner-name``, ``budget-epsilon``, ``delta``, ``device``,
 ``coordinator``, the owner's privacy policy (``allow-no-dp``, ``min-noise-multiplier``,
-``require-secure-aggregation`` and, when set, ``max-epsilon-per-run``) and, when set, ``id-columns`` and
-``ledger-key``. Flower parses the value with
+``require-secure-aggregation``, ``allow-local-statistics`` and, when set, ``max-epsilon-per-run``) and,
+when set, ``id-columns`` and ``ledger-key``. Flower parses the value with
 ``flwr.common.config.parse_config_args``: space-separated ``key=value`` pairs whose values are TOML
 values, where a quoted string may not contain its own quote character.
 """
@@ -32,7 +32,7 @@ __all__ = ["DATA_SUFFIXES", "NODE_CONFIG_KEYS", "exit_hint", "format_node_config
 DATA_SUFFIXES = (".csv", ".parquet", ".npz", ".jsonl")
 NODE_CONFIG_KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir",
                     "coordinator", "allow-no-dp", "min-noise-multiplier", "require-secure-aggregation",
-                    "max-epsilon-per-run", "ledger-key", "id-columns", "model-path")
+                    "max-epsilon-per-run", "ledger-key", "id-columns", "model-path", "allow-local-statistics")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KEYGEN = "`fedmodel node keygen --out DIR --name NAME`"
 
@@ -106,6 +106,7 @@ def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | Non
     }
     if policy.max_epsilon_per_run is not None:
         config["max-epsilon-per-run"] = float(policy.max_epsilon_per_run)
+    config["allow-local-statistics"] = policy.allow_local_statistics
     if ledger_key is not None:
         config["ledger-key"] = str(_absolute(ledger_key))
     bad_ids = [c for c in id_columns if not c.strip() or "," in c]
@@ -127,7 +128,7 @@ def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | Non
 
 
 def privacy_policy(*, allow_no_dp: bool, min_noise_multiplier: float, max_epsilon_per_run: float | None,
-                   require_secure_aggregation: bool) -> PrivacyPolicy:
+                   require_secure_aggregation: bool, allow_local_statistics: bool = False) -> PrivacyPolicy:
     """The owner's policy from ``fedmodel node start``'s options; ConfigError naming every invalid option."""
     problems = []
     if not _is_number(min_noise_multiplier) or not (math.isfinite(min_noise_multiplier) and min_noise_multiplier >= 0):
@@ -140,7 +141,8 @@ def privacy_policy(*, allow_no_dp: bool, min_noise_multiplier: float, max_epsilo
         raise ConfigError(problems)
     return PrivacyPolicy(dp_required=not allow_no_dp, min_noise_multiplier=float(min_noise_multiplier),
                          max_epsilon_per_run=None if max_epsilon_per_run is None else float(max_epsilon_per_run),
-                         require_secure_aggregation=require_secure_aggregation)
+                         require_secure_aggregation=require_secure_aggregation,
+                         allow_local_statistics=allow_local_statistics)
 
 
 def open_node_ledger(state_dir: Path, key_file: Path | None) -> tuple[Path, bool]:

@@ -196,3 +196,107 @@ def test_a_bundled_data_set_with_named_classes_trains_and_is_evaluated() -> None
         reply = handler(msg, context(config))
         assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
         assert float(reply.content["metrics"]["num-examples"]) > 100
+
+
+# ---------------------------------------------------------------- a hostile coordinator's run config (issue 20)
+
+def site_a_id() -> int:
+    import zlib
+
+    return zlib.crc32(b"site-a")  # the owner id a deployed node's faults and failures are matched against
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("inject-faults", f"{site_a_id()}:no-noise"),  # trains with sigma 0 while reporting the planned sigma
+    ("inject-failure-owners", str(site_a_id())),
+    ("inject-faults", f"{site_a_id()}:hang:3600"),
+    ("audit", True),
+    ("ray-address", "10.0.0.1:6379"),
+])
+def test_a_deployed_node_refuses_testing_aids_before_reading_any_data(tmp_path, key, value) -> None:  # type: ignore[no-untyped-def]
+    config = RunConfig(clients=site_a_id() + 1, rounds=1)  # clients large enough for the owner id to validate
+    ctx = deployed_context(config, tmp_path / "absent.csv")  # reading any data would fail with "file not found"
+    ctx.run_config[key] = value
+    reply = client_app.train(deployed_instruction(1), ctx)
+    assert reply.has_error()
+    assert reply.error.reason.startswith("owner site-a: refused by the owner's privacy policy (run-config)")
+    assert f"{key} = " in reply.error.reason and "not found" not in reply.error.reason
+    for handler, message in ((client_app.evaluate, deployed_instruction(1)), (client_app.query, feature_sums_query(
+            RunConfig(clients=3)))):
+        assert "(run-config)" in handler(message, ctx).error.reason
+
+
+def test_a_deployed_node_refuses_an_unknown_run_key(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ctx = deployed_context(RunConfig(clients=3, rounds=1), shard_csv(tmp_path / "s.csv"))
+    ctx.run_config["exact-evaluation"] = True
+    reply = client_app.train(deployed_instruction(1), ctx)
+    assert "(run-config): exact-evaluation: not on this node's allow-list" in reply.error.reason
+    from fedmodel.security.audit_log import read_entries
+
+    refusals = [e.fields for e in read_entries(tmp_path / "audit.log")[0] if e.event == "refuse"]
+    assert [f["rule"] for f in refusals] == ["run-config"]  # the owner's audit log has it too
+
+
+def test_a_deployed_node_trains_at_its_own_delta_whatever_the_run_asks(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from fedmodel.privacy.owner_ledger import open_ledger
+
+    data = shard_csv(tmp_path / "site-a.csv")
+    ctx = deployed_context(RunConfig(clients=3, rounds=2, delta=1e-12), data)  # the owner's delta is 1e-6
+    reply = client_app.train(deployed_instruction(1), ctx)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    assert float(reply.content["metrics"]["delta"]) == 1e-6  # the reply says which delta it trained at
+    assert open_ledger(str(tmp_path)).owner_delta("site-a") == 1e-6  # the ledger's total is not re-priced
+
+
+def test_a_deployed_node_refuses_cleaning_with_its_own_quartiles_before_reading(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ctx = deployed_context(RunConfig(clients=3, rounds=1, outliers="clip"), tmp_path / "absent.csv")
+    reply = client_app.train(deployed_instruction(1), ctx)
+    assert reply.error.reason.startswith("owner site-a: refused by the owner's privacy policy (local-statistics): "
+                                         "outliers = 'clip'")
+    ctx = deployed_context(RunConfig(clients=3, rounds=1, missing="mean", scaling="zscore"), tmp_path / "absent.csv")
+    reply = client_app.query(feature_sums_query(RunConfig(clients=3)), ctx)  # the sums would hold local means
+    assert "(local-statistics): missing = 'mean'" in reply.error.reason
+
+
+def test_local_statistics_allowed_by_the_owner_show_in_the_reply_and_the_audit_log(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from fedmodel.security.audit_log import read_entries
+
+    ctx = deployed_context(RunConfig(clients=3, rounds=1, outliers="clip", scaling="zscore", scaling_stats="local"),
+                           shard_csv(tmp_path / "site-a.csv"))
+    ctx.node_config["allow-local-statistics"] = True
+    reply = client_app.train(deployed_instruction(1), ctx)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    assert float(reply.content["metrics"]["local-statistics"]) == 1.0
+    client_app.train(deployed_instruction(2), ctx)  # recorded once per run
+    entries = [e for e in read_entries(tmp_path / "audit.log")[0] if e.event == "local-statistics"]
+    assert len(entries) == 1
+    assert [o.split(" = ")[0] for o in entries[0].fields["options"]] == ["outliers", "scaling"]  # type: ignore[union-attr]
+
+
+def test_a_deployed_train_reply_without_local_statistics_says_nothing_of_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ctx = deployed_context(RunConfig(clients=3, rounds=1, missing="drop", duplicates="drop"),
+                           shard_csv(tmp_path / "site-a.csv"))
+    reply = client_app.train(deployed_instruction(1), ctx)
+    assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+    assert "local-statistics" not in reply.content["metrics"]
+
+
+def test_a_label_leaking_schema_gets_row_and_column_but_never_the_value(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data = shard_csv(tmp_path / "site-a.csv")
+    secret = "malignant-grade-4"
+    lines = data.read_text(encoding="utf-8").splitlines()
+    lines[5] = lines[5].rsplit(",", 1)[0] + f",{secret}"  # row 6 as a spreadsheet shows it
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for config in (RunConfig(clients=3, rounds=1, missing="drop"), RunConfig(clients=3, rounds=1)):
+        reply = client_app.train(deployed_instruction(1), deployed_context(config, data))  # schema: labels 0-9
+        assert reply.has_error() and reply.error.reason.startswith("owner site-a:")
+        assert "row 6" in reply.error.reason and "label" in reply.error.reason
+        assert secret not in reply.error.reason
+
+
+def test_a_deployed_node_sends_only_the_type_of_an_unexpected_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    msg = deployed_instruction(1)
+    msg.content["arrays"] = ArrayRecord(build_model("logreg", 30, 10, seed=42).state_dict())  # wrong shapes
+    reply = client_app.evaluate(msg, deployed_context(RunConfig(clients=3, rounds=1), shard_csv(tmp_path / "s.csv")))
+    assert reply.error.reason.startswith("owner site-a: RuntimeError: unexpected error (the details")
+    assert "size mismatch" not in reply.error.reason  # a library's text may quote anything; it stays in the log

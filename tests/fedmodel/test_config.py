@@ -168,3 +168,24 @@ def test_round_trip_keeps_full_dirichlet_alpha() -> None:
     back = RunConfig.from_mapping(config.to_mapping())
     assert back.partition.alpha == 0.1234567
     assert back == config
+
+
+def test_a_deployed_owner_trains_at_its_own_delta_never_the_runs() -> None:
+    from fedmodel.config import NodeSettings
+
+    node = NodeSettings.from_node_config({"data-path": "/data/a.csv", "state-dir": "/state", "delta": 1e-6,
+                                          "budget-epsilon": 2.0})
+    assert node is not None
+    for asked in (1e-12, 1e-6, 1e-3):  # smaller would grief the budget; larger would weaken the guarantee
+        assert node.apply(RunConfig(delta=asked, epsilon=5.0)).delta == 1e-6
+    assert node.apply(RunConfig(epsilon=5.0)).epsilon == 2.0 and node.apply(RunConfig(epsilon=1.0)).epsilon == 1.0
+
+
+@pytest.mark.parametrize(("raw", "expected"), [(True, True), ("true", True), (False, False)])
+def test_allow_local_statistics_is_an_owner_setting(raw: object, expected: bool) -> None:
+    from fedmodel.config import NodeSettings
+
+    node = NodeSettings.from_node_config({"data-path": "/d.csv", "state-dir": "/s", "allow-local-statistics": raw})
+    assert node is not None and node.allow_local_statistics is expected
+    assert node.policy.allow_local_statistics is expected
+    assert not NodeSettings.from_node_config({"data-path": "/d.csv", "state-dir": "/s"}).allow_local_statistics  # type: ignore[union-attr]

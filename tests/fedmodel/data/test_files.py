@@ -192,3 +192,26 @@ def test_npz_single_class(tmp_path: Path) -> None:
     path = tmp_path / "shard.npz"
     np.savez(path, x=x, y=np.zeros(6, dtype=np.int64))
     assert "at least two classes" in read_error(path, "y")
+
+
+@pytest.mark.parametrize(("text", "value", "public"), [
+    ("a,b,y\n1,2,0\n3,Smith 1961-04-02,1\n", "Smith", "row 3, column 'b': the value is not a number; expected a number"),
+    ("a,b,y\n1,2,0\n-1e999,4,1\n", "1e999", "row 3, column 'a': the value is not a finite number"),
+    ("a,b,y\n1,2,HIV+\n3,4,HIV+\n", "HIV+", "the label has a single value; expected at least two classes"),
+])
+def test_errors_quoting_a_value_have_a_public_message_without_it(tmp_path: Path, text: str, value: str,
+                                                                 public: str) -> None:
+    path = write(tmp_path / "shard.csv", text)
+    with pytest.raises(DataValidationError) as info:
+        read_table(path, "y")
+    assert value in str(info.value)  # the owner's terminal (fedmodel data check) keeps the value
+    assert info.value.public_message == f"{path}: {public}" and value not in info.value.public_message
+
+
+def test_npz_non_finite_value_is_public_without_it(tmp_path: Path) -> None:
+    path = tmp_path / "shard.npz"
+    np.savez(path, x=np.array([[1.0, 2.0], [-123.456e300 * 1e10, 4.0]]), y=np.array([0, 1]))
+    with pytest.raises(DataValidationError) as info:
+        read_table(path, "y")
+    assert "inf" in str(info.value) and "inf" not in info.value.public_message
+    assert "row 1, column 0 (0-based)" in info.value.public_message

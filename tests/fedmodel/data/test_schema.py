@@ -80,3 +80,11 @@ def test_a_file_that_is_not_parquet(tmp_path: Path) -> None:
     path.write_bytes(b"a,b,y\n1,2,0\n")
     with pytest.raises(DataValidationError, match="not a readable Parquet file"):
         read_table(path, "y")
+
+
+def test_a_label_outside_the_schema_is_public_without_its_value(tmp_path: Path) -> None:
+    """A coordinator's schema leaving one label out must not make the node quote that label to it."""
+    with pytest.raises(DataValidationError) as info:
+        Schema(num_features=1, labels=("benign",)).encode(["benign", "malignant"], "shard.csv", [2, 3])
+    assert "'malignant'" in str(info.value)  # the owner's own log keeps the value
+    assert info.value.public_message == "shard.csv: row 3: the label is not one of the run's labels"

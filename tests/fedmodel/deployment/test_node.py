@@ -45,7 +45,7 @@ def test_node_config_parses_back_to_the_keys(settings: dict[str, Any], tmp_path:
         "data-path": str(tmp_path / "data.csv"), "label": "y", "owner-name": "site-a", "budget-epsilon": 3.0,
         "delta": 1e-5, "device": "cpu", "state-dir": str(tmp_path / "state"), "coordinator": "127.0.0.1:9091",
         "allow-no-dp": False, "min-noise-multiplier": 0.0, "require-secure-aggregation": False,
-        "id-columns": "patient_id,mrn",
+        "allow-local-statistics": False, "id-columns": "patient_id,mrn",
     }
     assert set(_node_config(cmd)) <= set(NODE_CONFIG_KEYS)
     from fedmodel.config import NodeSettings
@@ -66,6 +66,24 @@ def test_the_owners_policy_and_ledger_key_reach_the_clientapp(settings: dict[str
     assert node is not None and node.policy == policy
     assert node.ledger_key == str(tmp_path / "ledger.key") and node.coordinator == "127.0.0.1:9091"
     assert set(_node_config(cmd)) == set(NODE_CONFIG_KEYS) - {"id-columns", "model-path"}
+
+
+def test_allow_local_statistics_reaches_the_clientapp_and_its_help_says_what_it_gives_up(
+        settings: dict[str, Any]) -> None:
+    from typer.testing import CliRunner
+
+    from fedmodel.cli.node import node_app
+    from fedmodel.config import NodeSettings
+    from fedmodel.deployment.node import privacy_policy
+
+    policy = privacy_policy(allow_no_dp=False, min_noise_multiplier=0.0, max_epsilon_per_run=None,
+                            require_secure_aggregation=False, allow_local_statistics=True)
+    node = NodeSettings.from_node_config(_node_config(supernode_command(**settings, policy=policy)))
+    assert node is not None and node.allow_local_statistics and node.policy.allow_local_statistics
+    default = NodeSettings.from_node_config(_node_config(supernode_command(**settings)))
+    assert default is not None and not default.policy.allow_local_statistics
+    help_text = " ".join(CliRunner().invoke(node_app, ["start", "--help"], env={"COLUMNS": "200"}).output.split())
+    assert "--allow-local-statistics" in help_text and "record-level guarantee no longer covers" in help_text
 
 
 def test_invalid_policy_options_are_all_named() -> None:
