@@ -28,7 +28,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 
 from fedmodel.config import NodeSettings, RunConfig
-from fedmodel.data import FederatedSplit, federated_split
+from fedmodel.data import Dataset, FederatedSplit, federated_split
 from fedmodel.data.cleaning import CleaningSpec, RawTable
 from fedmodel.data.prepare import (
     PreparedShard,
@@ -43,10 +43,12 @@ from fedmodel.data.prepare import (
 from fedmodel.data.scaling import feature_sums, noisy_feature_sums
 from fedmodel.data.schema import Schema
 from fedmodel.device import resolve_device
-from fedmodel.errors import DataValidationError, FedModelError, PrivacyBudgetExceeded
-from fedmodel.owner import evaluate_owner, round_seed, train_owner_round
+from fedmodel.errors import DataValidationError, FedModelError, PolicyViolation, PrivacyBudgetExceeded
+from fedmodel.owner import evaluate_owner, evaluate_owner_sums, round_seed, train_owner_round
 from fedmodel.privacy import OwnerPrivacyState
-from fedmodel.privacy.accounting import gaussian_sum_epsilon
+from fedmodel.privacy.accounting import epsilon_spent, gaussian_sum_epsilon
+from fedmodel.privacy.release import (EVALUATION_EPSILON, EVALUATION_FLAG, EXACT_REPLIES_FLAG, coarse_quality,
+                                      coarse_train_metrics, release_evaluation)
 from fedmodel.privacy.audit import shard_with_canaries
 from fedmodel.privacy.policy import check_run_config
 from fedmodel.protocol import FEATURE_SUMS_QUERY, OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, QUALITY_RECORD_KEY
@@ -275,7 +277,8 @@ def train_owner(msg: Message, context: Context) -> Message:
         if privacy is not None:  # calibrated on what remains across runs, checked, reserved before training
             account.plan(privacy, num_examples=len(shard), batch_size=config.batch_size,
                          local_epochs=config.local_epochs, rounds=config.rounds, epsilon=config.epsilon,
-                         delta=config.delta, max_grad_norm=config.max_grad_norm)
+                         delta=config.delta, max_grad_norm=config.max_grad_norm,
+                         later=planned_evaluations(context, config))
             reservation = account.reserve_round(privacy, int(train_config["server-round"]))  # type: ignore[arg-type]
         try:
             update = train_owner_round(
@@ -290,7 +293,8 @@ def train_owner(msg: Message, context: Context) -> Message:
         update.metrics.update(account.commit(reservation, epsilon_run=update.metrics.get("epsilon")))
     except Exception as exc:  # reported to the coordinator as this owner's failure
         return _error_reply(msg, context, exc)
-    reply = _reply(msg, owner, update.metrics, ArrayRecord(update.weights), quality=prepared.summary)
+    metrics, quality = released_train_numbers(context, update.metrics, prepared.summary)
+    reply = _reply(msg, owner, metrics, ArrayRecord(update.weights), quality=quality)
     if privacy is not None:  # checkpointed by the coordinator, handed back if a simulation is resumed
         reply.content[REPLY_KEY] = privacy_record(privacy)
     return reply
@@ -302,7 +306,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     if context.run_config.get("task", "tabular") != "tabular":  # a language model (clients.text)
         from clients import text
 
-        return text.evaluate(msg, context)
+        refusal = evaluation_refusal(context, tabular=False)
+        return _error_reply(msg, context, refusal) if refusal is not None else text.evaluate(msg, context)
     torch.set_num_threads(1)
     if is_cohort_message(msg):
         return serve_cohort(msg, context, evaluate_owner_message)
@@ -310,15 +315,107 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def evaluate_owner_message(msg: Message, context: Context) -> Message:
-    """One owner's evaluation: its aggregate metrics, or an error reply naming it."""
+    """One owner's evaluation: its aggregate metrics, or an error reply naming it.
+
+    A deployed node answers as its owner's ``evaluation`` setting says: ``dp`` (default) a Gaussian
+    release charged before it is made (:func:`private_evaluation`), ``exact`` exact metrics, ``off`` a
+    refusal before any data is read. A simulated owner answers exactly, as always.
+    """
     try:
+        settings = NodeSettings.from_node_config(context.node_config)
+        refusal = evaluation_refusal(context, tabular=True)
+        if refusal is not None:  # before resolve_owner reads the file
+            raise refusal
         owner = resolve_owner(msg, context)
         owner_account(owner.name, owner.config, context)  # the owner's policy holds for every message
-        metrics = evaluate_owner(owner.config, owner.prepared(msg.content["config"]).data, global_weights(msg),
-                                 device=resolve_device(owner.config.device))
+        shard = owner.prepared(msg.content["config"]).data
+        device = resolve_device(owner.config.device)
+        if settings is not None and settings.evaluation == "dp":
+            metrics = private_evaluation(owner, settings, shard, msg, context, device)
+        else:
+            metrics = evaluate_owner(owner.config, shard, global_weights(msg), device=device)
+            if settings is not None:  # one metric layout for every deployed reply (the coordinator requires it)
+                metrics.update({EVALUATION_FLAG: 0.0, EVALUATION_EPSILON: 0.0})
     except Exception as exc:
         return _error_reply(msg, context, exc)
     return _reply(msg, owner, metrics)
+
+
+def evaluation_refusal(context: Context, *, tabular: bool) -> PolicyViolation | None:
+    """The refusal a deployed node's ``evaluation`` setting gives this evaluate message, None to answer it.
+
+    ``off`` refuses every evaluation; language models have no DP release, so only ``exact`` answers them.
+    """
+    settings = NodeSettings.from_node_config(context.node_config)
+    if settings is None or settings.evaluation == "exact" or (tabular and settings.evaluation == "dp"):
+        return None
+    if settings.evaluation == "off":
+        detail = "this node does not evaluate the coordinator's models (node option --evaluation off)"
+    else:
+        detail = ("a language model's evaluation has no DP release; the owner may allow exact evaluation "
+                  "(node option --evaluation exact)")
+    return PolicyViolation(settings.owner_name, "evaluation", f"{detail}; nothing was read or released")
+
+
+def private_evaluation(owner: Owner, settings: NodeSettings, shard: Dataset, msg: Message, context: Context,
+                       device: torch.device) -> dict[str, float]:
+    """Evaluate under DP: check and charge the release, then compute, noise and release three sums.
+
+    The release (examples, correct predictions, per-row losses clipped to [0, C]; see
+    :func:`fedmodel.privacy.release.release_evaluation`) is one Gaussian-mechanism entry
+    ``(evaluation-noise, 1.0, 1)``. It is refused (PrivacyBudgetExceeded, nothing computed or released)
+    when the run's releases with it and the rest of the planned DP-SGD steps would pass the run's
+    epsilon, or when the owner's ledger total would pass its budget. Otherwise it is reserved in the
+    ledger and kept in the run's privacy state before the model runs on the rows, and committed after.
+    """
+    config = owner.config
+    sigma = settings.evaluation_noise
+    privacy = load_privacy(context)
+    entry = (sigma, 1.0, 1)
+    spent = privacy.epsilon(config.delta)
+    plan = privacy.plan
+    still_planned = [] if plan is None else [(plan.noise_multiplier, plan.sample_rate,
+                                              max(plan.total_steps - privacy.steps, 0))]
+    projected = epsilon_spent(privacy.everything + [entry] + still_planned, config.delta)
+    if projected > config.epsilon:
+        raise PrivacyBudgetExceeded(
+            owner.name, spent, projected, config.epsilon,
+            message=f"owner {owner.name}: releasing this evaluation would spend epsilon {projected:.4f} in the run "
+                    f"(with the DP-SGD steps still planned), above the budget {config.epsilon:.4f} (spent so far "
+                    f"{spent:.4f}); nothing was evaluated or released")
+    account = owner_account(owner.name, config, context)
+    reservation = account.reserve_release("evaluation", sigma, config.delta)  # the ledger's total budget
+    privacy.charge_gaussian(sigma)  # charged before the release
+    keep_privacy(context, privacy)
+    sums = evaluate_owner_sums(config, shard, global_weights(msg), device=device)
+    metrics = release_evaluation(sums, sigma).metrics()  # noise from the OS's CSPRNG, never the run's seed
+    metrics[EVALUATION_EPSILON] = gaussian_sum_epsilon(sigma, config.delta)
+    account.commit(reservation, epsilon_run=privacy.epsilon(config.delta))
+    return metrics
+
+
+def planned_evaluations(context: Context, config: RunConfig) -> tuple[tuple[float, float, int], ...]:
+    """The DP evaluations a deployed node with ``evaluation = dp`` plans for: one per round (none otherwise)."""
+    settings = NodeSettings.from_node_config(context.node_config)
+    if settings is None or settings.evaluation != "dp":
+        return ()
+    return ((settings.evaluation_noise, 1.0, config.rounds),)
+
+
+def released_train_numbers(context: Context, metrics: dict[str, float],
+                           quality: dict[str, int]) -> tuple[dict[str, float], dict[str, int]]:
+    """A train reply's metrics and quality counts as the node releases them.
+
+    Simulation: exact, unchanged. A deployed node: ``train-loss`` withheld (NaN) and the counts
+    coarsened (:mod:`fedmodel.privacy.release`) unless its owner set ``exact-replies``; the metric
+    ``exact-replies`` says which.
+    """
+    settings = NodeSettings.from_node_config(context.node_config)
+    if settings is None:
+        return metrics, quality
+    if settings.exact_replies:
+        return {**metrics, EXACT_REPLIES_FLAG: 1.0}, quality
+    return coarse_train_metrics(metrics), coarse_quality(quality)
 
 
 @app.query()

@@ -70,15 +70,16 @@ def keep_privacy(context: Context, state: OwnerPrivacyState) -> None:
     if isinstance(state, RoundPrivacy):
         _store(context, state.outcome())
         return
-    carried = _from_context(context)
+    carried = _known(context)
     record = CarriedPrivacy(state) if carried is None else CarriedPrivacy(state, carried.last_round,
                                                                           carried.last_digest, carried.before_last)
     _store(context, record)
 
 
 def current_privacy(context: Context) -> OwnerPrivacyState:
-    """What the owner has spent in this run so far (``context.state``; nothing yet: an empty state)."""
-    found = _from_context(context)
+    """What the owner has spent in this run so far (``context.state``, else a deployed node's record of the run
+    on disk, so a restarted SuperNode's first release does not overwrite it; nothing yet: an empty state)."""
+    found = _known(context)
     return OwnerPrivacyState() if found is None else found.state
 
 
@@ -99,6 +100,12 @@ def _carried(context: Context, handback: HandBack | None, server_round: int) -> 
     if handback is not None:
         return handback.adopt(server_round)
     return CarriedPrivacy(OwnerPrivacyState()), 0
+
+
+def _known(context: Context) -> CarriedPrivacy | None:
+    found = _from_context(context)
+    path = state_file(context) if found is None else None
+    return load_file(path) if path is not None else found
 
 
 def _from_context(context: Context) -> CarriedPrivacy | None:

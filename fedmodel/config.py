@@ -823,6 +823,9 @@ class NodeSettings:
     max_epsilon_per_run: float | None = None  # None = no limit per run (the total budget still holds)
     require_secure_aggregation: bool = False
     allow_local_statistics: bool = False  # cleaning with the owner's own statistics (outside DP-SGD's guarantee)
+    evaluation: str = "dp"  # dp | exact | off: what an evaluate message may release (fedmodel.privacy.release)
+    evaluation_noise: float = 10.0  # the dp evaluation release's Gaussian noise multiplier
+    exact_replies: bool = False  # exact train-loss and data-quality counts in train replies
 
     KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir", "id-columns",
             "coordinator", "ledger-key", "allow-no-dp", "min-noise-multiplier", "max-epsilon-per-run",
@@ -832,6 +835,10 @@ class NodeSettings:
     KEYS += ("model-path",)  # language models (fedmodel node start --model-path)
     KEYS += ("allow-local-statistics",)  # fedmodel node start --allow-local-statistics
     _BOOL_KEYS += ("allow-local-statistics",)
+    KEYS += ("evaluation", "evaluation-noise", "exact-replies")  # what evaluate and train replies release
+    _FLOAT_KEYS += ("evaluation-noise",)
+    _BOOL_KEYS += ("exact-replies",)
+    EVALUATION_MODES = ("dp", "exact", "off")
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> NodeSettings | None:
@@ -888,6 +895,10 @@ class NodeSettings:
         cap = self.max_epsilon_per_run
         if cap is not None and not (_finite(cap) and cap > 0):
             p.append(f"node-config max-epsilon-per-run = {cap!r}: expected a number > 0")
+        if self.evaluation not in self.EVALUATION_MODES:
+            p.append(f"node-config evaluation = {self.evaluation!r}: expected dp | exact | off")
+        if not (_finite(self.evaluation_noise) and self.evaluation_noise > 0):
+            p.append(f"node-config evaluation-noise = {self.evaluation_noise!r}: expected a number > 0")
         if p:
             raise ConfigError(p)
 

@@ -21,7 +21,8 @@ from fedmodel.data.augment import parse_augment
 from fedmodel.models import model_to_load
 from fedmodel.privacy import NoPrivacy, OpacusDPSGD, OwnerPrivacyState, PrivacyMechanism, plan_for_owner
 from fedmodel.privacy.mechanism import KeptWrapping
-from fedmodel.training import evaluate, make_loader, train_epochs
+from fedmodel.privacy.release import EVALUATION_LOSS_CLIP, EvaluationSums
+from fedmodel.training import evaluate, evaluation_sums, make_loader, train_epochs
 
 
 @dataclass(frozen=True)
@@ -138,9 +139,22 @@ def _bench(config: RunConfig, shard: Dataset, device: torch.device, *, private: 
 def evaluate_owner(
     config: RunConfig, shard: Dataset, global_weights: Mapping[str, torch.Tensor], *, device: torch.device,
 ) -> dict[str, float]:
-    """Metrics of the global model on the owner's own shard (released as aggregate numbers only)."""
+    """Exact metrics of the global model on the owner's own shard (simulation, or a node with --evaluation exact)."""
+    metrics = evaluate(_evaluated_model(config, shard, global_weights, device), shard, device=device)
+    return {"num-examples": float(len(shard)), **metrics}
+
+
+def evaluate_owner_sums(
+    config: RunConfig, shard: Dataset, global_weights: Mapping[str, torch.Tensor], *, device: torch.device,
+    loss_clip: float = EVALUATION_LOSS_CLIP,
+) -> EvaluationSums:
+    """The exact sums of the global model on the owner's shard that a DP evaluation release noises (never sent)."""
+    return evaluation_sums(_evaluated_model(config, shard, global_weights, device), shard, device=device,
+                           loss_clip=loss_clip)
+
+
+def _evaluated_model(config: RunConfig, shard: Dataset, global_weights: Mapping[str, torch.Tensor],
+                     device: torch.device) -> torch.nn.Module:
     model = model_to_load(config.model, shard.num_features, shard.num_classes)
     model.load_state_dict(global_weights)
-    model.to(device)
-    metrics = evaluate(model, shard, device=device)
-    return {"num-examples": float(len(shard)), **metrics}
+    return model.to(device)

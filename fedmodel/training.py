@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedmodel.data import Dataset
 from fedmodel.data.augment import AugmentSpec, augment_batch
 from fedmodel.metrics import classification_metrics
+from fedmodel.privacy.release import EvaluationSums
 
 
 def make_loader(data: Dataset, batch_size: int, *, seed: int, device: torch.device | None = None) -> DataLoader[Any]:
@@ -78,3 +79,25 @@ def evaluate(model: nn.Module, data: Dataset, *, device: torch.device, batch_siz
     metrics = classification_metrics(data.y, np.concatenate(preds) if preds else np.empty(0, np.int64))
     metrics["loss"] = loss / max(len(data), 1)
     return metrics
+
+
+@torch.no_grad()
+def evaluation_sums(model: nn.Module, data: Dataset, *, device: torch.device, loss_clip: float,
+                    batch_size: int = 1024) -> EvaluationSums:
+    """The exact sums a DP evaluation release noises: rows, correct predictions, per-row losses clipped to [0, C].
+
+    Each row's cross-entropy is clipped on its own (``reduction="none"``), so one row moves the loss
+    sum by at most ``loss_clip`` whatever the model (see :func:`fedmodel.privacy.release.release_evaluation`).
+    """
+    model.eval()
+    criterion = nn.CrossEntropyLoss(reduction="none")
+    correct, loss = 0, 0.0
+    x = torch.from_numpy(data.x)
+    y = torch.from_numpy(data.y)
+    for start in range(0, len(data), batch_size):
+        xb, yb = x[start:start + batch_size].to(device), y[start:start + batch_size].to(device)
+        logits = model(xb)
+        per_row = criterion(logits.double(), yb).nan_to_num(nan=loss_clip, posinf=loss_clip)
+        loss += float(per_row.clamp(0.0, loss_clip).sum())
+        correct += int((logits.argmax(dim=1) == yb).sum())
+    return EvaluationSums(len(data), correct, min(loss, len(data) * loss_clip), loss_clip)

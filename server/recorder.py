@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
+from fedmodel.privacy.release import EVALUATION_LOSS_CLIP
 from fedmodel.protocol import OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, PRIVACY_REPLY_KEY, QUALITY_RECORD_KEY
 from fedmodel.config import RunConfig
 from fedmodel.errors import AllClientsFailedError, refusal_rule
@@ -183,6 +184,7 @@ class RunRecorder:
                 self.node_owner[int(msg.metadata.src_node_id)] = owner_of(msg)
             else:
                 failures.append({"owner": _owner_in(msg.error.reason), "reason": msg.error.reason})
+        self._refusals(server_round, failures)  # an owner's evaluation budget or policy refusal
         if self.audit is not None:
             self.audit.append("evaluate-replies", round=server_round, replies=len(rnd.evaluate), failures=failures)
 
@@ -321,7 +323,8 @@ class RunRecorder:
             {"owner": o, "num_examples": int(m["num-examples"]), 
              "train_loss": self.owner_train.get(o, {}).get("train-loss"),
              **{k: m.get(k) for k in ("accuracy", "precision", "recall", "f1")}, "loss": m.get("loss"),
-             "ray_node": self.owner_node.get(o), **self._claimed(o)}
+             "ray_node": self.owner_node.get(o), **self._claimed(o),
+             **_release_flags(m, self.owner_train.get(o, {}))}
             for o, m in sorted(self.owner_eval.items(), key=lambda item: _sort_key(item[0]))
         ]
         privacy: dict[str, Any] = {"mode": "dp-sgd" if c.dp else "none"}
@@ -374,7 +377,8 @@ class RunRecorder:
             "notes": [
                 "The DP guarantee covers the model updates. Each owner's shard size, mean training loss and "
                 "the metrics of the global model on its shard are released as plain numbers, outside it.",
-            ],
+            ] + ([RELEASE_NOTE] if any(m.get("evaluation-dp") for m in self.owner_eval.values())
+                 or any(m.get("exact-replies") == 0.0 for m in self.owner_train.values()) else []),
         })
 
     def _unfinished(self) -> dict[str, Any] | None:
@@ -414,6 +418,23 @@ def _across_runs(m: dict[str, float]) -> dict[str, float | None]:
     budget = m.get("ledger-budget", m["budget-epsilon"])
     spent = m["epsilon"] if total is None else total
     return {"epsilon_total": total, "budget_epsilon": budget, "remaining_epsilon": max(budget - spent, 0.0)}
+
+
+RELEASE_NOTE = ("Owners with evaluation_dp true evaluated under DP at their node (Gaussian mechanism, charged to "
+                f"their own budget): their num_examples, loss (per-example loss clipped to [0, {EVALUATION_LOSS_CLIP:g}]) "
+                "and accuracy are "
+                "noisy, precision/recall/F1 are not released; owners with exact_replies false withheld their "
+                "train_loss and rounded their data-quality counts to one significant digit.")
+
+
+def _release_flags(evaluation: dict[str, float], train: dict[str, float]) -> dict[str, bool]:
+    """A deployed owner's release settings, as its replies state them (absent in simulation)."""
+    flags = {}
+    if "evaluation-dp" in evaluation:
+        flags["evaluation_dp"] = bool(evaluation["evaluation-dp"])
+    if "exact-replies" in train:
+        flags["exact_replies"] = bool(train["exact-replies"])
+    return flags
 
 
 def _attempt_summary(rnd: _Round) -> dict[str, Any]:

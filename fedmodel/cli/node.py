@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +17,14 @@ from fedmodel.deployment.process import run_foreground
 from fedmodel.deployment.node import exit_hint, open_node_ledger, privacy_policy, supernode_command
 from fedmodel.errors import FedModelError
 from fedmodel.security.certs import fingerprint, generate_node_keys
+
+
+class EvaluationMode(str, Enum):
+    """What a site's node answers to the coordinator's evaluate messages (node key ``evaluation``)."""
+
+    dp = "dp"
+    exact = "exact"
+    off = "off"
 
 
 node_app = typer.Typer(
@@ -88,6 +97,21 @@ def start(
              "outliers, local mean/median/mode imputation, local z-score or min-max). Gives up: one record can "
              "shift every other row, so DP-SGD's record-level guarantee no longer covers the preprocessing; "
              "replies and the audit log show it (refused by default)")] = False,
+    evaluation: Annotated[EvaluationMode, typer.Option(
+        help="What the coordinator's evaluate messages get. dp: only noisy counts of examples and correct "
+             "predictions and a noisy sum of clipped losses (Gaussian mechanism, charged to this site's budget "
+             "before release; precision/recall/F1 not sent); a run plans one per round. exact: exact loss, "
+             "accuracy, precision, recall, F1 and example count for ANY weights the coordinator sends, charged to "
+             "nothing: GIVES UP that the coordinator can count the rows matching any rule it can encode as a "
+             "model (e.g. rows with feature j > t), for free. off: refuse evaluate messages")] = EvaluationMode.dp,
+    evaluation_noise: Annotated[float, typer.Option(
+        help="Noise multiplier of a dp evaluation (> 0): at 10, one release costs epsilon 0.375 at delta 1e-5 "
+             "(RDP), ten cost 1.31 alone; the example count gets noise of std 17")] = 10.0,
+    exact_replies: Annotated[bool, typer.Option(
+        "--exact-replies",
+        help="Send the exact train-loss and data-quality counts (rows, gaps, duplicates, outlier cells) in train "
+             "replies. GIVES UP: they are outside DP; a crafted model's mean loss can reveal a single row. "
+             "Default: train-loss withheld, counts rounded to one significant digit (steps of at least 10)")] = False,
 ) -> None:
     """Run this site's SuperNode in the foreground until Ctrl-C or until the coordinator revokes it."""
     owner = name if name is not None else (key.stem if key is not None else "node")
@@ -100,7 +124,8 @@ def start(
             coordinator=coordinator, ca_cert=ca, key=key, data=data, label=label, name=owner,
             budget_epsilon=budget_epsilon, delta=delta, device=device, state_dir=state_dir, port=port,
             insecure=insecure, id_columns=tuple(id_column or ()), model_path=model_path, policy=policy,
-            ledger_key=ledger_key,
+            ledger_key=ledger_key, evaluation=evaluation.value, evaluation_noise=evaluation_noise,
+            exact_replies=exact_replies,
         )
         state = state_dir.expanduser().absolute()
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -119,6 +144,9 @@ def start(
     if model_path is not None:
         out.print(f"{'model':<8} {escape(str(model_path.expanduser().absolute()))}", highlight=False, soft_wrap=True)
     out.print(f"{'policy':<8} {escape(policy.describe())}", highlight=False, soft_wrap=True)
+    out.print(f"{'replies':<8} evaluation {evaluation.value}"
+              f"{f' (noise multiplier {evaluation_noise:g})' if evaluation.value == 'dp' else ''}; train-loss and "
+              f"quality counts {'exact' if exact_replies else 'withheld / coarsened'}", highlight=False, soft_wrap=True)
     out.print(f"{'ledger':<8} {escape(str(ledger))}{' (encrypted)' if encrypted else ''}; audit log "
               f"{escape(str(state / 'audit.log'))}", highlight=False, soft_wrap=True)
     lines: deque[str] = deque(maxlen=400)

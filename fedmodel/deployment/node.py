@@ -4,7 +4,8 @@ The SuperNode hands its ``--node-config`` to every ClientApp it runs, as ``conte
 are the contract with fedmodel's ClientApp (:class:`~fedmodel.config.NodeSettings`): ``data-path`` and
 ``state-dir`` (absolute paths), ``label``, ``owner-name``, ``budget-epsilon``, ``delta``, ``device``,
 ``coordinator``, the owner's privacy policy (``allow-no-dp``, ``min-noise-multiplier``,
-``require-secure-aggregation``, ``allow-local-statistics`` and, when set, ``max-epsilon-per-run``) and,
+``require-secure-aggregation``, ``allow-local-statistics`` and, when set, ``max-epsilon-per-run``),
+what evaluate and train replies release (``evaluation``, ``evaluation-noise``, ``exact-replies``) and,
 when set, ``id-columns`` and ``ledger-key``. Flower parses the value with
 ``flwr.common.config.parse_config_args``: space-separated ``key=value`` pairs whose values are TOML
 values, where a quoted string may not contain its own quote character.
@@ -32,7 +33,8 @@ __all__ = ["DATA_SUFFIXES", "NODE_CONFIG_KEYS", "exit_hint", "format_node_config
 DATA_SUFFIXES = (".csv", ".parquet", ".npz", ".jsonl")
 NODE_CONFIG_KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir",
                     "coordinator", "allow-no-dp", "min-noise-multiplier", "require-secure-aggregation",
-                    "max-epsilon-per-run", "ledger-key", "id-columns", "model-path", "allow-local-statistics")
+                    "max-epsilon-per-run", "ledger-key", "id-columns", "model-path", "allow-local-statistics",
+                    "evaluation", "evaluation-noise", "exact-replies")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KEYGEN = "`fedmodel node keygen --out DIR --name NAME`"
 
@@ -43,7 +45,8 @@ def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | Non
                       name: str, budget_epsilon: float, delta: float, device: str, state_dir: Path,
                       port: int | None, insecure: bool, id_columns: tuple[str, ...] = (),
                       policy: PrivacyPolicy | None = None, ledger_key: Path | None = None,
-                      model_path: Path | None = None) -> list[str]:
+                      model_path: Path | None = None, evaluation: str = "dp", evaluation_noise: float = 10.0,
+                      exact_replies: bool = False) -> list[str]:
     """The ``flower-supernode`` command of a site, after checking every setting.
 
     Parameters
@@ -79,6 +82,12 @@ def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | Non
         The 32-byte key file of the site's encrypted privacy ledger (None: not encrypted).
     model_path : Path or None
         This site's copy of the base model folder, for language-model runs (None: tables only).
+    evaluation : str
+        What an evaluate message gets: ``dp`` (a charged Gaussian release), ``exact`` or ``off`` (refused).
+    evaluation_noise : float
+        The noise multiplier of a ``dp`` evaluation release (> 0).
+    exact_replies : bool
+        Exact train-loss and data-quality counts in train replies (default: withheld and coarsened).
 
     Returns
     -------
@@ -94,6 +103,14 @@ def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | Non
                       port, insecure)
     if model_path is not None:
         problems += _check_model(model_path)
+    if evaluation not in ("dp", "exact", "off"):
+        problems.append(f"--evaluation {evaluation!r}: expected dp, exact or off")
+    if not _is_number(evaluation_noise) or not (math.isfinite(evaluation_noise) and evaluation_noise > 0):
+        problems.append(f"--evaluation-noise {evaluation_noise!r}: expected a finite number > 0")
+    elif (evaluation == "dp" and policy is not None and _is_number(policy.min_noise_multiplier)
+          and evaluation_noise < policy.min_noise_multiplier):
+        problems.append(f"--evaluation-noise {evaluation_noise!r}: below --min-noise-multiplier "
+                        f"{policy.min_noise_multiplier!r}, so every evaluation would be refused")
     if problems:
         raise ConfigError(problems)
     policy = policy if policy is not None else PrivacyPolicy()
@@ -117,6 +134,8 @@ def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | Non
         config["id-columns"] = ",".join(c.strip() for c in id_columns)
     if model_path is not None:
         config["model-path"] = str(_absolute(model_path))
+    config.update({"evaluation": evaluation, "evaluation-noise": float(evaluation_noise),
+                   "exact-replies": bool(exact_replies)})
     cmd = [_tool("flower-supernode"), "--superlink", coordinator.strip()]
     if insecure:
         cmd.append("--insecure")

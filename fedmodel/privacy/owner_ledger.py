@@ -147,8 +147,12 @@ class OwnerAccount:
 
     # ------------------------------------------------------------------ DP-SGD
     def plan(self, state: OwnerPrivacyState, *, num_examples: int, batch_size: int, local_epochs: int, rounds: int,
-             epsilon: float, delta: float, max_grad_norm: float) -> None:
+             epsilon: float, delta: float, max_grad_norm: float,
+             later: tuple[tuple[float, float, int], ...] = ()) -> None:
         """Calibrate ``state.plan`` once for the run (no-op when it is set), on what remains of the budget.
+
+        ``later`` are releases the run will make after this plan (a node's DP evaluations, one per
+        round, as accountant entries): DP-SGD is calibrated to leave room for them.
 
         The noise multiplier is the larger of two calibrations: this run within ``epsilon`` (with the
         run's other releases, ``state.other``), and everything in the ledger with this run within the
@@ -158,7 +162,7 @@ class OwnerAccount:
         """
         if state.plan is not None:
             return
-        other = tuple(state.other)
+        other = tuple(state.other) + tuple(later)
         try:
             plan = plan_for_owner(num_examples=num_examples, batch_size=batch_size, local_epochs=local_epochs,
                                   rounds=rounds, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm,
@@ -178,7 +182,8 @@ class OwnerAccount:
                     message=f"owner {self.owner}: the privacy budget is used up: epsilon {spent_before:.4f} of "
                             f"{self.budget:.4f} spent across runs (ledger), remaining {max(remaining, 0.0):.4f}, "
                             f"below the {min_useful_epsilon(self.budget):.4f} a run needs; nothing was trained")
-            sigma = calibrate_noise_after(self.budget, total_delta, plan.sample_rate, plan.total_steps, before)
+            sigma = calibrate_noise_after(self.budget, total_delta, plan.sample_rate, plan.total_steps,
+                                          before + tuple(later))
             if sigma > plan.noise_multiplier:
                 plan = dataclasses.replace(plan, noise_multiplier=sigma)
         run_epsilon = epsilon_spent(list(other) + [(plan.noise_multiplier, plan.sample_rate, plan.total_steps)],

@@ -170,3 +170,54 @@ def test_a_node_claiming_another_sites_name_is_reported_under_its_registry_name(
     registry.write_text(json.dumps({"nodes": [NodeEntry("site-e", 99, "e" * 64, "k", "allowed").to_record()]}))
     (again,) = grid.send_and_receive(messages[2:3])
     assert again.content[OWNER_RECORD_KEY]["name"] == "site-e"
+
+
+# ---------------------------------------------------------------- deployed owners' DP evaluation in the report
+
+def client_app_reply(folder: Path, name: str, node_id: int, message_type: str, **settings: object) -> Message:
+    """The reply of a deployed owner's real ClientApp (its own file, state folder and release settings)."""
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(node_id)
+    lines = [",".join([f"f{i}" for i in range(64)] + ["digit"])]
+    lines += [",".join([f"{v:.3f}" for v in rng.random(64)] + [str(i % 10)]) for i in range(80)]
+    (folder / "data.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = RunConfig(clients=2, rounds=1, out=str(folder / "run"))
+    meta = Metadata(run_id=1, message_id=f"m{node_id}", src_node_id=0, dst_node_id=node_id, reply_to_message_id="",
+                    group_id="1", created_at=time.time(), ttl=600.0, message_type=message_type)
+    msg = make_message(metadata=meta, content=RecordDict({
+        "arrays": ArrayRecord(build_model("logreg", 64, 10, seed=1).state_dict()),
+        "config": ConfigRecord({"server-round": 1, "schema-features": 64,
+                                "schema-labels": "\x1f".join(str(i) for i in range(10))})}))
+    node = {"data-path": str(folder / "data.csv"), "label": "digit", "owner-name": name, "budget-epsilon": 3.0,
+            "device": "cpu", "state-dir": str(folder), **settings}
+    ctx = Context(run_id=1, node_id=node_id, state=RecordDict(), run_config=config.to_mapping(),
+                  node_config=node)  # type: ignore[arg-type]
+    handler = client_app.train if message_type == MessageType.TRAIN else client_app.evaluate
+    return handler(msg, ctx)
+
+
+def test_dp_evaluations_and_refusals_of_deployed_owners_reach_the_report(tmp_path: Path) -> None:
+    """Mixed owner settings aggregate (one metric layout), and the report says which numbers are DP releases."""
+    from server.strategy import build_strategy
+
+    config = RunConfig(clients=3, rounds=1, out=str(tmp_path / "run"))
+    recorder = RunRecorder(config, RunFolder(tmp_path / "run"))
+    strategy = build_strategy(config, recorder)
+    recorder.train_replies(1, [client_app_reply(tmp_path / "a", "site-a", 11, MessageType.TRAIN),
+                               client_app_reply(tmp_path / "b", "site-b", 12, MessageType.TRAIN,
+                                              **{"exact-replies": True})])
+    evaluated = [client_app_reply(tmp_path / "a", "site-a", 11, MessageType.EVALUATE),
+                 client_app_reply(tmp_path / "b", "site-b", 12, MessageType.EVALUATE, evaluation="exact"),
+                 client_app_reply(tmp_path / "c", "site-c", 13, MessageType.EVALUATE, evaluation="off")]
+    aggregated = strategy.aggregate_evaluate(1, evaluated)
+    assert aggregated is not None and 0.0 <= float(aggregated["accuracy"]) <= 1.0
+    report = recorder.report("completed")
+    owners = {o["owner"]: o for o in report["owners"]}
+    assert owners["site-a"]["evaluation_dp"] is True and owners["site-a"]["precision"] is None
+    assert owners["site-a"]["exact_replies"] is False and owners["site-a"]["train_loss"] is None
+    assert owners["site-b"]["evaluation_dp"] is False and owners["site-b"]["precision"] is not None
+    assert owners["site-b"]["exact_replies"] is True and owners["site-b"]["train_loss"] is not None
+    assert [(r["owner"], r["rule"]) for r in report["privacy"]["refusals"]] == [("site-c", "evaluation")]
+    assert any("evaluation_dp" in note for note in report["notes"])

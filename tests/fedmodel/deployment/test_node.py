@@ -45,7 +45,8 @@ def test_node_config_parses_back_to_the_keys(settings: dict[str, Any], tmp_path:
         "data-path": str(tmp_path / "data.csv"), "label": "y", "owner-name": "site-a", "budget-epsilon": 3.0,
         "delta": 1e-5, "device": "cpu", "state-dir": str(tmp_path / "state"), "coordinator": "127.0.0.1:9091",
         "allow-no-dp": False, "min-noise-multiplier": 0.0, "require-secure-aggregation": False,
-        "allow-local-statistics": False, "id-columns": "patient_id,mrn",
+        "allow-local-statistics": False, "id-columns": "patient_id,mrn", "evaluation": "dp", "evaluation-noise": 10.0,
+        "exact-replies": False,
     }
     assert set(_node_config(cmd)) <= set(NODE_CONFIG_KEYS)
     from fedmodel.config import NodeSettings
@@ -84,6 +85,28 @@ def test_allow_local_statistics_reaches_the_clientapp_and_its_help_says_what_it_
     assert default is not None and not default.policy.allow_local_statistics
     help_text = " ".join(CliRunner().invoke(node_app, ["start", "--help"], env={"COLUMNS": "200"}).output.split())
     assert "--allow-local-statistics" in help_text and "record-level guarantee no longer covers" in help_text
+
+
+def test_the_owners_release_options_reach_the_clientapp(settings: dict[str, Any]) -> None:
+    from fedmodel.config import NodeSettings
+
+    cmd = supernode_command(**settings, evaluation="off", evaluation_noise=25.0, exact_replies=True)
+    node = NodeSettings.from_node_config(_node_config(cmd))
+    assert node is not None and (node.evaluation, node.evaluation_noise, node.exact_replies) == ("off", 25.0, True)
+    default = NodeSettings.from_node_config(_node_config(supernode_command(**settings)))
+    assert default is not None and (default.evaluation, default.exact_replies) == ("dp", False)
+
+
+def test_invalid_release_options_are_all_named(settings: dict[str, Any]) -> None:
+    from fedmodel.deployment.node import privacy_policy
+
+    with pytest.raises(ConfigError) as caught:
+        supernode_command(**settings, evaluation="maybe", evaluation_noise=0.0)
+    assert "--evaluation 'maybe'" in str(caught.value) and "--evaluation-noise 0.0" in str(caught.value)
+    policy = privacy_policy(allow_no_dp=False, min_noise_multiplier=12.0, max_epsilon_per_run=None,
+                            require_secure_aggregation=False)
+    with pytest.raises(ConfigError, match="below --min-noise-multiplier"):  # every evaluation would be refused
+        supernode_command(**settings, policy=policy, evaluation_noise=10.0)
 
 
 def test_invalid_policy_options_are_all_named() -> None:
