@@ -744,6 +744,7 @@ class NodeSettings:
     min_noise_multiplier: float = 0.0  # 0 = no minimum
     max_epsilon_per_run: float | None = None  # None = no limit per run (the total budget still holds)
     require_secure_aggregation: bool = False
+    audit_key: str = ""  # the audit log's HMAC key file, outside the state folder ("" = an unkeyed log)
 
     KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir", "id-columns",
             "coordinator", "ledger-key", "allow-no-dp", "min-noise-multiplier", "max-epsilon-per-run",
@@ -751,6 +752,7 @@ class NodeSettings:
     _FLOAT_KEYS = ("budget-epsilon", "delta", "min-noise-multiplier", "max-epsilon-per-run")
     _BOOL_KEYS = ("allow-no-dp", "require-secure-aggregation")
     KEYS += ("model-path",)  # language models (fedmodel node start --model-path)
+    KEYS += ("audit-key",)  # the keyed audit log (fedmodel node start --audit-key)
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> NodeSettings | None:
@@ -802,6 +804,8 @@ class NodeSettings:
                      "ledger and audit log live there)")
         if self.ledger_key and not Path(self.ledger_key).is_absolute():
             p.append(f"node-config ledger-key = {self.ledger_key!r}: expected an absolute path")
+        if self.audit_key and not Path(self.audit_key).is_absolute():
+            p.append(f"node-config audit-key = {self.audit_key!r}: expected an absolute path")
         if not (_finite(self.min_noise_multiplier) and self.min_noise_multiplier >= 0):
             p.append(f"node-config min-noise-multiplier = {self.min_noise_multiplier!r}: expected a number >= 0")
         cap = self.max_epsilon_per_run

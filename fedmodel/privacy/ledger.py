@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedmodel.errors import LedgerError, PrivacyBudgetExceeded
+from fedmodel.fsio import load_or_create_secret, read_secret
 from fedmodel.privacy.accounting import ACCOUNTANT
 
 LEDGER_FILENAME = "privacy-ledger.sqlite"
@@ -155,49 +156,27 @@ class OwnerSummary:
 def read_key(path: Path) -> bytes:
     """The 32-byte ledger key stored in ``path``; a clear error if it is missing or not a key."""
     try:
-        data = Path(path).read_bytes()
+        return read_secret(Path(path), KEY_BYTES)
     except FileNotFoundError:
         raise LedgerError(f"no ledger key file at {path}") from None
     except OSError as exc:
         raise LedgerError(f"cannot read the ledger key file {path}: {exc.strerror}") from None
-    if len(data) != KEY_BYTES:
-        raise LedgerError(f"{path} is not a ledger key: expected {KEY_BYTES} bytes, found {len(data)}")
-    return data
+    except ValueError as exc:
+        raise LedgerError(f"{path} is not a ledger key: {str(exc).split(': ', 1)[-1]}") from None
 
 
 def load_or_create_key(path: Path) -> bytes:
     """Read the key at ``path``, or create 32 random bytes there, readable by the owner only (0600).
 
-    The new key is written to a temporary file created 0600 (O_CREAT|O_EXCL), fsynced, then linked
-    to ``path``, which fails if another process got there first: both then use the same key.
+    See :func:`fedmodel.fsio.load_or_create_secret` (two processes creating it at once get the same key).
     """
     path = Path(path)
-    if path.exists():
-        return read_key(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(secrets.token_bytes(KEY_BYTES))
-            handle.flush()
-            os.fsync(handle.fileno())
+    if not path.exists():
         try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+            load_or_create_secret(path, KEY_BYTES)
+        except OSError as exc:
+            raise LedgerError(f"cannot create the ledger key file {path}: {exc.strerror or exc}") from None
     return read_key(path)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @lru_cache(maxsize=4096)
