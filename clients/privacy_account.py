@@ -84,7 +84,9 @@ def _account(owner: str, config: RunConfig, context: Context) -> tuple[OwnerAcco
                                  open_ledger(folder, key_file) if ledger_path(Path(folder)).exists() else None)
     ledger = open_ledger(folder, key_file) if folder else None
     audit = audit_log_for(Path(folder), audit_key) if folder else None
-    return OwnerAccount(owner, run, budget_epsilon=budget, policy=policy, ledger=ledger, audit=audit), settings
+    data = DataFingerprint.of_file(Path(settings.data_path)) if settings is not None else None  # once per process
+    return OwnerAccount(owner, run, budget_epsilon=budget, policy=policy, ledger=ledger, audit=audit,
+                        data=data), settings
 
 
 def _fingerprint(config: RunConfig, settings: NodeSettings | None, context: Context) -> DataFingerprint:

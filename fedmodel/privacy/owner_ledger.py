@@ -117,10 +117,14 @@ class OwnerAccount:
         The owner's ledger; None keeps no account across runs (a simulation without ``--ledger``).
     audit
         The owner's audit log; None writes none.
+    data
+        The data the run trains on: its SHA-256 goes with each ledger entry (None: not recorded).
     """
 
     def __init__(self, owner: str, run: RunIdentity, *, budget_epsilon: float, policy: PrivacyPolicy,
-                 ledger: PrivacyLedger | None = None, audit: AuditLog | None = None) -> None:
+                 ledger: PrivacyLedger | None = None, audit: AuditLog | None = None,
+                 data: DataFingerprint | None = None) -> None:
+        self.data = data
         self.owner = str(owner)
         self.run = run
         self.budget = float(budget_epsilon)
@@ -223,7 +227,8 @@ class OwnerAccount:
             return None
         reservation = self.ledger.reserve(self.owner, run_id=self.run.run_id, coordinator=self.run.coordinator,
                                           noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps,
-                                          delta=delta, budget_epsilon=self.budget)
+                                          delta=delta, budget_epsilon=self.budget,
+                                          data=(self.data.sha256 or "") if self.data is not None else "")
         self._audit("reserve", what=what, round=server_round, entry=reservation.entry_id,
                     noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta,
                     epsilon_total=reservation.spent, budget_epsilon=self.budget,

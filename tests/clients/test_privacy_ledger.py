@@ -259,3 +259,17 @@ def test_a_deleted_ledger_is_refused_by_every_message_and_replies_carry_the_audi
         assert reply.has_error(), kind
         assert f"shows epsilon {spent:.4f} spent" in error(reply) and str(ledger_path(state)) in error(reply)
     assert not ledger_path(state).exists()
+
+
+def test_a_deployed_owners_ledger_entries_name_the_sha256_of_its_data_file(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    config = RunConfig(clients=3, rounds=1, epsilon=0.5, batch_size=15, out="/runs/a")
+    reply = client_app.train(message(1, **SCHEMA), deployed(config, state))
+    assert not reply.has_error(), error(reply)
+    shown = CliRunner().invoke(cli, ["ledger", "show", "--state-dir", str(state), "--owner", "site-a",
+                                     "--format", "json"])
+    assert shown.exit_code == 0, shown.output
+    data = hashlib.sha256((tmp_path / "site-a.csv").read_bytes()).hexdigest()
+    assert [e["data"] for e in json.loads(shown.output)["entries"]] == [data]
+    table = CliRunner().invoke(cli, ["ledger", "show", "--state-dir", str(state), "--owner", "site-a"])
+    assert data[:12] in table.output
