@@ -13,6 +13,15 @@ anchor ``<log>.head`` (``{"seq", "hash"}``, plus ``mac`` with a key) atomically.
 log with it. A log with entries and no head file verifies with a *warning* (the log may have been copied
 without it; pass ``require_head=True`` to fail instead), but :meth:`AuditLog.append` refuses to go on from
 it, as it refuses a torn last line or a head that the log does not match: appending would hide the damage.
+
+A deployed node keys its log (``fedmodel node start --audit-key``, a file outside the state folder) and
+keeps a second copy of the head beside the key (``<key>.anchor``, :func:`anchor_path`); each reply carries
+the head to the coordinator, which keeps it. What this detects: edits, removed or cut-off entries and a
+rewritten head by anyone without the key; a log cut back to an older genuine head (kept by the writer) by
+the anchor, or, if the anchor is rolled back too, by the coordinator's copy of the counts. What it does
+not: someone holding the key and able to rewrite the anchor (the node's own account, as a rule) can
+rewrite history the coordinator has not seen yet; the key guards against writers of the state folder
+only, not against the owner's own operating-system account.
 """
 
 from __future__ import annotations
@@ -392,24 +401,25 @@ class _Chain:
                                "entries were appended by someone else")
 
     def check_anchor(self, file: Path, number_of_lines: int) -> None:
+        """Compare the log with the copy of its head kept outside the state folder (beside the key)."""
         head, error = _read_anchor(file, self.key)
         last_seq = -1 if self.last is None else self.last["seq"]
         if error is not None:
             self.problem(None, f"anchor {error}")
         elif head is None:
             if last_seq > 0:
-                self.problem(None, f"no anchor file {file}: the copy of the head kept outside the state folder is "
-                                    "missing")
+                self.problem(None, f"no anchor file {file}: the copy of the head kept outside the state folder "
+                                   "is missing")
         elif head["seq"] > last_seq:
-            self.problem(number_of_lines + 1, f"rolled back: the anchor {file.name} records seq {head['seq']} but the "
-                                               f"log ends at seq {last_seq}: its last entries were removed",
-                          {"seq": head["seq"]})
+            self.problem(number_of_lines + 1, f"rolled back: the anchor {file.name} records seq {head['seq']} but "
+                                              f"the log ends at seq {last_seq}: its last entries were removed",
+                         {"seq": head["seq"]})
         elif self.hashes.get(head["seq"]) != head["hash"]:
             self.problem(None, f"the anchor {file.name} records hash {head['hash'][:12]}... for seq {head['seq']}, "
-                                "which the log does not hold: log replaced")
+                               "which the log does not hold: log replaced")
         elif head["seq"] < last_seq - 1:
             self.problem(None, f"the anchor {file.name} records seq {head['seq']} but the log goes on to seq "
-                                f"{last_seq}: entries were appended without updating it")
+                               f"{last_seq}: entries were appended without updating it")
 
 
 def _lines(handle: BinaryIO) -> Iterator[tuple[int, bytes, bool]]:
