@@ -52,7 +52,8 @@ from fedmodel.privacy.release import (EVALUATION_EPSILON, EVALUATION_FLAG, EXACT
 from fedmodel.privacy.audit import shard_with_canaries
 from fedmodel.privacy.policy import check_run_config
 from fedmodel.protocol import FEATURE_SUMS_QUERY, OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, QUALITY_RECORD_KEY
-from clients.privacy_account import owner_account, record_local_statistics, record_refusal
+from clients.privacy_account import (attach_audit_head, owner_account, record_local_statistics,
+                                     record_refusal)
 from clients.carry import REPLY_KEY, current_privacy, keep_privacy, privacy_record, restore_privacy
 from clients.central_dp import central_dp_mod
 from clients.cohort import CellCache, PerMessage, is_cohort_message, serve_cohort
@@ -297,7 +298,7 @@ def train_owner(msg: Message, context: Context) -> Message:
     reply = _reply(msg, owner, metrics, ArrayRecord(update.weights), quality=quality)
     if privacy is not None:  # checkpointed by the coordinator, handed back if a simulation is resumed
         reply.content[REPLY_KEY] = privacy_record(privacy)
-    return reply
+    return attach_audit_head(reply, context)
 
 
 @app.evaluate()
@@ -338,7 +339,7 @@ def evaluate_owner_message(msg: Message, context: Context) -> Message:
                 metrics.update({EVALUATION_FLAG: 0.0, EVALUATION_EPSILON: 0.0})
     except Exception as exc:
         return _error_reply(msg, context, exc)
-    return _reply(msg, owner, metrics)
+    return attach_audit_head(_reply(msg, owner, metrics), context)
 
 
 def evaluation_refusal(context: Context, *, tabular: bool) -> PolicyViolation | None:

@@ -18,11 +18,22 @@ import logging
 import time
 from pathlib import Path
 
-from flwr.app import ConfigRecord, Context
+from flwr.app import ConfigRecord, Context, Message
 
 from fedmodel.config import NodeSettings, RunConfig
 from fedmodel.errors import ConfigError, PolicyViolation, PrivacyBudgetExceeded
-from fedmodel.privacy.owner_ledger import DataFingerprint, OwnerAccount, RunIdentity, audit_log_for, open_ledger
+from fedmodel.protocol import AUDIT_HEAD_RECORD_KEY
+from fedmodel.security.audit_log import AuditLogError
+from fedmodel.privacy.ledger import ledger_path
+from fedmodel.privacy.owner_ledger import (
+    AUDIT_LOG_NAME,
+    DataFingerprint,
+    OwnerAccount,
+    RunIdentity,
+    audit_log_for,
+    check_ledger_against_log,
+    open_ledger,
+)
 from fedmodel.privacy.policy import PrivacyPolicy
 from clients.secure import secure_aggregation_in_effect
 
@@ -93,9 +104,15 @@ def _account(owner: str, config: RunConfig, context: Context) -> tuple[OwnerAcco
         key_file, budget, policy = settings.ledger_key, settings.budget_epsilon, settings.policy
         where = f"coordinator {settings.coordinator}" if settings.coordinator else "coordinator (address not given)"
     run = RunIdentity(config.run_id or str(context.run_id), f"{where}, run folder {config.out or '(not named)'}")
+    audit_key = settings.audit_key if settings is not None else ""
+    if settings is not None:  # a deleted or older ledger is refused, not taken as a fresh budget
+        check_ledger_against_log(ledger_path(Path(folder)), Path(folder) / AUDIT_LOG_NAME, owner,
+                                 open_ledger(folder, key_file) if ledger_path(Path(folder)).exists() else None)
     ledger = open_ledger(folder, key_file) if folder else None
-    audit = audit_log_for(Path(folder)) if folder else None
-    return OwnerAccount(owner, run, budget_epsilon=budget, policy=policy, ledger=ledger, audit=audit), settings
+    audit = audit_log_for(Path(folder), audit_key) if folder else None
+    data = DataFingerprint.of_file(Path(settings.data_path)) if settings is not None else None  # once per process
+    return OwnerAccount(owner, run, budget_epsilon=budget, policy=policy, ledger=ledger, audit=audit,
+                        data=data), settings
 
 
 def _fingerprint(config: RunConfig, settings: NodeSettings | None, context: Context) -> DataFingerprint:
@@ -105,3 +122,23 @@ def _fingerprint(config: RunConfig, settings: NodeSettings | None, context: Cont
     if config.dataset == "file":
         return DataFingerprint.of_file(Path(config.data_path), detail=share)
     return DataFingerprint(config.dataset, None, detail=f"bundled data set, {share}")
+
+
+def attach_audit_head(reply: Message, context: Context) -> Message:
+    """Add a deployed owner's audit-log head (entry count, tip) to its reply, for the coordinator to keep.
+
+    The coordinator's copy is what a node's own writer cannot rewrite: a log later cut back below a
+    count the coordinator recorded shows it. A simulated owner's reply is returned unchanged; a log whose
+    end cannot be read is reported as ``count`` -1 (the reply still goes out).
+    """
+    settings = NodeSettings.from_node_config(context.node_config)
+    if settings is None or not settings.state_dir:
+        return reply
+    try:
+        head = audit_log_for(Path(settings.state_dir), settings.audit_key).head()
+        record = {"count": head.count, "tip": head.tip, "keyed": head.keyed}
+    except AuditLogError:
+        log.exception("cannot read the audit log's head for the reply")
+        record = {"count": -1, "tip": "", "keyed": False}
+    reply.content[AUDIT_HEAD_RECORD_KEY] = ConfigRecord(record)  # type: ignore[arg-type]
+    return reply

@@ -826,6 +826,7 @@ class NodeSettings:
     evaluation: str = "dp"  # dp | exact | off: what an evaluate message may release (fedmodel.privacy.release)
     evaluation_noise: float = 10.0  # the dp evaluation release's Gaussian noise multiplier
     exact_replies: bool = False  # exact train-loss and data-quality counts in train replies
+    audit_key: str = ""  # the audit log's HMAC key file, outside the state folder ("" = an unkeyed log)
 
     KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir", "id-columns",
             "coordinator", "ledger-key", "allow-no-dp", "min-noise-multiplier", "max-epsilon-per-run",
@@ -839,6 +840,7 @@ class NodeSettings:
     _FLOAT_KEYS += ("evaluation-noise",)
     _BOOL_KEYS += ("exact-replies",)
     EVALUATION_MODES = ("dp", "exact", "off")
+    KEYS += ("audit-key",)  # the keyed audit log (fedmodel node start --audit-key)
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> NodeSettings | None:
@@ -890,6 +892,8 @@ class NodeSettings:
                      "ledger and audit log live there)")
         if self.ledger_key and not Path(self.ledger_key).is_absolute():
             p.append(f"node-config ledger-key = {self.ledger_key!r}: expected an absolute path")
+        if self.audit_key and not Path(self.audit_key).is_absolute():
+            p.append(f"node-config audit-key = {self.audit_key!r}: expected an absolute path")
         if not (_finite(self.min_noise_multiplier) and self.min_noise_multiplier >= 0):
             p.append(f"node-config min-noise-multiplier = {self.min_noise_multiplier!r}: expected a number >= 0")
         cap = self.max_epsilon_per_run

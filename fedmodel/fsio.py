@@ -1,8 +1,9 @@
-"""Durable file writes: nothing half-written is ever seen under the final name."""
+"""Durable file writes (nothing half-written is ever seen under the final name) and owner-only secret files."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -29,3 +30,47 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def read_secret(path: Path, size: int) -> bytes:
+    """The ``size`` secret bytes stored in ``path``.
+
+    Raises FileNotFoundError if there is no file, OSError if it cannot be read, ValueError (naming the
+    file and both sizes) if it holds another number of bytes.
+    """
+    data = Path(path).read_bytes()
+    if len(data) != size:
+        raise ValueError(f"{path} is not a key file: expected {size} bytes, found {len(data)}")
+    return data
+
+
+def load_or_create_secret(path: Path, size: int) -> bytes:
+    """Read the secret at ``path``, or create ``size`` random bytes there, readable by the owner only (0600).
+
+    The new secret is written to a temporary file created 0600 (``O_CREAT|O_EXCL``), fsynced, then
+    linked to ``path``, which fails if another process got there first: both then use the same secret.
+    The folder is created 0700 if missing. Raises as :func:`read_secret`.
+    """
+    path = Path(path)
+    if path.exists():
+        return read_secret(path, size)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secrets.token_bytes(size))
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return read_secret(path, size)

@@ -29,3 +29,6 @@ COHORT_SEPARATOR = "@"
 
 COHORT_ERRORS_KEY = "fedmodel-cohort-errors"
 """ConfigRecord of a cohort reply: ``{owner: reason}`` for each owner whose work failed."""
+
+AUDIT_HEAD_RECORD_KEY = "audit-head"
+"""ConfigRecord of a deployed owner's train/evaluate reply: its audit log's ``count`` (entries) and ``tip`` (last mac)."""

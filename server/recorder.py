@@ -24,6 +24,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
 from fedmodel.privacy.release import EVALUATION_LOSS_CLIP
 from fedmodel.protocol import OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, PRIVACY_REPLY_KEY, QUALITY_RECORD_KEY
+from fedmodel.protocol import AUDIT_HEAD_RECORD_KEY
 from fedmodel.config import RunConfig
 from fedmodel.errors import AllClientsFailedError, refusal_rule
 from fedmodel.privacy import ACCOUNTANT
@@ -79,6 +80,7 @@ class RunRecorder:
         self._round: _Round | None = None
         self.identity_source: str | None = None  # where owners' names come from, when not from the replies
         self.identity_claims: list[dict[str, Any]] = []  # replies that claimed a name other than their node's
+        self.audit_heads: dict[OwnerId, list[dict[str, Any]]] = {}  # each deployed owner's audit-log head per reply
 
     # ------------------------------------------------------------------ strategy hooks
     def round_started(self, server_round: int) -> None:
@@ -133,6 +135,7 @@ class RunRecorder:
                 if "epsilon" in metrics:
                     self.owner_privacy[owner] = metrics
         self._refusals(server_round, rnd.failures)
+        self._audit_heads(server_round, "train", replies)
         if self.audit is not None:
             self.audit.append("train-replies", round=server_round, replies=[
                 {"owner": m["owner"], **{k: m[k] for k in ("num-examples", "epsilon", "ledger-epsilon") if k in m}}
@@ -185,8 +188,36 @@ class RunRecorder:
             else:
                 failures.append({"owner": _owner_in(msg.error.reason), "reason": msg.error.reason})
         self._refusals(server_round, failures)  # an owner's evaluation budget or policy refusal
+        self._audit_heads(server_round, "evaluate", replies)
         if self.audit is not None:
             self.audit.append("evaluate-replies", round=server_round, replies=len(rnd.evaluate), failures=failures)
+
+    def _audit_heads(self, server_round: int, kind: str, replies: Iterable[Message]) -> None:
+        """Keep each deployed owner's audit-log head (count, tip) from its replies, in the audit log and report.
+
+        This copy is out of the node's reach: a node log later cut back below a count kept here shows it.
+        A count lower than one this run saw before is flagged at once (``node-audit-rollback``).
+        """
+        heads = []
+        for msg in replies:
+            record = None if msg.has_error() else config_record(msg, AUDIT_HEAD_RECORD_KEY)
+            if record is None:
+                continue
+            count, tip = record.get("count"), record.get("tip")
+            if not isinstance(count, int) or isinstance(count, bool) or not isinstance(tip, str):
+                continue
+            owner = owner_of(msg)
+            head = {"round": server_round, "kind": kind, "owner": owner, "count": count, "tip": tip[:64],
+                    "keyed": bool(record.get("keyed", False))}
+            seen = [h["count"] for h in self.audit_heads.get(owner, [])]
+            if seen and count < max(seen):
+                head["rolled_back_from"] = max(seen)
+                self.folder.event("node-audit-rollback", round=server_round, owner=owner, count=count,
+                                  before=max(seen))
+            self.audit_heads.setdefault(owner, []).append(head)
+            heads.append(head)
+        if heads and self.audit is not None:
+            self.audit.append("node-audit-heads", round=server_round, kind=kind, heads=heads)
 
     def _refusals(self, server_round: int, failures: list[dict[str, Any]]) -> None:
         """Failures that are an owner's refusal (its budget, its policy), for the report's privacy section."""
@@ -373,6 +404,7 @@ class RunRecorder:
             },
             "timing": {"serverapp_seconds": round(time.time() - self.started + self._seconds_before, 3)},
             "resumed": self.resumes,
+            **({"node_audit_heads": {str(o): h for o, h in self.audit_heads.items()}} if self.audit_heads else {}),
             "versions": _versions(), "config": c.to_mapping(), **identity,
             "notes": [
                 "The DP guarantee covers the model updates. Each owner's shard size, mean training loss and "

@@ -90,12 +90,13 @@ def _owners_table(path: Path, summaries: list[OwnerSummary], encrypted: bool) ->
 
 def _entries_table(owner: str, entries: list[LedgerEntry]) -> Table:
     table = Table(title=f"entries of owner {escape(owner)}",
-                  caption="noise: noise multiplier; q: sample rate; created: UTC date")
-    for head in ("run", "coordinator", "noise", "q", "steps", "delta", "status", "created"):
+                  caption="noise: noise multiplier; q: sample rate; created: UTC date; data: SHA-256 of the data "
+                          "file spent on (first 12 hex digits; --format json: all)")
+    for head in ("run", "coordinator", "noise", "q", "steps", "delta", "status", "created", "data"):
         folds = head in ("run", "coordinator")
         table.add_column(head, justify="left" if folds or head in ("status", "created") else "right",
                          overflow="fold" if folds else "ellipsis", no_wrap=not folds)
     for e in entries:
         table.add_row(escape(e.run_id), escape(e.coordinator), f"{e.noise_multiplier:.4g}", f"{e.sample_rate:.4g}",
-                      str(e.steps), f"{e.delta:g}", e.status, _when(e.created)[:10])
+                      str(e.steps), f"{e.delta:g}", e.status, _when(e.created)[:10], e.data[:12] or "-")
     return table

@@ -15,7 +15,8 @@ from fedmodel.deployment.coordinator import flwr_env
 from fedmodel.deployment.guard import guarded_env
 from fedmodel.deployment.process import run_foreground
 from fedmodel.deployment.node import exit_hint, open_node_ledger, privacy_policy, supernode_command
-from fedmodel.errors import FedModelError
+from fedmodel.errors import ConfigError, FedModelError
+from fedmodel.security.audit_log import default_key_path
 from fedmodel.security.certs import fingerprint, generate_node_keys
 
 
@@ -112,6 +113,10 @@ def start(
         help="Send the exact train-loss and data-quality counts (rows, gaps, duplicates, outlier cells) in train "
              "replies. GIVES UP: they are outside DP; a crafted model's mean loss can reveal a single row. "
              "Default: train-loss withheld, counts rounded to one significant digit (steps of at least 10)")] = False,
+    audit_key: Annotated[Path | None, typer.Option(
+        "--audit-key", help="HMAC key of the audit log, created (32 random bytes, 0600) if absent; keep it OUTSIDE "
+                            "the state folder (default: <state-dir>.audit-key beside it). The copy of the log's "
+                            "head kept beside it (<key>.anchor) catches a log cut back")] = None,
 ) -> None:
     """Run this site's SuperNode in the foreground until Ctrl-C or until the coordinator revokes it."""
     owner = name if name is not None else (key.stem if key is not None else "node")
@@ -125,11 +130,12 @@ def start(
             budget_epsilon=budget_epsilon, delta=delta, device=device, state_dir=state_dir, port=port,
             insecure=insecure, id_columns=tuple(id_column or ()), model_path=model_path, policy=policy,
             ledger_key=ledger_key, evaluation=evaluation.value, evaluation_noise=evaluation_noise,
-            exact_replies=exact_replies,
+            exact_replies=exact_replies, audit_key=_audit_key(state_dir, audit_key),
         )
         state = state_dir.expanduser().absolute()
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
-        ledger, encrypted = open_node_ledger(state, ledger_key)
+        ledger, encrypted = open_node_ledger(state, ledger_key, owner=owner,
+                                             audit_key=_audit_key(state_dir, audit_key))
     except FedModelError as exc:
         fail(exc, exc.exit_code)
     except OSError as exc:
@@ -148,7 +154,8 @@ def start(
               f"{f' (noise multiplier {evaluation_noise:g})' if evaluation.value == 'dp' else ''}; train-loss and "
               f"quality counts {'exact' if exact_replies else 'withheld / coarsened'}", highlight=False, soft_wrap=True)
     out.print(f"{'ledger':<8} {escape(str(ledger))}{' (encrypted)' if encrypted else ''}; audit log "
-              f"{escape(str(state / 'audit.log'))}", highlight=False, soft_wrap=True)
+              f"{escape(str(state / 'audit.log'))} (key {escape(str(_audit_key(state_dir, audit_key)))})",
+              highlight=False, soft_wrap=True)
     lines: deque[str] = deque(maxlen=400)
     result = run_foreground(cmd, env=guarded_env(flwr_env(state), state), cwd=state, log_path=state / "supernode.log",
                             on_line=lines.append)
@@ -162,6 +169,16 @@ def start(
         out.print("node stopped: the SuperNode ended by itself (the coordinator may have revoked this node)",
                   highlight=False)
     raise typer.Exit(result.code)
+
+
+def _audit_key(state_dir: Path, audit_key: Path | None) -> Path:
+    """The audit key file: the one given, else ``<state-dir>.audit-key``; never inside the state folder."""
+    state = state_dir.expanduser().absolute()
+    key = audit_key.expanduser().absolute() if audit_key is not None else default_key_path(state)
+    if key.is_relative_to(state):
+        raise ConfigError([f"--audit-key {key}: inside the state folder {state}; keep it outside (whoever rewrites "
+                           "the folder must not hold the key)"])
+    return key
 
 
 def _print_node(owner: str, coordinator: str, ca: Path | None, data: Path, budget_epsilon: float,

@@ -27,14 +27,14 @@ from fedmodel.privacy.policy import PrivacyPolicy
 from fedmodel.runs import free_port as _free_port
 from fedmodel.runs import tool as _tool
 
-__all__ = ["DATA_SUFFIXES", "NODE_CONFIG_KEYS", "exit_hint", "format_node_config", "open_node_ledger",
+__all__ = ["DATA_SUFFIXES", "NODE_CONFIG_KEYS", "check_node_audit_log", "exit_hint", "format_node_config", "open_node_ledger",
            "privacy_policy", "supernode_command", "toml_string"]
 
 DATA_SUFFIXES = (".csv", ".parquet", ".npz", ".jsonl")
 NODE_CONFIG_KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir",
                     "coordinator", "allow-no-dp", "min-noise-multiplier", "require-secure-aggregation",
                     "max-epsilon-per-run", "ledger-key", "id-columns", "model-path", "allow-local-statistics",
-                    "evaluation", "evaluation-noise", "exact-replies")
+                    "evaluation", "evaluation-noise", "exact-replies", "audit-key")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KEYGEN = "`fedmodel node keygen --out DIR --name NAME`"
 
@@ -46,7 +46,7 @@ def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | Non
                       port: int | None, insecure: bool, id_columns: tuple[str, ...] = (),
                       policy: PrivacyPolicy | None = None, ledger_key: Path | None = None,
                       model_path: Path | None = None, evaluation: str = "dp", evaluation_noise: float = 10.0,
-                      exact_replies: bool = False) -> list[str]:
+                      exact_replies: bool = False, audit_key: Path | None = None) -> list[str]:
     """The ``flower-supernode`` command of a site, after checking every setting.
 
     Parameters
@@ -88,6 +88,8 @@ def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | Non
         The noise multiplier of a ``dp`` evaluation release (> 0).
     exact_replies : bool
         Exact train-loss and data-quality counts in train replies (default: withheld and coarsened).
+    audit_key : Path or None
+        The audit log's HMAC key file, outside the state folder (None: an unkeyed audit log).
 
     Returns
     -------
@@ -136,6 +138,8 @@ def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | Non
         config["model-path"] = str(_absolute(model_path))
     config.update({"evaluation": evaluation, "evaluation-noise": float(evaluation_noise),
                    "exact-replies": bool(exact_replies)})
+    if audit_key is not None:
+        config["audit-key"] = str(_absolute(audit_key))
     cmd = [_tool("flower-supernode"), "--superlink", coordinator.strip()]
     if insecure:
         cmd.append("--insecure")
@@ -164,18 +168,57 @@ def privacy_policy(*, allow_no_dp: bool, min_noise_multiplier: float, max_epsilo
                          allow_local_statistics=allow_local_statistics)
 
 
-def open_node_ledger(state_dir: Path, key_file: Path | None) -> tuple[Path, bool]:
+def open_node_ledger(state_dir: Path, key_file: Path | None, *, owner: str | None = None,
+                     audit_key: Path | None = None) -> tuple[Path, bool]:
     """Open (or create) the node's privacy ledger before the node starts, so a wrong key fails now.
 
     With ``key_file``: its key, created (32 random bytes, mode 0600) if the file does not exist yet.
-    Returns the ledger's path and whether it is encrypted. Raises LedgerError.
+    With ``audit_key`` (created likewise): the audit log must verify under it, against its head file and
+    the anchor beside the key (:func:`check_node_audit_log`). With ``owner``: a ledger holding less of the
+    owner's spending than the audit log shows (deleted, emptied, an older copy) is refused, never created
+    afresh. Returns the ledger's path and whether it is encrypted. Raises LedgerError or AuditLogError.
     """
     from fedmodel.privacy.ledger import PrivacyLedger, ledger_path, load_or_create_key
+    from fedmodel.privacy.owner_ledger import AUDIT_LOG_NAME, check_ledger_against_log
 
+    state = _absolute(state_dir)
+    audit_file = state / AUDIT_LOG_NAME
+    if audit_key is not None:
+        check_node_audit_log(audit_file, _absolute(audit_key))
     key = load_or_create_key(_absolute(key_file)) if key_file is not None else None
-    path = ledger_path(_absolute(state_dir))
+    path = ledger_path(state)
+    if owner is not None and not path.exists():
+        check_ledger_against_log(path, audit_file, owner)  # before an empty ledger is created
     with PrivacyLedger(path, key=key) as ledger:
+        if owner is not None:
+            check_ledger_against_log(path, audit_file, owner, ledger)
         return path, ledger.encrypted
+
+
+def check_node_audit_log(audit_file: Path, audit_key: Path) -> None:
+    """At node start: the audit key (created if absent), and a log that verifies under it.
+
+    Refuses (AuditLogError) a log written without a key (move it aside after checking it: no silent
+    upgrade), and a log with any problem: an edited or removed entry, a head file that does not match, or
+    a log cut back behind the anchor kept beside the key (``<key>.anchor``).
+    """
+    from fedmodel.security.audit_log import AuditLogError, anchor_path, open_keyed
+
+    log = open_keyed(audit_file, audit_key, create_key=True)
+    if not audit_file.exists():
+        if anchor_path(audit_key).exists():
+            raise AuditLogError(f"the audit log {audit_file} is missing, but {anchor_path(audit_key)} shows it "
+                                "had entries: it was deleted (put it back; nothing was started)")
+        return
+    result = log.verify(require_head=True)
+    if result.unkeyed:
+        raise AuditLogError(f"the audit log {audit_file} was written without a key (by an older fedmodel): check "
+                            f"it with `fedmodel audit-log verify {audit_file}`, then move it aside (for example "
+                            f"to {audit_file.name}.unkeyed) so that a keyed log starts; nothing was started")
+    if not result.ok:
+        problems = "; ".join(str(p) for p in result.problems[:3])
+        raise AuditLogError(f"the audit log {audit_file} does not verify under {audit_key}: {problems} (run "
+                            f"`fedmodel audit-log verify {audit_file} --key-file {audit_key}`); nothing was started")
 
 
 def format_node_config(config: NodeConfig) -> str:

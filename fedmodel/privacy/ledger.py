@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedmodel.errors import LedgerError, PrivacyBudgetExceeded
+from fedmodel.fsio import load_or_create_secret, read_secret
 from fedmodel.privacy.accounting import ACCOUNTANT
 
 LEDGER_FILENAME = "privacy-ledger.sqlite"
@@ -61,7 +62,7 @@ CREATE TABLE curves (id INTEGER PRIMARY KEY, digest BLOB NOT NULL UNIQUE, rdp BL
 CREATE TABLE owners (id INTEGER PRIMARY KEY, owner BLOB NOT NULL UNIQUE, name BLOB, curve INTEGER NOT NULL,
                      reserved INTEGER NOT NULL, committed INTEGER NOT NULL);
 CREATE TABLE entries (id INTEGER PRIMARY KEY, owner INTEGER NOT NULL, status INTEGER NOT NULL, created REAL NOT NULL,
-                      run_id BLOB NOT NULL, coordinator BLOB NOT NULL, params BLOB NOT NULL);
+                      run_id BLOB NOT NULL, coordinator BLOB NOT NULL, params BLOB NOT NULL, data BLOB);
 CREATE INDEX entries_by_owner ON entries(owner);
 """
 
@@ -83,9 +84,12 @@ class ReservationRequest:
     steps: int
     delta: float
     budget_epsilon: float
+    data: str = ""  # SHA-256 (hex) of the data file the run trains on ("" = not a file)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "owner", str(self.owner))
+        if not isinstance(self.data, str):
+            raise ValueError(f"data must be a string (a SHA-256 in hex, or empty), got {self.data!r}")
         for name in ("owner", "run_id", "coordinator"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
@@ -133,6 +137,7 @@ class LedgerEntry:
     accountant: str
     status: str
     created: float
+    data: str = ""  # SHA-256 of the data file this entry was spent on ("" = not recorded)
 
 
 @dataclass(frozen=True)
@@ -155,49 +160,27 @@ class OwnerSummary:
 def read_key(path: Path) -> bytes:
     """The 32-byte ledger key stored in ``path``; a clear error if it is missing or not a key."""
     try:
-        data = Path(path).read_bytes()
+        return read_secret(Path(path), KEY_BYTES)
     except FileNotFoundError:
         raise LedgerError(f"no ledger key file at {path}") from None
     except OSError as exc:
         raise LedgerError(f"cannot read the ledger key file {path}: {exc.strerror}") from None
-    if len(data) != KEY_BYTES:
-        raise LedgerError(f"{path} is not a ledger key: expected {KEY_BYTES} bytes, found {len(data)}")
-    return data
+    except ValueError as exc:
+        raise LedgerError(f"{path} is not a ledger key: {str(exc).split(': ', 1)[-1]}") from None
 
 
 def load_or_create_key(path: Path) -> bytes:
     """Read the key at ``path``, or create 32 random bytes there, readable by the owner only (0600).
 
-    The new key is written to a temporary file created 0600 (O_CREAT|O_EXCL), fsynced, then linked
-    to ``path``, which fails if another process got there first: both then use the same key.
+    See :func:`fedmodel.fsio.load_or_create_secret` (two processes creating it at once get the same key).
     """
     path = Path(path)
-    if path.exists():
-        return read_key(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(secrets.token_bytes(KEY_BYTES))
-            handle.flush()
-            os.fsync(handle.fileno())
+    if not path.exists():
         try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+            load_or_create_secret(path, KEY_BYTES)
+        except OSError as exc:
+            raise LedgerError(f"cannot create the ledger key file {path}: {exc.strerror or exc}") from None
     return read_key(path)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @lru_cache(maxsize=4096)
@@ -319,6 +302,7 @@ class PrivacyLedger:
                                   f"reads version {SCHEMA_VERSION}")
             self._db.execute("PRAGMA journal_mode=WAL")
             meta = dict(self._db.execute("SELECT name, value FROM meta"))
+            self._add_data_column()
         if "orders" not in meta or "encrypted" not in meta:
             raise LedgerError(f"the privacy ledger at {self.path} is damaged: its meta table is incomplete")
         self._orders = tuple(float(a) for a in json.loads(meta["orders"]))
@@ -345,6 +329,14 @@ class PrivacyLedger:
             self._db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
             self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _add_data_column(self) -> None:
+        """Ledgers made before entries recorded their data file get the (nullable) column; nothing else changes."""
+        if "data" in {row[1] for row in self._db.execute("PRAGMA table_info(entries)")}:
+            return
+        with self._write():
+            if "data" not in {row[1] for row in self._db.execute("PRAGMA table_info(entries)")}:
+                self._db.execute("ALTER TABLE entries ADD COLUMN data BLOB")
 
     def _check_key(self, key_check: bytes | None) -> None:
         if self.encrypted and self._aead is None:
@@ -431,15 +423,17 @@ class PrivacyLedger:
     # -- writing ---------------------------------------------------------------------------------------------
 
     def reserve(self, owner: str, *, run_id: str, coordinator: str, noise_multiplier: float, sample_rate: float,
-                steps: int, delta: float, budget_epsilon: float) -> Reservation:
+                steps: int, delta: float, budget_epsilon: float, data: str = "") -> Reservation:
         """Reserve one run's DP-SGD for ``owner`` if the owner's total stays within ``budget_epsilon``.
 
         The total of all the owner's entries with this one is computed at the owner's delta (the
         smallest of its entries'); above the budget, raises PrivacyBudgetExceeded and writes nothing.
-        The reservation counts as spent at once.
+        The reservation counts as spent at once. ``data`` (the SHA-256 of the data file trained on) is
+        recorded with the entry: the same ledger may serve another file (a new shard draws on the same
+        budget), and each entry shows which file it was spent on.
         """
         request = ReservationRequest(owner, run_id, coordinator, noise_multiplier, sample_rate, steps, delta,
-                                     budget_epsilon)
+                                     budget_epsilon, data)
         return self.reserve_many([request])[0]
 
     def reserve_many(self, requests: Sequence[ReservationRequest]) -> list[Reservation]:
@@ -483,12 +477,13 @@ class PrivacyLedger:
             next_entry += 1
         self._store_owners(list(owners.values()))
         self._db.executemany(
-            "INSERT INTO entries (id, owner, status, created, run_id, coordinator, params) "
-            "VALUES (?, ?, 0, ?, ?, ?, ?)",
+            "INSERT INTO entries (id, owner, status, created, run_id, coordinator, params, data) "
+            "VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
             ((entry_id, o.row_id, now, self._seal(r.run_id.encode(), o.key + b"\x00run_id"),
               self._seal(r.coordinator.encode(), o.key + b"\x00coordinator"),
               self._seal(_PARAMS.pack(r.noise_multiplier, r.sample_rate, r.steps, r.delta) + ACCOUNTANT.encode(),
-                         o.key + b"\x00params"))
+                         o.key + b"\x00params"),
+              self._seal(r.data.encode(), o.key + b"\x00data") if r.data else None)
              for entry_id, o, r in entries),
         )
         return out
@@ -602,17 +597,18 @@ class PrivacyLedger:
         key = self._owner_key(owner)
         with self._read():
             rows = self._db.execute(
-                "SELECT e.id, e.status, e.created, e.run_id, e.coordinator, e.params FROM entries e "
+                "SELECT e.id, e.status, e.created, e.run_id, e.coordinator, e.params, e.data FROM entries e "
                 "JOIN owners o ON o.id = e.owner WHERE o.owner = ? ORDER BY e.id", (key,)).fetchall()
         return [self._entry(owner, key, row) for row in rows]
 
     def _entry(self, owner: str, key: bytes, row: tuple[Any, ...]) -> LedgerEntry:
-        entry_id, status, created, run_id, coordinator, params = row
+        entry_id, status, created, run_id, coordinator, params, data = row
         plain = self._open_sealed(params, key + b"\x00params")
         sigma, q, steps, delta = _PARAMS.unpack_from(plain)
         return LedgerEntry(entry_id, owner, self._open_sealed(run_id, key + b"\x00run_id").decode(),
                            self._open_sealed(coordinator, key + b"\x00coordinator").decode(), sigma, q, steps,
-                           delta, plain[_PARAMS.size:].decode(), _STATUS[status], created)
+                           delta, plain[_PARAMS.size:].decode(), _STATUS[status], created,
+                           "" if data is None else self._open_sealed(data, key + b"\x00data").decode())
 
     def history(self, owner: str) -> list[tuple[float, float, int]]:
         """The owner's (noise multiplier, sample rate, steps) in order: an Opacus accountant history."""

@@ -26,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from fedmodel.errors import BUDGET_RULE, PolicyViolation, PrivacyBudgetExceeded
+from fedmodel.errors import BUDGET_RULE, LedgerError, PolicyViolation, PrivacyBudgetExceeded
 from fedmodel.privacy.accounting import (
     ACCOUNTANT,
     OwnerPrivacyState,
@@ -37,11 +37,12 @@ from fedmodel.privacy.accounting import (
 from fedmodel.privacy.ledger import PrivacyLedger, Reservation, ledger_path, read_key
 from fedmodel.privacy.mechanism import OpacusDPSGD
 from fedmodel.privacy.policy import PrivacyPolicy
-from fedmodel.security.audit_log import AuditLog
+from fedmodel.security.audit_log import AuditLog, open_keyed, read_entries
 
 AUDIT_LOG_NAME = "audit.log"
 CALIBRATION_TOLERANCE = 0.01  # noise calibration lands at most this far below its target epsilon
 MIN_REMAINING_FRACTION = 0.01
+LEDGER_LOG_TOLERANCE = 1e-9  # the log's totals are the ledger's own floats, written as JSON (exact round trip)
 
 
 def min_useful_epsilon(budget: float) -> float:
@@ -116,10 +117,14 @@ class OwnerAccount:
         The owner's ledger; None keeps no account across runs (a simulation without ``--ledger``).
     audit
         The owner's audit log; None writes none.
+    data
+        The data the run trains on: its SHA-256 goes with each ledger entry (None: not recorded).
     """
 
     def __init__(self, owner: str, run: RunIdentity, *, budget_epsilon: float, policy: PrivacyPolicy,
-                 ledger: PrivacyLedger | None = None, audit: AuditLog | None = None) -> None:
+                 ledger: PrivacyLedger | None = None, audit: AuditLog | None = None,
+                 data: DataFingerprint | None = None) -> None:
+        self.data = data
         self.owner = str(owner)
         self.run = run
         self.budget = float(budget_epsilon)
@@ -227,7 +232,8 @@ class OwnerAccount:
             return None
         reservation = self.ledger.reserve(self.owner, run_id=self.run.run_id, coordinator=self.run.coordinator,
                                           noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps,
-                                          delta=delta, budget_epsilon=self.budget)
+                                          delta=delta, budget_epsilon=self.budget,
+                                          data=(self.data.sha256 or "") if self.data is not None else "")
         self._audit("reserve", what=what, round=server_round, entry=reservation.entry_id,
                     noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps, delta=delta,
                     epsilon_total=reservation.spent, budget_epsilon=self.budget,
@@ -254,6 +260,52 @@ class OwnerAccount:
                               **fields)
 
 
-def audit_log_for(folder: Path) -> AuditLog:
-    """The audit log of a node's state folder (or a simulation's ledger folder)."""
+def audit_log_for(folder: Path, key_file: str | Path = "") -> AuditLog:
+    """The audit log of a node's state folder (or a simulation's ledger folder); keyed by ``key_file`` if given.
+
+    A keyed log is also anchored: its head is copied beside the key (:func:`~fedmodel.security.audit_log.open_keyed`).
+    """
+    if key_file:
+        return open_keyed(Path(folder) / AUDIT_LOG_NAME, Path(key_file))
     return AuditLog(Path(folder) / AUDIT_LOG_NAME)
+
+
+def logged_spending(audit_file: Path, owner: str) -> float:
+    """The largest total epsilon the audit log says ``owner`` had reserved or committed (0.0 if none or no log).
+
+    Read without checking the chain (``fedmodel audit-log verify`` does that): the entries are a floor
+    for what the ledger must hold, never a number to charge.
+    """
+    if not Path(audit_file).exists():
+        return 0.0
+    entries, _ = read_entries(Path(audit_file))
+    totals = [float(e.fields["epsilon_total"]) for e in entries
+              if e.event in ("reserve", "commit") and e.fields.get("owner") == owner
+              and isinstance(e.fields.get("epsilon_total"), int | float)]
+    return max(totals, default=0.0)
+
+
+def check_ledger_against_log(ledger_file: Path, audit_file: Path, owner: str,
+                             ledger: PrivacyLedger | None = None) -> None:
+    """Refuse a ledger that holds less spending for ``owner`` than the audit log beside it shows.
+
+    A deleted ledger would otherwise come back as a fresh budget, and an older copy put back as a larger
+    one. ``ledger`` is the open ledger (None: read ``ledger_file`` if it exists, without creating it;
+    an encrypted one must be passed open). Raises LedgerError naming both files and the logged epsilon.
+    """
+    logged = logged_spending(audit_file, owner)
+    if logged <= 0.0:
+        return
+    if ledger is not None:
+        held = ledger.spent(owner)
+    elif Path(ledger_file).exists():
+        with PrivacyLedger(Path(ledger_file), create=False) as opened:
+            held = opened.spent(owner)
+    else:
+        held = -1.0
+    state = {-1.0: "is missing", 0.0: "holds no entry of this owner"}.get(held, f"holds only epsilon {held:.4f}")
+    if held + LEDGER_LOG_TOLERANCE < logged:
+        raise LedgerError(
+            f"owner {owner}: the privacy ledger {ledger_file} {state}, but the audit log {audit_file} shows epsilon "
+            f"{logged:.4f} spent: the ledger was deleted, emptied or replaced by an older copy. Refusing to treat "
+            "it as a fresh budget: put the ledger back (or start a new state folder and owner on purpose)")

@@ -13,6 +13,15 @@ anchor ``<log>.head`` (``{"seq", "hash"}``, plus ``mac`` with a key) atomically.
 log with it. A log with entries and no head file verifies with a *warning* (the log may have been copied
 without it; pass ``require_head=True`` to fail instead), but :meth:`AuditLog.append` refuses to go on from
 it, as it refuses a torn last line or a head that the log does not match: appending would hide the damage.
+
+A deployed node keys its log (``fedmodel node start --audit-key``, a file outside the state folder) and
+keeps a second copy of the head beside the key (``<key>.anchor``, :func:`anchor_path`); each reply carries
+the head to the coordinator, which keeps it. What this detects: edits, removed or cut-off entries and a
+rewritten head by anyone without the key; a log cut back to an older genuine head (kept by the writer) by
+the anchor, or, if the anchor is rolled back too, by the coordinator's copy of the counts. What it does
+not: someone holding the key and able to rewrite the anchor (the node's own account, as a rule) can
+rewrite history the coordinator has not seen yet; the key guards against writers of the state folder
+only, not against the owner's own operating-system account.
 """
 
 from __future__ import annotations
@@ -32,15 +41,16 @@ from typing import Any, BinaryIO
 from cryptography.hazmat.primitives import hashes, hmac
 
 from fedmodel.errors import FedModelError
-from fedmodel.fsio import atomic_write
+from fedmodel.fsio import atomic_write, load_or_create_secret, read_secret
 
 __all__ = [
-    "GENESIS", "AuditEntry", "AuditLog", "AuditLogError", "Problem", "VerifyResult", "head_path", "load_key",
-    "read_entries", "verify",
+    "GENESIS", "AuditEntry", "AuditHead", "AuditLog", "AuditLogError", "Problem", "VerifyResult", "anchor_path",
+    "default_key_path", "head_path", "load_key", "open_keyed", "read_entries", "verify",
 ]
 
 GENESIS = "0" * 64
 MIN_KEY_BYTES = 16
+KEY_BYTES = 32  # the keys fedmodel makes
 LOG_MODE = 0o600
 _KEYS = frozenset({"seq", "time", "event", "fields", "prev", "hash"})
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -74,6 +84,15 @@ class AuditEntry:
 
 
 @dataclass(frozen=True)
+class AuditHead:
+    """Where a log stands: its entry ``count`` and ``tip`` (the last entry's mac if ``keyed``, else its hash)."""
+
+    count: int
+    tip: str
+    keyed: bool
+
+
+@dataclass(frozen=True)
 class Problem:
     """What is wrong, where: 1-based ``line`` of the log (None: the head file), the ``seq`` and ``event`` it claims."""
 
@@ -99,10 +118,16 @@ class VerifyResult:
     entries: int
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    keyed_entries: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def unkeyed(self) -> bool:
+        """Entries and not one of them with a mac: a log written without a key (before logs were keyed)."""
+        return self.entries > 0 and self.keyed_entries == 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"file": str(self.path), "ok": self.ok, "entries": self.entries,
@@ -123,6 +148,38 @@ def load_key(path: Path) -> bytes:
     if len(key) < MIN_KEY_BYTES:
         raise AuditLogError(f"key file {path}: {len(key)} bytes, at least {MIN_KEY_BYTES} bytes needed")
     return key
+
+
+def default_key_path(state_dir: Path) -> Path:
+    """Where a node or coordinator keeps its audit key by default: ``<state-dir>.audit-key``, beside the folder.
+
+    Outside the state folder, so that whoever copies, restores or rewrites that folder (a backup put back,
+    a shared folder another account can write) does not get or replace the key with it; beside it, so an
+    owner who never names a key still gets one, and one per state folder.
+    """
+    state_dir = Path(state_dir).expanduser().absolute()
+    return state_dir.with_name(state_dir.name + ".audit-key")
+
+
+def anchor_path(key_file: Path) -> Path:
+    """The outside copy of a log's head, kept beside its key: ``<key>.anchor``."""
+    return Path(key_file).with_name(Path(key_file).name + ".anchor")
+
+
+def open_keyed(path: Path, key_file: Path, *, create_key: bool = False) -> AuditLog:
+    """The log at ``path`` keyed with the key in ``key_file`` (created 0600 if ``create_key``), anchored beside it.
+
+    Raises AuditLogError naming the key file if it is missing (and not to be created) or not a key.
+    """
+    try:
+        key = load_or_create_secret(key_file, KEY_BYTES) if create_key else read_secret(key_file, KEY_BYTES)
+    except FileNotFoundError:
+        raise AuditLogError(f"no audit key file at {key_file} (fedmodel node start creates it)") from None
+    except OSError as exc:
+        raise AuditLogError(f"cannot read or create the audit key file {key_file}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise AuditLogError(f"audit key: {exc}") from None
+    return AuditLog(path, key=key, anchor=anchor_path(key_file))
 
 
 def _canonical(obj: Any) -> bytes:
@@ -232,23 +289,28 @@ def _parse(raw: bytes) -> tuple[Any, str | None]:
 
 
 def _read_head(path: Path, key: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
-    """The head anchor (None if there is no file) and what is wrong with it."""
+    """The head anchor of the log at ``path`` (None if there is no file) and what is wrong with it."""
+    return _read_anchor(head_path(path), key)
+
+
+def _read_anchor(file: Path, key: bytes | None) -> tuple[dict[str, Any] | None, str | None]:
+    """A head anchor file, ``<log>.head`` or an outside copy (None if there is no file), and what is wrong."""
     try:
-        raw = head_path(path).read_bytes()
+        raw = file.read_bytes()
     except FileNotFoundError:
         return None, None
     except OSError as exc:
-        return None, f"cannot read {head_path(path).name}: {exc.strerror or exc}"
+        return None, f"cannot read {file.name}: {exc.strerror or exc}"
     head, error = _parse(raw)
     if error is not None:
-        return None, f"{head_path(path).name}: {error}"
+        return None, f"{file.name}: {error}"
     keys = {"seq", "hash"} | ({"mac"} if key is not None else set())
     if (not isinstance(head, dict) or not keys <= set(head) <= {"seq", "hash", "mac"}
             or not isinstance(head["seq"], int) or isinstance(head["seq"], bool) or head["seq"] < 0
             or not isinstance(head["hash"], str) or not _HEX64.fullmatch(head["hash"])):
-        return None, f"{head_path(path).name}: not a head anchor {{{', '.join(sorted(keys))}}}"
+        return None, f"{file.name}: not a head anchor {{{', '.join(sorted(keys))}}}"
     if key is not None and _hmac(key, _canonical({"seq": head["seq"], "hash": head["hash"]})) != head["mac"]:
-        return None, f"{head_path(path).name}: mac mismatch (not written with this key, or changed)"
+        return None, f"{file.name}: mac mismatch (not written with this key, or changed)"
     return head, None
 
 
@@ -338,6 +400,27 @@ class _Chain:
             self.problem(None, f"the head file records seq {head['seq']} but the log goes on to seq {last_seq}: "
                                "entries were appended by someone else")
 
+    def check_anchor(self, file: Path, number_of_lines: int) -> None:
+        """Compare the log with the copy of its head kept outside the state folder (beside the key)."""
+        head, error = _read_anchor(file, self.key)
+        last_seq = -1 if self.last is None else self.last["seq"]
+        if error is not None:
+            self.problem(None, f"anchor {error}")
+        elif head is None:
+            if last_seq > 0:
+                self.problem(None, f"no anchor file {file}: the copy of the head kept outside the state folder "
+                                   "is missing")
+        elif head["seq"] > last_seq:
+            self.problem(number_of_lines + 1, f"rolled back: the anchor {file.name} records seq {head['seq']} but "
+                                              f"the log ends at seq {last_seq}: its last entries were removed",
+                         {"seq": head["seq"]})
+        elif self.hashes.get(head["seq"]) != head["hash"]:
+            self.problem(None, f"the anchor {file.name} records hash {head['hash'][:12]}... for seq {head['seq']}, "
+                               "which the log does not hold: log replaced")
+        elif head["seq"] < last_seq - 1:
+            self.problem(None, f"the anchor {file.name} records seq {head['seq']} but the log goes on to seq "
+                               f"{last_seq}: entries were appended without updating it")
+
 
 def _lines(handle: BinaryIO) -> Iterator[tuple[int, bytes, bool]]:
     """(1-based number, raw line with its newline, is it the last) for each line."""
@@ -351,8 +434,13 @@ def _lines(handle: BinaryIO) -> Iterator[tuple[int, bytes, bool]]:
         yield number, previous, True
 
 
-def verify(path: Path, *, key: bytes | None = None, require_head: bool = False) -> VerifyResult:
+def verify(path: Path, *, key: bytes | None = None, require_head: bool = False,
+           anchor: Path | None = None) -> VerifyResult:
     """Check every line of the log at ``path`` and its head file; tampering is reported, never raised.
+
+    ``anchor`` is a copy of the head kept elsewhere (:class:`AuditLog` ``anchor``): a log cut back to an
+    older head, with that older head file put back, is caught by it. A log written without a key is
+    read and checked as before, with a warning that it is unkeyed.
 
     Raises AuditLogError if the log cannot be read at all (missing, a folder, no permission).
     """
@@ -365,11 +453,16 @@ def verify(path: Path, *, key: bytes | None = None, require_head: bool = False) 
             for number, raw, is_last in _lines(handle):
                 chain.add(number, raw, is_last)
             chain.check_head(Path(path), number, require_head)
+            if anchor is not None:
+                chain.check_anchor(Path(anchor), number)
     except OSError as exc:
         raise AuditLogError(f"cannot read the audit log {path}: {exc.strerror or exc}") from exc
     if key is None and chain.keyed_entries:
         chain.warnings.append("the entries carry MACs but no key was given: authenticity not checked")
-    return VerifyResult(Path(path), chain.entries, chain.problems, chain.warnings)
+    if chain.entries and not chain.keyed_entries:
+        chain.warnings.append("unkeyed log (written without an HMAC key): whoever can write it can cut its last "
+                              "entries off and rewrite its head file undetected")
+    return VerifyResult(Path(path), chain.entries, chain.problems, chain.warnings, chain.keyed_entries)
 
 
 def read_entries(path: Path) -> tuple[list[AuditEntry], list[Problem]]:
@@ -398,11 +491,40 @@ class AuditLog:
     several writers, in this process or others, extend one chain.
     """
 
-    def __init__(self, path: Path, *, key: bytes | None = None) -> None:
+    def __init__(self, path: Path, *, key: bytes | None = None, anchor: Path | None = None) -> None:
         _check_key(key)
         self.path = Path(path)
+        self.anchor = None if anchor is None else Path(anchor)
         self._key = key
         self._lock = threading.Lock()
+
+    @property
+    def keyed(self) -> bool:
+        """Whether entries are written with an HMAC key."""
+        return self._key is not None
+
+    def verify(self, *, require_head: bool = True) -> VerifyResult:
+        """:func:`verify` of this log with its key and anchor."""
+        return verify(self.path, key=self._key, require_head=require_head, anchor=self.anchor)
+
+    def head(self) -> AuditHead:
+        """The log's entry count and tip (its last entry's mac when keyed, else its hash), checked on its own.
+
+        Raises AuditLogError as :meth:`append` does when the log's end is torn or damaged.
+        """
+        with self._lock:
+            try:
+                handle = open(self.path, "rb")
+            except FileNotFoundError:
+                return AuditHead(0, GENESIS, self.keyed)
+            except OSError as exc:
+                raise AuditLogError(f"cannot read the audit log {self.path}: {exc.strerror or exc}") from exc
+            with handle:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH)
+                last = self._last_entry(handle)
+        if last is None:
+            return AuditHead(0, GENESIS, self.keyed)
+        return AuditHead(last["seq"] + 1, last.get("mac", last["hash"]), "mac" in last)
 
     def append(self, event: str, **fields: Any) -> AuditEntry:
         """Write one entry and return it.
@@ -424,6 +546,7 @@ class AuditLog:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
                 last = self._last_entry(handle)
                 self._check_head(last)
+                self._check_anchor(last)
                 body = {"seq": 0 if last is None else last["seq"] + 1,
                         "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds"),
                         "event": event, "fields": fields, "prev": GENESIS if last is None else last["hash"]}
@@ -477,8 +600,30 @@ class AuditLog:
         if (head["seq"], head["hash"]) not in ((last["seq"], last["hash"]), (last["seq"] - 1, last["prev"])):
             raise self._refuse(f"its head file (seq {head['seq']}) does not match its last entries")
 
+    def _check_anchor(self, last: dict[str, Any] | None) -> None:
+        """The outside copy of the head: the log may not have gone back behind it."""
+        if self.anchor is None:
+            return
+        head, error = _read_anchor(self.anchor, self._key)
+        if error is not None:
+            raise self._refuse(f"its anchor {error}")
+        last_seq = -1 if last is None else last["seq"]
+        if head is None:
+            if last_seq > 0:  # 0: a crash between the first entry and its anchor
+                raise self._refuse(f"the copy of its head kept outside the state folder, {self.anchor}, is "
+                                   "missing, so a roll-back cannot be ruled out (put the file back)")
+            return
+        if last is None or head["seq"] > last_seq:
+            raise self._refuse(f"it was rolled back: {self.anchor} records seq {head['seq']} but the log ends at "
+                               f"seq {last_seq} (its last entries were removed, or an older copy was put back)")
+        if (head["seq"], head["hash"]) not in ((last["seq"], last["hash"]), (last["seq"] - 1, last["prev"])):
+            raise self._refuse(f"it does not match {self.anchor} (seq {head['seq']}): replaced, or appended to "
+                               "without its anchor")
+
     def _write_head(self, entry: Mapping[str, Any]) -> None:
         head: dict[str, Any] = {"seq": entry["seq"], "hash": entry["hash"]}
         if self._key is not None:
             head["mac"] = _hmac(self._key, _canonical(head))
         atomic_write(head_path(self.path), _canonical(head) + b"\n", mode=LOG_MODE)
+        if self.anchor is not None:
+            atomic_write(self.anchor, _canonical(head) + b"\n", mode=LOG_MODE)

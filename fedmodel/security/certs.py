@@ -29,8 +29,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fedmodel.errors import FedModelError
 
 __all__ = [
-    "CertPaths", "NodeKeyPaths", "SecurityError", "fingerprint", "generate_node_keys", "init_certs",
-    "subject_alt_names",
+    "CertPaths", "NodeKeyPaths", "SecurityError", "default_ca_dir", "fingerprint", "generate_node_keys",
+    "init_certs", "rotate_server_cert", "subject_alt_names",
 ]
 
 PRIVATE_MODE = 0o600
@@ -68,13 +68,26 @@ class NodeKeyPaths:
     public: Path
 
 
-def init_certs(out_dir: Path, hosts: Sequence[str], *, days: int = 365, overwrite: bool = False) -> CertPaths:
+def default_ca_dir(out_dir: Path) -> Path:
+    """Where :func:`init_certs` puts the CA's key by default: ``<out>-ca`` beside the coordinator's folder.
+
+    The online coordinator reads only ``ca.crt``, ``server.pem`` and ``server.key`` from ``out_dir``; the
+    CA key signs new server certificates (:func:`rotate_server_cert`) and belongs offline, so it is
+    never in the folder the SuperLink is given.
+    """
+    out_dir = Path(out_dir).expanduser().absolute()
+    return out_dir.with_name(out_dir.name + "-ca")
+
+
+def init_certs(out_dir: Path, hosts: Sequence[str], *, days: int = 365, overwrite: bool = False,
+               ca_dir: Path | None = None) -> CertPaths:
     """Make a private CA and a server certificate for the coordinator, signed by it.
 
     Parameters
     ----------
     out_dir : Path
-        Folder of ``ca.crt``, ``ca.key``, ``server.pem`` and ``server.key``; created (0o700) if missing.
+        Folder of ``ca.crt``, ``server.pem`` and ``server.key`` (what ``fedmodel coordinator start`` reads);
+        created (0o700) if missing.
     hosts : Sequence[str]
         Every name and IP address the sites and the ``flwr`` CLI use to reach the coordinator. The first is
         the certificate's common name; all of them are subject alternative names.
@@ -82,6 +95,9 @@ def init_certs(out_dir: Path, hosts: Sequence[str], *, days: int = 365, overwrit
         Validity of both certificates, 1 to 3650 days (default 365).
     overwrite : bool, optional
         Replace existing files (default False: refuse).
+    ca_dir : Path, optional
+        Folder of the CA's private key ``ca.key`` and a copy of ``ca.crt``, apart from ``out_dir`` (default
+        :func:`default_ca_dir`); created (0o700) if missing. Move it offline after this.
 
     Returns
     -------
@@ -97,8 +113,12 @@ def init_certs(out_dir: Path, hosts: Sequence[str], *, days: int = 365, overwrit
     if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_DAYS:
         raise SecurityError(f"days {days!r}: expected a whole number from 1 to {MAX_DAYS}")
     out_dir = Path(out_dir)
-    paths = CertPaths(out_dir / "ca.crt", out_dir / "ca.key", out_dir / "server.pem", out_dir / "server.key")
-    _check_free([paths.ca_cert, paths.ca_key, paths.server_cert, paths.server_key], overwrite, _CERTS_HINT)
+    ca_dir = Path(ca_dir) if ca_dir is not None else default_ca_dir(out_dir)
+    if ca_dir.expanduser().absolute() == out_dir.expanduser().absolute():
+        raise SecurityError(f"--ca-dir {ca_dir}: the CA key must not sit in the coordinator's folder {out_dir}")
+    paths = CertPaths(out_dir / "ca.crt", ca_dir / "ca.key", out_dir / "server.pem", out_dir / "server.key")
+    _check_free([paths.ca_cert, paths.ca_key, ca_dir / "ca.crt", paths.server_cert, paths.server_key], overwrite,
+                _CERTS_HINT)
 
     now = dt.datetime.now(dt.timezone.utc)
     not_before, not_after = now - _CLOCK_SKEW, now + dt.timedelta(days=days)
@@ -108,13 +128,66 @@ def init_certs(out_dir: Path, hosts: Sequence[str], *, days: int = 365, overwrit
     server_cert = _make_server_cert(server_key, ca_key, ca_cert, names, not_before, not_after)
 
     _ensure_dir(out_dir)
+    _ensure_dir(ca_dir)
     pem = serialization.Encoding.PEM
     _write_all([
         (paths.ca_key, _pkcs8(ca_key), PRIVATE_MODE),
+        (ca_dir / "ca.crt", ca_cert.public_bytes(pem), PUBLIC_MODE),
         (paths.server_key, _pkcs8(server_key), PRIVATE_MODE),
         (paths.ca_cert, ca_cert.public_bytes(pem), PUBLIC_MODE),
         (paths.server_cert, server_cert.public_bytes(pem), PUBLIC_MODE),
     ], overwrite)
+    return paths
+
+
+def rotate_server_cert(out_dir: Path, *, ca_dir: Path | None = None, hosts: Sequence[str] | None = None,
+                       days: int = 365) -> CertPaths:
+    """Replace the coordinator's server key and certificate with new ones signed by the CA key.
+
+    Parameters
+    ----------
+    out_dir : Path
+        The coordinator's folder (``ca.crt``, ``server.pem``, ``server.key``).
+    ca_dir : Path, optional
+        Folder of ``ca.key`` and ``ca.crt`` (default :func:`default_ca_dir`).
+    hosts : Sequence[str], optional
+        The new certificate's names (default: those of the current ``server.pem``).
+    days : int, optional
+        Validity, 1 to 3650 days.
+
+    Returns
+    -------
+    CertPaths
+        The paths; ``server.key`` and ``server.pem`` are new, each replaced by an atomic rename (key first:
+        a crash in between leaves a mismatched pair that the SuperLink refuses; run the command again).
+        A running SuperLink keeps the old pair until it is restarted.
+
+    Raises
+    ------
+    SecurityError
+        No CA key, a CA certificate in ``out_dir`` that the CA key did not make, bad hosts or days.
+    """
+    out_dir = Path(out_dir)
+    ca_dir = Path(ca_dir) if ca_dir is not None else default_ca_dir(out_dir)
+    paths = CertPaths(out_dir / "ca.crt", ca_dir / "ca.key", out_dir / "server.pem", out_dir / "server.key")
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_DAYS:
+        raise SecurityError(f"days {days!r}: expected a whole number from 1 to {MAX_DAYS}")
+    try:
+        ca_key = serialization.load_pem_private_key(paths.ca_key.read_bytes(), password=None)
+        ca_cert = x509.load_pem_x509_certificate(paths.ca_cert.read_bytes())
+    except FileNotFoundError as exc:
+        raise SecurityError(f"cannot rotate: {exc.filename} is missing (the CA key lives in --ca-dir, made by "
+                            "fedmodel certs init)") from None
+    except (OSError, ValueError, TypeError) as exc:
+        raise SecurityError(f"cannot read the CA key {paths.ca_key} or certificate {paths.ca_cert}: {exc}") from None
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey) or ca_key.public_key() != ca_cert.public_key():
+        raise SecurityError(f"{paths.ca_key} is not the key of {paths.ca_cert}: the sites trust that CA certificate")
+    names = _validate_hosts(list(hosts) if hosts else subject_alt_names(paths.server_cert))
+    now = dt.datetime.now(dt.timezone.utc)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = _make_server_cert(server_key, ca_key, ca_cert, names, now - _CLOCK_SKEW, now + dt.timedelta(days=days))
+    _write(paths.server_key, _pkcs8(server_key), PRIVATE_MODE, True)
+    _write(paths.server_cert, server_cert.public_bytes(serialization.Encoding.PEM), PUBLIC_MODE, True)
     return paths
 
 

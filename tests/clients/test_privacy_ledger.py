@@ -229,3 +229,47 @@ def test_a_replayed_round_is_not_reserved_twice_and_a_resumed_run_keeps_its_run_
     with PrivacyLedger(ledger_path(state), create=False) as ledger:
         assert [(e.run_id, e.status) for e in ledger.entries("site-a")] == [("run-a", "committed")]
     assert [e for e, _ in audit_events(state)][-1] == "replay"
+
+
+def test_a_deleted_ledger_is_refused_by_every_message_and_replies_carry_the_audit_head(tmp_path: Path) -> None:
+    from fedmodel.protocol import AUDIT_HEAD_RECORD_KEY
+    from fedmodel.security.audit_log import default_key_path, load_key, open_keyed
+
+    state = tmp_path / "state"
+    key_file = default_key_path(state)
+    open_keyed(state / "audit.log", key_file, create_key=True)  # what fedmodel node start makes
+    config = RunConfig(clients=3, rounds=1, epsilon=0.5, batch_size=15, out="/runs/a")
+    node = {"audit-key": str(key_file)}
+    first = client_app.train(message(1, **SCHEMA), deployed(config, state, 1, **node))
+    assert not first.has_error(), error(first)
+    head = first.content[AUDIT_HEAD_RECORD_KEY]
+    entries = (state / "audit.log").read_bytes().splitlines()
+    assert head["count"] == len(entries) and head["tip"] == json.loads(entries[-1])["mac"] and head["keyed"]
+    assert verify(state / "audit.log", key=load_key(key_file), require_head=True).ok
+
+    from fedmodel.privacy.owner_ledger import open_ledger
+
+    open_ledger.cache_clear()  # each message is a fresh flwr-clientapp process in deployment
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(ledger_path(state)) + suffix).unlink(missing_ok=True)
+    spent = float(first.content["metrics"]["ledger-epsilon"])
+    for kind in (MessageType.TRAIN, MessageType.EVALUATE):
+        handler = client_app.train if kind == MessageType.TRAIN else client_app.evaluate
+        reply = handler(message(2, kind, **SCHEMA), deployed(config, state, 2, **node))
+        assert reply.has_error(), kind
+        assert f"shows epsilon {spent:.4f} spent" in error(reply) and str(ledger_path(state)) in error(reply)
+    assert not ledger_path(state).exists()
+
+
+def test_a_deployed_owners_ledger_entries_name_the_sha256_of_its_data_file(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    config = RunConfig(clients=3, rounds=1, epsilon=0.5, batch_size=15, out="/runs/a")
+    reply = client_app.train(message(1, **SCHEMA), deployed(config, state))
+    assert not reply.has_error(), error(reply)
+    shown = CliRunner().invoke(cli, ["ledger", "show", "--state-dir", str(state), "--owner", "site-a",
+                                     "--format", "json"])
+    assert shown.exit_code == 0, shown.output
+    data = hashlib.sha256((tmp_path / "site-a.csv").read_bytes()).hexdigest()
+    assert [e["data"] for e in json.loads(shown.output)["entries"]] == [data]
+    table = CliRunner().invoke(cli, ["ledger", "show", "--state-dir", str(state), "--owner", "site-a"])
+    assert data[:12] in table.output

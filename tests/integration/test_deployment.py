@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 from fedmodel.config import RunConfig
 from fedmodel.data import federated_split
 from fedmodel.runs import free_port
-from fedmodel.security.audit_log import verify
+from fedmodel.security.audit_log import anchor_path, default_key_path, load_key, verify
 
 pytestmark = pytest.mark.integration
 GOOD_SITES = ("site-0", "site-1")
@@ -197,9 +197,13 @@ def check_ledgers_and_audit_logs(tmp: Path, out: Path, owners: dict[str, dict[st
         assert verified.returncode == 0, verified.stdout + verified.stderr
     for site in (*GOOD_SITES[1:], STRICT_SITE):
         assert verify(tmp / "nodes" / site / "audit.log", require_head=True).ok
+        key_file = default_key_path(tmp / "nodes" / site)  # node start keyed the log, anchored beside the key
+        assert verify(tmp / "nodes" / site / "audit.log", key=load_key(key_file), require_head=True,
+                      anchor=anchor_path(key_file)).ok
     coordinator = [json.loads(line)["event"] for line in (out / "audit.log").read_text().splitlines()]
     assert coordinator[0] == "run-start" and coordinator[-1] == "run-end"
     assert coordinator.count("train-replies") == 2
+    assert coordinator.count("node-audit-heads") >= 2  # each node's log head, kept out of the node's reach
     for site in GOOD_SITES:
         shown = fedmodel("ledger", "show", "--state-dir", str(tmp / "nodes" / site), "--format", "json")
         assert shown.returncode == 0, shown.stderr

@@ -23,8 +23,9 @@ def _invoke(args: list[str]) -> Result:
 def test_certs_init_writes_the_files(tmp_path: Path) -> None:
     result = _invoke(["certs", "init", "--out", str(tmp_path), "--host", "localhost", "--host", "127.0.0.1"])
     assert result.exit_code == 0, result.output
-    for name in ("ca.crt", "ca.key", "server.pem", "server.key"):
+    for name in ("ca.crt", "server.pem", "server.key"):
         assert (tmp_path / name).is_file()
+    assert not (tmp_path / "ca.key").exists() and (tmp_path.with_name(tmp_path.name + "-ca") / "ca.key").is_file()
     assert "localhost, 127.0.0.1" in result.output
     assert "server.pem" in result.output
 
@@ -76,3 +77,14 @@ def test_force_replaces_the_certificates(tmp_path: Path) -> None:
     before = (tmp_path / "ca.crt").read_bytes()
     assert _invoke([*args, "--force"]).exit_code == 0
     assert (tmp_path / "ca.crt").read_bytes() != before
+
+
+def test_certs_rotate_makes_a_new_server_key(tmp_path: Path) -> None:
+    assert _invoke(["certs", "init", "--out", str(tmp_path / "c"), "--ca-dir", str(tmp_path / "ca"),
+                    "--host", "localhost"]).exit_code == 0
+    before = (tmp_path / "c" / "server.key").read_bytes()
+    result = _invoke(["certs", "rotate", "--out", str(tmp_path / "c"), "--ca-dir", str(tmp_path / "ca")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "c" / "server.key").read_bytes() != before and "Restart the coordinator" in result.output
+    missing = _invoke(["certs", "rotate", "--out", str(tmp_path / "c")])  # default <out>-ca: not there
+    assert missing.exit_code == 2 and "is missing" in missing.output

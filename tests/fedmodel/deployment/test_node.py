@@ -66,7 +66,7 @@ def test_the_owners_policy_and_ledger_key_reach_the_clientapp(settings: dict[str
     node = NodeSettings.from_node_config(_node_config(cmd))
     assert node is not None and node.policy == policy
     assert node.ledger_key == str(tmp_path / "ledger.key") and node.coordinator == "127.0.0.1:9091"
-    assert set(_node_config(cmd)) == set(NODE_CONFIG_KEYS) - {"id-columns", "model-path"}
+    assert set(_node_config(cmd)) == set(NODE_CONFIG_KEYS) - {"id-columns", "model-path", "audit-key"}
 
 
 def test_allow_local_statistics_reaches_the_clientapp_and_its_help_says_what_it_gives_up(

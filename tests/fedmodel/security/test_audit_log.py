@@ -6,6 +6,7 @@ import hashlib
 import hmac as std_hmac
 import json
 import multiprocessing
+import os
 import re
 import threading
 from collections.abc import Callable
@@ -51,7 +52,8 @@ def _rehash(entry: dict[str, object]) -> dict[str, object]:
 def test_a_chain_of_entries_verifies(chain: Path) -> None:
     result = verify(chain)
     assert result.ok and result.entries == ENTRIES
-    assert result.problems == [] and result.warnings == []
+    assert result.problems == []
+    assert [w.split(" (")[0] for w in result.warnings] == ["unkeyed log"]  # said, not hidden
 
 
 def test_entries_are_canonical_json_chained_by_sha256(chain: Path) -> None:
@@ -209,7 +211,7 @@ def test_a_head_one_entry_behind_is_a_crash_not_tampering(chain: Path) -> None:
     result = verify(chain)
     assert result.ok and any("lags by one" in w for w in result.warnings)
     AuditLog(chain).append("after the crash")
-    assert verify(chain) == verify(chain) and verify(chain).ok and verify(chain).warnings == []
+    assert verify(chain) == verify(chain) and verify(chain).ok and len(verify(chain).warnings) == 1
 
 
 def test_a_forged_line_with_a_good_hash_but_wrong_prev_is_found(chain: Path) -> None:
@@ -385,3 +387,87 @@ def test_processes_appending_keep_one_chain(tmp_path: Path) -> None:
     assert result.ok and result.entries == 2 * n, result.problems[:3]
     entries, _ = read_entries(path)
     assert sorted((e.fields["writer"], e.fields["i"]) for e in entries) == [(w, i) for w in range(2) for i in range(n)]
+
+
+# -- keyed node logs: truncation with a rewritten head, roll-back to an older head --------------------------
+
+
+def _node_log(tmp_path: Path, entries: int) -> tuple[Path, Path]:
+    """A node's keyed audit log (as fedmodel node start makes it) with ``entries`` entries."""
+    from fedmodel.security.audit_log import default_key_path, open_keyed
+
+    state = tmp_path / "state"
+    key_file = default_key_path(state)
+    log = open_keyed(state / "audit.log", key_file, create_key=True)
+    for i in range(entries):
+        log.append("reserve", owner="site-a", epsilon_total=0.1 * (i + 1))
+    return state / "audit.log", key_file
+
+
+def _truncate_and_rewrite_head(path: Path, keep: int) -> None:
+    """The attack: cut the log to its first ``keep`` entries and write a head file that matches them."""
+    lines = path.read_bytes().splitlines(keepends=True)[:keep]
+    path.write_bytes(b"".join(lines))
+    last = json.loads(lines[-1])
+    head_path(path).write_bytes(_canonical({"seq": last["seq"], "hash": last["hash"]}) + b"\n")
+
+
+def test_a_truncated_node_log_with_a_rewritten_head_fails_verify_with_its_key(tmp_path: Path) -> None:
+    path, key_file = _node_log(tmp_path, 5)
+    _truncate_and_rewrite_head(path, 3)
+    result = verify(path, key=load_key(key_file), require_head=True)
+    assert not result.ok and any("head" in p.what and p.line is None for p in result.problems), result.problems
+    with pytest.raises(AuditLogError, match="nothing was appended"):
+        AuditLog(path, key=load_key(key_file)).append("more")
+
+
+def test_the_same_attack_on_an_unkeyed_log_passes_verify_and_is_said_to_be_unkeyed(tmp_path: Path) -> None:
+    """What every node wrote at 3f11166: the attack goes through; verify now at least says the log is unkeyed."""
+    path = tmp_path / "audit.log"
+    log = AuditLog(path)
+    for i in range(5):
+        log.append("reserve", owner="site-a", epsilon_total=0.1 * (i + 1))
+    _truncate_and_rewrite_head(path, 3)
+    result = verify(path, require_head=True)
+    assert result.ok and result.entries == 3 and result.unkeyed
+    assert any(w.startswith("unkeyed log") for w in result.warnings)
+
+
+def test_a_log_rolled_back_to_an_older_head_is_caught_by_the_anchor_beside_the_key(tmp_path: Path) -> None:
+    from fedmodel.security.audit_log import anchor_path, open_keyed
+
+    path, key_file = _node_log(tmp_path, 3)
+    old_log, old_head = path.read_bytes(), head_path(path).read_bytes()  # a copy the writer kept
+    log = open_keyed(path, key_file)
+    log.append("reserve", owner="site-a", epsilon_total=0.9)
+    path.write_bytes(old_log)
+    head_path(path).write_bytes(old_head)  # every MAC is genuine: the key alone cannot tell
+    assert verify(path, key=load_key(key_file), require_head=True).ok
+    result = verify(path, key=load_key(key_file), require_head=True, anchor=anchor_path(key_file))
+    assert not result.ok and "rolled back" in str(result.problems[0]), result.problems
+    with pytest.raises(AuditLogError, match="rolled back"):
+        log.append("reserve", owner="site-a", epsilon_total=0.9)
+    anchor_path(key_file).unlink()  # removing the anchor does not help either
+    with pytest.raises(AuditLogError, match="is missing"):
+        log.append("reserve", owner="site-a", epsilon_total=0.9)
+
+
+def test_the_audit_key_is_made_owner_only_outside_the_state_folder(tmp_path: Path) -> None:
+    from fedmodel.security.audit_log import anchor_path, default_key_path
+
+    path, key_file = _node_log(tmp_path, 2)
+    state = path.parent
+    assert key_file == tmp_path / "state.audit-key" and not key_file.is_relative_to(state)
+    assert os.stat(key_file).st_mode & 0o777 == 0o600 and len(key_file.read_bytes()) == 32
+    assert os.stat(anchor_path(key_file)).st_mode & 0o777 == 0o600
+    assert default_key_path(tmp_path / "state") == key_file
+
+
+def test_the_head_is_the_count_and_the_last_mac(tmp_path: Path) -> None:
+    from fedmodel.security.audit_log import open_keyed
+
+    path, key_file = _node_log(tmp_path, 4)
+    head = open_keyed(path, key_file).head()
+    last = json.loads(path.read_bytes().splitlines()[-1])
+    assert (head.count, head.tip, head.keyed) == (4, last["mac"], True)
+    assert AuditLog(tmp_path / "none.log").head().count == 0

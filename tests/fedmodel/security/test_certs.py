@@ -134,7 +134,7 @@ def test_overwrite_replaces_with_a_new_ca_and_private_modes(tmp_path: Path) -> N
     assert second.ca_cert.read_bytes() != old_ca
     assert _mode(second.server_key) == 0o600
     _cert(second.server_cert).verify_directly_issued_by(_cert(second.ca_cert))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ca.crt", "ca.key", "server.key", "server.pem"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ca.crt", "server.key", "server.pem"]
 
 
 @pytest.mark.parametrize("bad", ["bad host!", "", "-lead.example", "a..b", "under_score.example", "10.0.0.256",
@@ -270,3 +270,47 @@ def test_tls_handshake_fails_for_a_name_not_in_the_certificate(loopback_certs: C
     with _tls_server(loopback_certs) as address:
         with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch|doesn't match"):
             _connect(address, loopback_certs.ca_cert, "coordinator.example.org")
+
+
+def test_the_coordinators_folder_holds_no_ca_key_and_its_superlink_needs_none(tmp_path: Path) -> None:
+    from fedmodel.deployment.coordinator import superlink_command
+    from fedmodel.security.certs import default_ca_dir
+
+    paths = init_certs(tmp_path / "certs", ["localhost"])
+    assert sorted(p.name for p in (tmp_path / "certs").iterdir()) == ["ca.crt", "server.key", "server.pem"]
+    assert paths.ca_key == default_ca_dir(tmp_path / "certs") / "ca.key" == tmp_path / "certs-ca" / "ca.key"
+    assert (tmp_path / "certs-ca" / "ca.crt").read_bytes() == paths.ca_cert.read_bytes()
+    assert _mode(paths.ca_key) == 0o600 and _mode(tmp_path / "certs-ca") == 0o700
+    cmd = superlink_command(tmp_path / "certs", tmp_path / "state", "127.0.0.1", 9091, insecure=False)
+    assert not any("ca.key" in part or "certs-ca" in part for part in cmd)
+    with pytest.raises(SecurityError, match="must not sit"):
+        init_certs(tmp_path / "x", ["localhost"], ca_dir=tmp_path / "x")
+
+
+def test_rotate_replaces_the_server_pair_signed_by_the_same_ca(tmp_path: Path) -> None:
+    from fedmodel.security.certs import rotate_server_cert
+
+    paths = init_certs(tmp_path / "certs", ["localhost", "127.0.0.1"], ca_dir=tmp_path / "offline")
+    old_key, old_cert, ca = paths.server_key.read_bytes(), paths.server_cert.read_bytes(), paths.ca_cert.read_bytes()
+    rotated = rotate_server_cert(tmp_path / "certs", ca_dir=tmp_path / "offline", days=10)
+    assert rotated.server_key.read_bytes() != old_key and rotated.server_cert.read_bytes() != old_cert
+    assert rotated.ca_cert.read_bytes() == ca and _mode(rotated.server_key) == 0o600
+    new = _cert(rotated.server_cert)
+    new.verify_directly_issued_by(_cert(rotated.ca_cert))
+    key = serialization.load_pem_private_key(rotated.server_key.read_bytes(), password=None)
+    assert key.public_key() == new.public_key()
+    assert subject_alt_names(rotated.server_cert) == ["localhost", "127.0.0.1"]  # kept from the old certificate
+    assert not list((tmp_path / "certs").glob(".*.tmp"))
+
+
+def test_rotate_without_the_ca_key_or_with_another_ca_is_refused(tmp_path: Path) -> None:
+    from fedmodel.security.certs import rotate_server_cert
+
+    paths = init_certs(tmp_path / "certs", ["localhost"])
+    before = paths.server_key.read_bytes()
+    with pytest.raises(SecurityError, match="is missing"):
+        rotate_server_cert(tmp_path / "certs", ca_dir=tmp_path / "nowhere")
+    init_certs(tmp_path / "other", ["localhost"])
+    with pytest.raises(SecurityError, match="is not the key of"):
+        rotate_server_cert(tmp_path / "certs", ca_dir=tmp_path / "other-ca")
+    assert paths.server_key.read_bytes() == before
