@@ -121,6 +121,19 @@ def test_two_deployed_nodes_with_the_same_run_seed_and_rows_send_different_noise
     assert abs(np.corrcoef(first.ravel(), second.ravel())[0, 1]) < 0.25
 
 
+def test_a_round_sent_again_gets_fresh_noise_and_is_charged_again(tmp_path: Path) -> None:
+    """At 3f11166 the second attempt sent the first one's update again, charged nothing more."""
+    ctx = node(tmp_path)
+    sent = train_message(1)
+    first_reply = client_app.train(sent, ctx)
+    again_reply = client_app.train(train_message(1), ctx)
+    first, again = weight_update(first_reply, sent), weight_update(again_reply, sent)
+    assert abs(np.corrcoef(first.ravel(), again.ravel())[0, 1]) < 0.25
+    assert float(again_reply.content["metrics"]["epsilon"]) > float(first_reply.content["metrics"]["epsilon"])
+    steps, _ = steps_and_expected_batch()
+    assert client_app.load_privacy(ctx).steps == 2 * steps
+
+
 def test_the_noise_a_deployed_node_adds_is_the_noise_it_reports(tmp_path: Path) -> None:
     sent = train_message(1)
     reply = client_app.train(sent, node(tmp_path))
