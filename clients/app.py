@@ -44,13 +44,14 @@ from fedmodel.data.scaling import feature_sums, noisy_feature_sums
 from fedmodel.data.schema import Schema
 from fedmodel.device import resolve_device
 from fedmodel.errors import DataValidationError, FedModelError, PolicyViolation, PrivacyBudgetExceeded
-from fedmodel.owner import evaluate_owner, evaluate_owner_sums, round_seed, train_owner_round
+from fedmodel.owner import evaluate_owner, evaluate_owner_sums, train_owner_round
 from fedmodel.privacy import OwnerPrivacyState
 from fedmodel.privacy.accounting import epsilon_spent, gaussian_sum_epsilon
 from fedmodel.privacy.release import (EVALUATION_EPSILON, EVALUATION_FLAG, EXACT_REPLIES_FLAG, coarse_quality,
                                       coarse_train_metrics, release_evaluation)
 from fedmodel.privacy.audit import shard_with_canaries
 from fedmodel.privacy.policy import check_run_config
+from fedmodel.privacy.randomness import gaussian_source, owner_seed
 from fedmodel.protocol import FEATURE_SUMS_QUERY, OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, QUALITY_RECORD_KEY
 from clients.privacy_account import (attach_audit_head, owner_account, record_local_statistics,
                                      record_refusal)
@@ -286,7 +287,7 @@ def train_owner(msg: Message, context: Context) -> Message:
                 config, owner.seed_id, shard, global_weights(msg), privacy=privacy,
                 server_round=int(train_config["server-round"]),  # type: ignore[arg-type]
                 proximal_mu=float(train_config.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
-                device=resolve_device(config.device),
+                device=resolve_device(config.device), simulated=owner.simulated,  # deployed: noise from the OS
             )
         finally:
             if privacy is not None:  # reserved steps count even if training failed part-way
@@ -441,7 +442,7 @@ def query(msg: Message, context: Context) -> Message:
             reservation = account.reserve_release("scaling statistics", noise, config.delta)
             privacy.charge_gaussian(noise)  # charged before the release
             keep_privacy(context, privacy)
-            rng = np.random.default_rng(round_seed(config.seed, owner.seed_id, 0))
+            rng = gaussian_source(owner_seed(config.seed, owner.seed_id, 0, simulated=owner.simulated))
             sums = noisy_feature_sums(owner.unscaled(), bounds, noise, rng)
             account.commit(reservation, epsilon_run=after.epsilon(config.delta))
         else:

@@ -41,7 +41,8 @@ def restore_privacy(msg: Message, context: Context, owner: Owner) -> OwnerPrivac
     text = config.get(f"{HANDBACK_PREFIX}{owner.seed_id}") if owner.simulated else None
     handback = HandBack.from_json(str(text)) if text else None
     carried, pending = _carried(context, handback, server_round)
-    return RoundPrivacy(carried, server_round, _digest(msg, owner), _before_first_step(context), pending=pending)
+    return RoundPrivacy(carried, server_round, _digest(msg, owner), _before_first_step(context), pending=pending,
+                        deterministic=owner.simulated)  # deployed: fresh noise, a repeat is charged
 
 
 def _before_first_step(context: Context) -> Callable[[CarriedPrivacy], None]:

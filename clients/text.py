@@ -37,7 +37,7 @@ from fedmodel.llm import (
 from fedmodel.llm.federated import CLASSES_KEY, FINGERPRINT_KEY, POOLING_KEY, text_split
 from fedmodel.llm.pooling import POOLINGS
 from fedmodel.llm.train import HEAD_LR_FACTOR
-from fedmodel.owner import round_seed
+from fedmodel.privacy.randomness import owner_seed
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,8 @@ def train(msg: Message, context: Context) -> Message:
             reservation = account.reserve_round(privacy, server_round)
         try:
             metrics = train_lora_round(model, shard, train_settings(config), privacy=privacy,
-                                       seed=round_seed(config.seed, owner.seed_id, server_round),
+                                       seed=owner_seed(config.seed, owner.seed_id, server_round,
+                                                       simulated=owner.simulated),  # None: the OS
                                        device=resolve_device(config.device), owner=owner.name)
         finally:
             if privacy is not None:  # reserved steps count even if training failed part-way

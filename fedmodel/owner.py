@@ -10,7 +10,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 
 from fedmodel.config import RunConfig
@@ -21,6 +20,7 @@ from fedmodel.data.augment import parse_augment
 from fedmodel.models import model_to_load
 from fedmodel.privacy import NoPrivacy, OpacusDPSGD, OwnerPrivacyState, PrivacyMechanism, plan_for_owner
 from fedmodel.privacy.mechanism import KeptWrapping
+from fedmodel.privacy.randomness import owner_seed, plain_seed
 from fedmodel.privacy.release import EVALUATION_LOSS_CLIP, EvaluationSums
 from fedmodel.training import evaluate, evaluation_sums, make_loader, train_epochs
 
@@ -33,19 +33,18 @@ class OwnerUpdate:
     metrics: dict[str, float]
 
 
-def round_seed(seed: int, owner: int, server_round: int) -> int:
-    """A distinct, reproducible seed per (run seed, owner, round) for sampling and noise."""
-    return int(np.random.SeedSequence([seed, owner, server_round]).generate_state(1)[0])
-
-
 def train_owner_round(
     config: RunConfig, owner: int, shard: Dataset, global_weights: Mapping[str, torch.Tensor], *,
     privacy: OwnerPrivacyState | None, server_round: int, proximal_mu: float, device: torch.device,
+    simulated: bool = True,
 ) -> OwnerUpdate:
     """Train the global model on the owner's shard for ``config.local_epochs`` epochs.
 
     With DP (``privacy`` given) the noise multiplier is calibrated once, on the first round, for
     every step of every planned round, and ``privacy`` accumulates the steps really taken.
+    A simulated owner's round is reproducible from (``config.seed``, ``owner``, ``server_round``);
+    a deployed owner's (``simulated`` False) draws its noise and Poisson sampling from the OS CSPRNG
+    and every other draw from fresh OS seeds (:mod:`fedmodel.privacy.randomness`).
     """
     if owner in config.inject_failure_owners:
         raise FedModelError(f"owner {owner}: injected failure (testing aid: inject-failure-owners)")
@@ -53,7 +52,7 @@ def train_owner_round(
     if fault is not None and fault.kind != "no-noise":  # testing aid: train honestly, then corrupt the update
         honest = train_owner_round(
             replace(config, inject_faults=()), owner, shard, global_weights, privacy=privacy,
-            server_round=server_round, proximal_mu=proximal_mu, device=device,
+            server_round=server_round, proximal_mu=proximal_mu, device=device, simulated=simulated,
         )
         return OwnerUpdate(apply_fault(fault, honest.weights, global_weights), honest.metrics)
     if len(shard) == 0:
@@ -62,8 +61,8 @@ def train_owner_round(
         model, optimizer = bench.kept.model, bench.kept.optimizer
         model.load_state_dict(global_weights)
         anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
-        seed = round_seed(config.seed, owner, server_round)
-        loader = make_loader(shard, config.batch_size, seed=seed)
+        seed = owner_seed(config.seed, owner, server_round, simulated=simulated)  # None at a deployed node
+        loader = make_loader(shard, config.batch_size, seed=plain_seed(seed))
 
         mechanism: PrivacyMechanism
         if privacy is None:
@@ -85,7 +84,7 @@ def train_owner_round(
         loss = train_epochs(
             train_model, train_optimizer, train_loader, epochs=config.local_epochs, device=device,
             proximal_mu=proximal_mu, anchor=anchor, lr=config.lr,
-            augment=parse_augment(config.augment), augment_seed=seed + 1, background=float(shard.x.min()),
+            augment=parse_augment(config.augment), augment_seed=plain_seed(seed, 1), background=float(shard.x.min()),
         )
         metrics: dict[str, float] = {"num-examples": float(len(shard)), "train-loss": loss}
         metrics.update(mechanism.finish())

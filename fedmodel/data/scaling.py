@@ -22,10 +22,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedmodel.errors import FedModelError
+
+if TYPE_CHECKING:
+    from fedmodel.privacy.randomness import OsRandom
 
 BOUNDS_MARGIN = 0.1
 """Public bounds from the coordinator's data are widened by this share of the range on each side."""
@@ -107,8 +111,12 @@ def feature_sums(x: np.ndarray, bounds: ScalingBounds) -> np.ndarray:
 
 
 def noisy_feature_sums(x: np.ndarray, bounds: ScalingBounds, noise_multiplier: float,
-                       rng: np.random.Generator) -> np.ndarray:
-    """One owner's release: :func:`feature_sums` plus Gaussian noise ``noise_multiplier x sensitivity``."""
+                       rng: np.random.Generator | OsRandom) -> np.ndarray:
+    """One owner's release: :func:`feature_sums` plus Gaussian noise ``noise_multiplier x sensitivity``.
+
+    ``rng`` draws the noise: a seeded generator in a simulation, the OS CSPRNG at a deployed node
+    (:func:`fedmodel.privacy.randomness.gaussian_source`).
+    """
     if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
         raise ValueError(f"noise_multiplier must be > 0, got {noise_multiplier!r}")
     sums = feature_sums(x, bounds)

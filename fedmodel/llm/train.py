@@ -27,6 +27,7 @@ from fedmodel.llm.encoding import TokenizedShard
 from fedmodel.llm.lora import task_of, unwrap
 from fedmodel.llm.source import Task
 from fedmodel.privacy import NoPrivacy, OpacusDPSGD, OwnerPrivacyState, PrivacyMechanism, plan_for_owner
+from fedmodel.privacy.randomness import plain_seed
 
 HEAD_LR_FACTOR = 100.0
 """A run's head learning rate when none is given: this many times the adapters' (see ``head_lr``)."""
@@ -87,7 +88,7 @@ class LoraTrainSettings:
 
 def train_lora_round(
     model: nn.Module, shard: TokenizedShard, settings: LoraTrainSettings, *, privacy: OwnerPrivacyState | None,
-    seed: int, device: torch.device, owner: int | str = 0, secure_mode: bool = False,
+    seed: int | None, device: torch.device, owner: int | str = 0, secure_mode: bool = False,
 ) -> dict[str, float]:
     """Train the adapter (and head) of ``model`` in place on the owner's shard for ``settings.epochs`` epochs.
 
@@ -103,7 +104,9 @@ def train_lora_round(
         The owner's cumulative privacy state (its plan is calibrated on first use), or None to train
         without DP.
     seed
-        Drives batch sampling, dropout and (unless ``secure_mode``) the DP noise.
+        Drives batch sampling, dropout and (unless ``secure_mode``) the DP noise: a simulation's round
+        is reproducible from it. None (a deployed node): the DP noise and Poisson sampling come from
+        the OS CSPRNG, dropout from a fresh OS seed (:mod:`fedmodel.privacy.randomness`).
     device
         Where to train.
     owner
@@ -129,7 +132,7 @@ def train_lora_round(
     model.to(device)
     model.train()  # Opacus refuses a model in eval mode (after an evaluation in the same process, say)
     optimizer = torch.optim.AdamW(_param_groups(model, settings), weight_decay=0.0)
-    loader = _loader(shard, task, settings.batch_size, seed)
+    loader = _loader(shard, task, settings.batch_size, plain_seed(seed))
     mechanism: PrivacyMechanism
     if privacy is None:
         mechanism = NoPrivacy()
@@ -142,7 +145,7 @@ def train_lora_round(
             )
         mechanism = OpacusDPSGD(privacy, owner, noise_seed=seed, secure_mode=secure_mode)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+        torch.manual_seed(plain_seed(seed))
         train_model, train_optimizer, train_loader = mechanism.wrap(model, optimizer, loader)
         try:
             model.train()

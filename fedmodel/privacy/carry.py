@@ -9,13 +9,17 @@ steps each time it trains. When processes die two things can go wrong:
 
 :class:`RoundPrivacy` is the state an owner trains one round with. The moment DP-SGD reserves the
 round's steps (before the first step), it hands the record *with the round charged* to a save
-function, so a crash at any later point leaves the round counted. It also recognises a **replay**:
-the same round with the same inputs (global model, round config and the owner's run settings, see
-:func:`round_digest`). DP-SGD here is seeded per (run seed, owner, round) for Poisson sampling and
-noise, so a replay computes exactly the update the first attempt computed; sending the same output
-again releases nothing new, and the round stays charged once. Different inputs are a new release and
-are charged again. (With Opacus' secure mode the noise would be fresh each time and a replay would
-have to be charged; fedmodel does not turn secure mode on.)
+function, so a crash at any later point leaves the round counted. In a simulation it also recognises
+a **replay**: the same round with the same inputs (global model, round config and the owner's run
+settings, see :func:`round_digest`). A simulated owner's DP-SGD is seeded per (run seed, owner,
+round) for Poisson sampling and noise, so a replay computes exactly the update the first attempt
+computed; sending the same output again releases nothing new, and the round stays charged once.
+Different inputs are a new release and are charged again.
+
+A deployed node draws its noise and sampling from the OS CSPRNG (:mod:`fedmodel.privacy.randomness`):
+a round sent again gets fresh noise, a second independent release of the same round (averaging the
+two would halve the noise's variance), so it is never a replay there (``deterministic`` False): it is
+charged as a new round, in the run's state and in the ledger.
 """
 
 from __future__ import annotations
@@ -94,13 +98,15 @@ class RoundPrivacy(OwnerPrivacyState):
     Its :meth:`record`, which DP-SGD calls once before training to reserve the round's steps, first
     adds ``pending`` earlier rounds (rounds a crashed coordinator could not tell were trained), then
     the round, then calls ``save`` with the record to keep: so the round is on disk before any step.
-    On a replay it trains from the state before the round and saves nothing new.
+    On a replay it trains from the state before the round and saves nothing new. Only a
+    ``deterministic`` round (seeded noise: a simulation) can be a replay; otherwise ``repeat`` tells that
+    the round was charged before and is charged again.
     """
 
     def __init__(self, carried: CarriedPrivacy, server_round: int, digest: str, save: SaveFn, *,
-                 pending: int = 0) -> None:
-        self.replay = (carried.last_round == server_round and carried.before_last is not None
-                       and carried.last_digest in ("", digest))
+                 pending: int = 0, deterministic: bool = True) -> None:
+        self.repeat = carried.last_round == server_round and carried.before_last is not None
+        self.replay = self.repeat and deterministic and carried.last_digest in ("", digest)
         base = carried.before_last if self.replay and carried.before_last is not None else carried.state
         super().__init__(plan=base.plan, history=list(base.history), other=list(base.other))
         self.server_round, self.digest = server_round, digest

@@ -10,6 +10,11 @@ cohort) can keep Opacus' wrapping of them in a :class:`KeptWrapping`: each owner
 same per-sample-gradient model and DP optimizer with its own noise multiplier, clipping bound,
 expected batch size, noise generator and accountant, instead of wrapping anew (about 0.7 ms and
 most of Opacus' per-call Python work). What is computed is the same, bit for bit.
+
+Where DP-SGD's randomness comes from is the ``noise_seed`` of :class:`OpacusDPSGD`: a seed (a
+simulation) makes noise and Poisson sampling reproducible; no seed (a deployed node) draws both from
+the OS CSPRNG (:mod:`fedmodel.privacy.os_draws`), so nobody else can predict them and a replay of the
+round gets fresh noise (see :mod:`fedmodel.privacy.randomness`).
 """
 
 from __future__ import annotations
@@ -76,6 +81,10 @@ class OpacusDPSGD:
     Poisson sampling is on; empty batches are trained through (Opacus adds pure noise), never
     skipped, so the accountant's step count is the real one. With ``kept`` (not in secure mode),
     the model and optimizer Opacus wrapped for an earlier owner are re-armed for this one.
+
+    ``noise_seed`` seeds the noise and Poisson sampling (a simulation: reproducible); None draws both
+    from the OS CSPRNG for every step (a deployed node: unpredictable, never the same twice).
+    ``secure_mode`` is Opacus' own (it needs ``torchcsprng``).
     """
 
     mode = "dp-sgd"
@@ -119,6 +128,7 @@ class OpacusDPSGD:
         generator = None
         if self.noise_seed is not None and not self.secure_mode:
             generator = torch.Generator(device=next(model.parameters()).device).manual_seed(self.noise_seed)
+        from_os = self.noise_seed is None and not self.secure_mode
         if self.kept is not None and self.kept.holds(model, optimizer):
             private_model, private_optimizer, private_loader = self._rearm(self.kept, loader, generator)
         else:
@@ -132,6 +142,12 @@ class OpacusDPSGD:
             if self.kept is not None:
                 self.kept.model, self.kept.optimizer = model, optimizer
                 self.kept.private_model, self.kept.private_optimizer = private_model, private_optimizer
+        if from_os or self.kept is not None:  # a kept optimizer may come from an owner of the other kind
+            from fedmodel.privacy.os_draws import arm_os_noise, os_poisson_loader
+
+            arm_os_noise(private_optimizer, from_os)
+            if from_os:
+                private_loader = os_poisson_loader(private_loader)
         # Reserve the round's steps before any training: a crash mid-round leaves them counted as spent.
         self._reserved_from = self.state.steps
         self.state.record(plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)

@@ -203,10 +203,11 @@ class OwnerAccount:
     def reserve_round(self, state: OwnerPrivacyState, server_round: int) -> Reservation | None:
         """Before training: the run's own check, then the round's planned steps reserved in the ledger.
 
-        A replay (the same round with the same inputs, recognised by the carried state, see
-        :mod:`fedmodel.privacy.carry`) releases nothing new: its first attempt's reservation stands,
-        and nothing is reserved again. Raises PrivacyBudgetExceeded (nothing reserved) if the
-        owner's total would pass its budget.
+        A replay (a simulated owner's seeded round with the same inputs, recognised by the carried
+        state, see :mod:`fedmodel.privacy.carry`) releases nothing new: its first attempt's
+        reservation stands, and nothing is reserved again. A deployed node's round sent again has
+        fresh noise: it is reserved as a new release (``what`` says it is a repeat). Raises
+        PrivacyBudgetExceeded (nothing reserved) if the owner's total would pass its budget.
         """
         plan = state.plan
         if plan is None:
@@ -215,7 +216,8 @@ class OwnerAccount:
             self._audit("replay", round=server_round)
             return None
         OpacusDPSGD(state, self.owner, noise_seed=None).check_budget()
-        return self._reserve("dp-sgd", server_round, plan.noise_multiplier, plan.sample_rate, plan.steps_per_round,
+        what = "dp-sgd, round sent again (fresh noise)" if getattr(state, "repeat", False) else "dp-sgd"
+        return self._reserve(what, server_round, plan.noise_multiplier, plan.sample_rate, plan.steps_per_round,
                              plan.delta)
 
     # ------------------------------------------------------------------ other releases

@@ -217,18 +217,23 @@ def test_a_deployed_owner_totals_its_runs_in_its_own_encrypted_ledger(tmp_path: 
     assert verified.exit_code == 0, verified.output
 
 
-def test_a_replayed_round_is_not_reserved_twice_and_a_resumed_run_keeps_its_run_id(tmp_path: Path) -> None:
+def test_a_round_sent_again_to_a_deployed_node_is_charged_again_and_a_resumed_run_keeps_its_run_id(
+        tmp_path: Path) -> None:
+    """A deployed node's noise is fresh each time (fedmodel.privacy.randomness): a round sent again is a second
+    release of it, never a free replay (at 3f11166 it was not reserved again, yet its noise was the same)."""
     state = tmp_path / "state"
     config = RunConfig(clients=3, rounds=2, epsilon=1.0, batch_size=15, out="/runs/a", run_id="run-a")
     ctx = deployed(config, state, run_id=11)
     first = client_app.train(message(1, **SCHEMA), ctx)
     again = client_app.train(message(1, **SCHEMA), deployed(config, state, run_id=12))  # a resumed Flower run
     assert not first.has_error() and not again.has_error(), error(first) + error(again)
-    assert float(again.content["metrics"]["epsilon"]) == float(first.content["metrics"]["epsilon"])
-    assert float(again.content["metrics"]["ledger-epsilon"]) == float(first.content["metrics"]["ledger-epsilon"])
+    assert float(again.content["metrics"]["epsilon"]) > float(first.content["metrics"]["epsilon"])
+    assert float(again.content["metrics"]["ledger-epsilon"]) > float(first.content["metrics"]["ledger-epsilon"])
+    assert (again.content["arrays"]["0.weight"].numpy() != first.content["arrays"]["0.weight"].numpy()).any()
     with PrivacyLedger(ledger_path(state), create=False) as ledger:
-        assert [(e.run_id, e.status) for e in ledger.entries("site-a")] == [("run-a", "committed")]
-    assert [e for e, _ in audit_events(state)][-1] == "replay"
+        assert [(e.run_id, e.status) for e in ledger.entries("site-a")] == [("run-a", "committed")] * 2
+    reserved = [(f["what"], f["round"]) for e, f in audit_events(state) if e == "reserve"]
+    assert reserved == [("dp-sgd", 1), ("dp-sgd, round sent again (fresh noise)", 1)]
 
 
 def test_a_deleted_ledger_is_refused_by_every_message_and_replies_carry_the_audit_head(tmp_path: Path) -> None:

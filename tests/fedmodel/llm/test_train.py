@@ -87,6 +87,24 @@ def test_second_round_on_same_model_accumulates_and_budget_is_enforced(
     assert all(torch.equal(before[k], v) for k, v in adapter_state(model).items())
 
 
+def test_a_round_without_a_seed_draws_fresh_noise_and_a_seeded_round_repeats(
+    bert_dir: Path, random_texts: Callable[..., list[str]]
+) -> None:
+    """``seed=None`` is a deployed node's round: noise and sampling from the OS, never the same twice."""
+    model, shard = lora_model(bert_dir, "classification", 24, random_texts(24))
+    start = snapshot(model)
+    settings = LoraTrainSettings(batch_size=8, max_physical_batch_size=8, lr=0.01, rounds=2, epsilon=8.0)
+
+    def one_round(seed: int | None) -> dict[str, torch.Tensor]:
+        model.load_state_dict(start)
+        train_lora_round(model, shard, settings, privacy=OwnerPrivacyState(), seed=seed, device=CPU)
+        return {k: v.detach().clone() for k, v in adapter_state(model).items()}
+
+    seeded, seeded_again, fresh, fresh_again = one_round(1), one_round(1), one_round(None), one_round(None)
+    assert all(torch.equal(seeded[k], seeded_again[k]) for k in seeded)
+    assert not any(torch.equal(fresh[k], fresh_again[k]) or torch.equal(fresh[k], seeded[k]) for k in fresh)
+
+
 @pytest.mark.parametrize("folder", ["bert_dir", "gpt2_dir"])
 def test_empty_batch_placeholder_has_exactly_zero_per_example_gradient(
     request: pytest.FixtureRequest, random_texts: Callable[..., list[str]], folder: str
