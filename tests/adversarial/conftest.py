@@ -23,6 +23,8 @@ import signal
 import ssl
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import tomllib
 import urllib.request
@@ -166,6 +168,7 @@ class Federation:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     node_ids: dict[str, int] = field(default_factory=dict)
     runs: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # ------------------------------------------------------------------ nodes
     def state_dir(self, label: str) -> Path:
@@ -213,8 +216,9 @@ class Federation:
         ``phases`` is the hostile ServerApp's plan (:mod:`apps.hostile_server`). The run gets a fresh ``run-id``
         and an ``out`` folder of its own (unless ``overrides`` sets them).
         """
-        self.runs += 1
-        out = self.root / "hostile" / f"{self.runs:02d}-{app_dir.name}"
+        with self._lock:
+            self.runs += 1
+            out = self.root / "hostile" / f"{self.runs:02d}-{app_dir.name}"
         out.mkdir(parents=True)
         (out / "plan.json").write_text(json.dumps({"phases": phases or []}), encoding="utf-8")
         config = {"dataset": "breast-cancer", "clients": 4, "rounds": 1, "epsilon": RUN_EPSILON,
@@ -240,6 +244,12 @@ class Federation:
         return HostileResult(str(config["run-id"]), flower_id, status, details, result["replies"], result["secagg"],
                              out)
 
+    def run_hostile_many(self, runs: dict[str, tuple[Path, dict[str, Any], list[Any]]]) -> dict[str, HostileResult]:
+        """Several hostile runs at once (Flower runs them side by side): ``{name: (app_dir, overrides, phases)}``."""
+        with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+            futures = {name: pool.submit(self.run_hostile, *args) for name, args in runs.items()}
+            return {name: future.result() for name, future in futures.items()}
+
     # ------------------------------------------------------------------ what a node keeps
     def ledger(self, label: str, owner: str | None = None) -> dict[str, Any]:
         """``fedmodel ledger show --state-dir ... --format json`` of a node (with ``--owner``: its entries too)."""
@@ -250,7 +260,13 @@ class Federation:
 
     def ledger_entries(self, label: str, run_id: str, owner: str | None = None) -> list[dict[str, Any]]:
         """The ledger entries a node holds for one run."""
-        return [e for e in self.ledger(label, owner or label).get("entries", []) if e["run_id"] == run_id]
+        owner = owner or label
+        shown = fedmodel("ledger", "show", "--state-dir", str(self.state_dir(label)), "--owner", owner,
+                         "--format", "json")
+        if shown.returncode != 0 and "has no entry" in shown.stdout + shown.stderr:
+            return []  # the owner never spent anything here
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        return [e for e in json.loads(shown.stdout).get("entries", []) if e["run_id"] == run_id]
 
     def audit(self, label: str) -> list[dict[str, Any]]:
         """The node's audit log entries (JSON lines)."""
@@ -315,9 +331,14 @@ def write_shards(folder: Path) -> tuple[dict[str, Path], Path]:
 
 
 @pytest.fixture(scope="session")
-def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]:
-    """Coordinator (TLS + node authentication), five admitted sites, four running nodes; all stopped at the end."""
-    root = tmp_path_factory.mktemp("redteam")
+def federation() -> Iterator[Federation]:
+    """Coordinator (TLS + node authentication), five admitted sites, four running nodes; all stopped at the end.
+
+    The folder is a temporary directory of its own, not pytest's ``tmp_path``: pytest removes old base folders
+    when another session starts, which would delete the nodes' state under their feet on a shared machine.
+    It is removed at the end unless ``FEDMODEL_KEEP_REDTEAM`` is set.
+    """
+    root = Path(tempfile.mkdtemp(prefix="fedmodel-redteam-"))
     address = f"127.0.0.1:{free_port()}"
     certs, state, keys = root / "certs", root / "coordinator", root / "keys"
     coordinator: subprocess.Popen[bytes] | None = None
@@ -351,3 +372,5 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Federation]
         if coordinator is not None:
             stop([coordinator])
     assert left_running(root) == []  # every process of the federation is gone
+    if not os.environ.get("FEDMODEL_KEEP_REDTEAM"):
+        shutil.rmtree(root, ignore_errors=True)
