@@ -202,11 +202,12 @@ def run_config_attacks(federation: Federation) -> dict[str, HostileResult]:
 
 
 # ------------------------------------------------------------------ 2. remote fault injection
-def blocked_run_config(fed: Federation, result: HostileResult, name: str, site: str, key: str,
+def blocked_run_config(fed: Federation, result: HostileResult, name: str, site: str, key: str | None,
                        rule: str = RUN_CONFIG_RULE) -> None:
-    """Refused with a PolicyViolation naming the key, recorded in the node's audit log, nothing trained or charged."""
+    """Refused with a PolicyViolation (naming ``key`` if given), in the node's audit log, nothing trained or charged."""
     reason = error_of(result, name)
-    assert refusal_text(rule) in reason and key in reason, f"{name}: refused, but not by rule {rule!r}: {reason!r}"
+    assert refusal_text(rule) in reason, f"{name}: refused, but not by rule {rule!r}: {reason!r}"
+    assert key is None or key in reason, f"{name}: the refusal does not name the run-config key {key!r}: {reason!r}"
     events = fed.audit_of_run(site, result.run_id)
     assert any(e["event"] == "refuse" and e["fields"].get("rule") == rule for e in events), (
         f"{name}: no refusal ({rule}) in {site}'s audit log: {[e['event'] for e in events]}")
@@ -228,8 +229,8 @@ LOCAL_STATISTICS_RULE = "local-statistics"
 @pytest.mark.parametrize("name", ["local-zscore", "local-quartiles", "local-median"])
 def test_5_preprocessing_with_the_owners_own_statistics_is_refused(
         federation: Federation, run_config_attacks: dict[str, HostileResult], name: str) -> None:
-    site, key, _ = RUN_CONFIG_ATTACKS[name]
-    blocked_run_config(federation, run_config_attacks[name], name, site, key, rule=LOCAL_STATISTICS_RULE)
+    site, _, _ = RUN_CONFIG_ATTACKS[name]
+    blocked_run_config(federation, run_config_attacks[name], name, site, None, rule=LOCAL_STATISTICS_RULE)
 
 
 # ------------------------------------------------------------------ 10. pushed-down delta
