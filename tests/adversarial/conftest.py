@@ -64,11 +64,11 @@ def fedmodel(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[st
                           timeout=timeout, env={**os.environ, "COLUMNS": "200"}, stdin=subprocess.DEVNULL)
 
 
-def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """A fedmodel CLI command in its own process group (so stopping it stops everything it started)."""
     with log.open("ab") as fh:
         return subprocess.Popen([sys.executable, "-m", "fedmodel.cli", *args], stdout=fh, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
 
 
 def stop(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -291,11 +291,19 @@ def run_config_arg(values: dict[str, Any]) -> str:
     return " ".join(f"{k}={toml(v)}" for k, v in values.items())
 
 
+def coordinator_env() -> dict[str, str]:
+    """The hostile coordinator's environment: its processes import ``coordinator_side/sitecustomize.py``."""
+    path = [str(Path(__file__).resolve().parent / "coordinator_side"), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+
+
 def stage_app(app_dir: Path, dest: Path) -> Path:
-    """A copy of the hostile App with the shared hostile ServerApp and fedmodel's own run-config defaults."""
+    """A copy of the hostile App with fedmodel's own run-config defaults.
+
+    The hostile ServerApp is not in the FAB: the coordinator runs it on its own machine
+    (``coordinator_side/sitecustomize.py``), as a real hostile coordinator would.
+    """
     shutil.copytree(app_dir, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    if not (dest / "hostile_server.py").exists():
-        shutil.copy2(APPS / "hostile_server.py", dest / "hostile_server.py")
     project = tomllib.loads((dest / "pyproject.toml").read_text(encoding="utf-8"))
     defaults = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["flwr"]["app"]["config"]
     project["tool"]["flwr"]["app"]["config"] = defaults
@@ -352,7 +360,7 @@ def federation() -> Iterator[Federation]:
                 *[("node", "keygen", "--out", str(keys), "--name", site) for site in shards]]))
         assert [m.returncode for m in made] == [0] * len(made), [m.stderr for m in made]
         coordinator = start(["coordinator", "start", "--certs", str(certs), "--state-dir", str(state),
-                             "--address", address], root / "coordinator.log")
+                             "--address", address], root / "coordinator.log", env=coordinator_env())
         wait_for_superlink(address, certs / "ca.crt", coordinator)
         for site in shards:
             allowed = fedmodel("coordinator", "allow-node", str(keys / f"{site}.pub"), "--state-dir", str(state),

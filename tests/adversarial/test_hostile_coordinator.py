@@ -97,14 +97,15 @@ def threshold_model(x: np.ndarray, feature: int) -> tuple[dict[str, Any], float]
 
 @pytest.fixture(scope="module")
 def plain_run(federation: Federation) -> tuple[HostileResult, dict[str, Any]]:
-    """One hostile run whose run config is fedmodel's default: a replayed train (site-a) and two threshold-model
-    evaluations (site-b), in two phases."""
+    """One hostile run with fedmodel's default run config (two rounds): a replayed train (site-a) and two
+    threshold-model evaluations (site-b), in two phases."""
     ids = federation.node_ids
     x, y = read_csv(federation.shards["site-b"])
     oracle, t = threshold_model(x, feature=0)
     truth = int(np.sum((x[:, 0] > t).astype(np.int64) == y))
     same = {"arrays": logreg(), "config": message_config(server_round=1)}
-    result = federation.run_hostile(FEDMODEL_APP, {}, [
+    # planned for two rounds, so the replayed round 1 fits the run's budget: it must train with fresh noise
+    result = federation.run_hostile(FEDMODEL_APP, {"rounds": 2}, [
         [message("replay-1", ids["site-a"], "train", **same),
          message("oracle-1", ids["site-b"], "evaluate", arrays=oracle)],
         [message("replay-2", ids["site-a"], "train", **same),

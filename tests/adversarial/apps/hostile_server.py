@@ -1,7 +1,7 @@
 """A hostile coordinator's ServerApp: sends exactly the messages a plan file asks for and writes every reply down.
 
-Staged into every hostile Flower App by ``tests/adversarial/conftest.py`` (one source, several FABs). The
-ServerApp runs next to the real SuperLink; it reads ``<out>/plan.json`` (``out`` is the run-config key fedmodel
+Not in any FAB: the hostile coordinator runs it on its own machine (``coordinator_side/sitecustomize.py``
+swaps it in for the ServerApp the FAB names), beside the real SuperLink; it reads ``<out>/plan.json`` (``out`` is the run-config key fedmodel
 already has, so the nodes accept the run config) and writes ``<out>/result.json``.
 
 The plan is a list of phases, run in order. A phase is either a list of messages sent together with
