@@ -125,8 +125,12 @@ def _record(owner: str, context: Any, exc: PolicyViolation) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Flower's ``flwr-clientapp``, with the FAB checked instead of installed and fedmodel's ClientApp loaded."""
-    import flwr.supernode.runtime.run_clientapp as runtime
+    import importlib
+
     from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
+
+    # the module by name: ``import a.b.c as x`` would give a function where a package re-exports one under c's name
+    runtime = importlib.import_module("flwr.supernode.runtime.run_clientapp")
 
     pulled: dict[str, Any] = {}
     pull = runtime.pull_task_input

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 import shutil
@@ -12,7 +13,6 @@ from pathlib import Path
 import pytest
 from flwr.cli.build import build_fab_from_disk
 
-import flwr.supernode.runtime.run_clientapp as runtime
 from fedmodel.config import RunConfig
 from fedmodel.deployment.guard import COMPONENTS, check_fab, guarded_env, installed_client_app
 from fedmodel.errors import PolicyViolation
@@ -77,6 +77,7 @@ def test_the_installed_clientapp_is_fedmodels() -> None:
 
 def test_the_guard_replaces_the_steps_flwr_clientapp_really_calls() -> None:
     """If Flower renamed these, the guard would silently patch nothing: fail here instead."""
+    runtime = importlib.import_module("flwr.supernode.runtime.run_clientapp")
     names = set(runtime.run_clientapp.__code__.co_names)
     assert {"pull_task_input", "install_from_fab", "get_load_client_app_fn", "install_app_dependencies"} <= names
 
