@@ -14,11 +14,12 @@ Simulation (one trusted process tree) releases exact numbers as before; nothing 
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
+from fedmodel.privacy.randomness import OsRandom
 
 EVALUATION_LOSS_CLIP = 5.0
 """C: each example's cross-entropy is clipped to [0, C] before it is summed (the loss of a prediction
@@ -109,16 +110,7 @@ class NoisyEvaluation:
         return out
 
 
-def secure_rng() -> np.random.Generator:
-    """A generator seeded with 128 bits from the operating system's CSPRNG (``secrets``), fresh per release.
-
-    Nothing the coordinator sends (run seed, round, owner name) enters it, so the coordinator cannot
-    predict or replay the noise.
-    """
-    return np.random.default_rng(secrets.randbits(128))
-
-
-def gaussian_noise(std: float, size: int, rng: np.random.Generator) -> np.ndarray:
+def gaussian_noise(std: float, size: int, rng: np.random.Generator | OsRandom) -> np.ndarray:
     """N(0, std^2) per coordinate, as the sum of four draws of N(0, std^2) halved.
 
     The same defence Opacus' ``secure_mode`` uses against attacks on the floating-point
@@ -130,7 +122,7 @@ def gaussian_noise(std: float, size: int, rng: np.random.Generator) -> np.ndarra
 
 
 def release_evaluation(sums: EvaluationSums, noise_multiplier: float, *,
-                       rng: np.random.Generator | None = None) -> NoisyEvaluation:
+                       rng: np.random.Generator | OsRandom | None = None) -> NoisyEvaluation:
     r"""The Gaussian mechanism on (examples, correct, clipped loss / C), to be charged *before* it is called.
 
     Derivation. The model is fixed before the rows are read (the coordinator's weights), so each row
@@ -155,7 +147,8 @@ def release_evaluation(sums: EvaluationSums, noise_multiplier: float, *,
     noise_multiplier : float
         sigma > 0: noise standard deviation over the L2 sensitivity.
     rng : numpy.random.Generator or None
-        The noise source; None draws from :func:`secure_rng` (a deployed node always passes None).
+        The noise source; None draws every bit from the OS CSPRNG (:class:`~fedmodel.privacy.randomness.OsRandom`;
+        a deployed node always passes None).
 
     Returns
     -------
@@ -165,7 +158,7 @@ def release_evaluation(sums: EvaluationSums, noise_multiplier: float, *,
     if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
         raise ValueError(f"noise_multiplier = {noise_multiplier!r}: expected a finite number > 0")
     noisy = sums.vector() + gaussian_noise(noise_multiplier * EVALUATION_SENSITIVITY, 3,
-                                           rng if rng is not None else secure_rng())
+                                           rng if rng is not None else OsRandom())
     return NoisyEvaluation(float(noisy[0]), float(noisy[1]), float(noisy[2]) * sums.loss_clip,
                            float(noise_multiplier), sums.loss_clip)
 
