@@ -13,7 +13,7 @@ from rich.table import Table
 from fedmodel.cli import options as opt
 from fedmodel.cli.console import err, fail, out
 from fedmodel.errors import ConfigError, FedModelError
-from fedmodel.security.audit_log import load_key, read_entries, verify as verify_log
+from fedmodel.security.audit_log import anchor_path, default_key_path, load_key, read_entries, verify as verify_log
 
 EXIT_INTACT, EXIT_TAMPERED = 0, 1
 
@@ -34,7 +34,8 @@ def _check_format(output_format: str) -> None:
 def verify(
     path: LogFile,
     key_file: Annotated[Path | None, typer.Option(
-        "--key-file", help="HMAC key of a keyed log (the file's bytes, exactly)")] = None,
+        "--key-file", help="HMAC key of a keyed log (the file's bytes, exactly) [default: the node's "
+                           "<state-dir>.audit-key beside the log's folder, when it exists]")] = None,
     require_head: Annotated[bool, typer.Option(
         "--require-head", help="Fail when the head file is missing (by default only a warning)")] = False,
     output_format: opt.Format = "table",
@@ -42,8 +43,11 @@ def verify(
     """Check every entry, the chain and the head file: exit 0 intact, 1 tampered, 2 unreadable."""
     try:
         _check_format(output_format)
+        if key_file is None and default_key_path(path.absolute().parent).is_file():
+            key_file = default_key_path(path.absolute().parent)  # a node's log: its own key, beside the state folder
         key = load_key(key_file) if key_file is not None else None
-        result = verify_log(path, key=key, require_head=require_head)
+        anchor = anchor_path(key_file) if key_file is not None and anchor_path(key_file).is_file() else None
+        result = verify_log(path, key=key, require_head=require_head, anchor=anchor)
     except FedModelError as exc:
         fail(exc, exc.exit_code)
     if output_format == "json":

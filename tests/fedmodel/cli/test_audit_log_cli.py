@@ -127,3 +127,21 @@ def test_show_skips_unreadable_lines_with_a_warning(log_file: Path) -> None:
     assert result.exit_code == 0
     assert len(json.loads(result.stdout)) == 5
     assert "line 6" in result.stderr and "skipped" in result.stderr
+
+
+def test_verify_finds_a_nodes_default_key_and_anchor_and_catches_a_log_cut_back(tmp_path: Path) -> None:
+    """The owner runs `fedmodel audit-log verify STATE/audit.log`: its key beside the state folder is used."""
+    from fedmodel.security.audit_log import default_key_path, open_keyed
+
+    state = tmp_path / "state"
+    state.mkdir()
+    log = open_keyed(state / "audit.log", default_key_path(state), create_key=True)
+    for i in range(3):
+        log.append("event", i=i)
+    assert _invoke(["verify", str(state / "audit.log")]).exit_code == 0
+    lines = (state / "audit.log").read_bytes().splitlines(keepends=True)
+    (state / "audit.log").write_bytes(b"".join(lines[:-1]))  # cut the last entry, and rewrite the head to match
+    last = json.loads(lines[-2])  # as an unkeyed head allows: an attacker without the key can write no other
+    head_path(state / "audit.log").write_text(json.dumps({"seq": last["seq"], "hash": last["hash"]}) + "\n")
+    shown = _invoke(["verify", str(state / "audit.log")])
+    assert shown.exit_code == 1, shown.output
