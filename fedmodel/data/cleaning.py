@@ -136,6 +136,8 @@ class RawTable:
         True when ``rows`` are 0-based indices.
     not_numbers, non_finite
         Per feature column: present cells that are not numbers; infinite numbers.
+    label_column
+        The label's column name, for messages ("" when the data has none, such as a bundled data set).
     """
 
     source: str
@@ -147,6 +149,7 @@ class RawTable:
     zero_based: bool
     not_numbers: np.ndarray
     non_finite: np.ndarray
+    label_column: str = ""  # the label's column name ("" for a data set without one)
 
     def row(self, index: int) -> str:
         """How a row (0-based index into the table) is named in messages."""
@@ -205,6 +208,7 @@ def read_raw_table(path: Path, label: str, id_columns: Sequence[str] = ()) -> Ra
         ids=_id_texts(table, label, ids), rows=np.asarray(table.row_numbers, dtype=np.int64),
         zero_based=table.zero_based,
         not_numbers=np.asarray([int(c.text.sum()) for c in features], dtype=np.int64), non_finite=non_finite,
+        label_column=label,
     )
 
 

@@ -100,7 +100,7 @@ def _read_csv(path: Path, label: str, schema: Schema | None) -> Dataset:
                 )
             x[r - 2, j] = value
             j += 1
-    return _dataset(path, x, labels, tuple(features), schema, rows=range(2, len(body) + 2))
+    return _dataset(path, x, labels, tuple(features), schema, rows=range(2, len(body) + 2), label=label)
 
 
 def _read_parquet(path: Path, label: str, schema: Schema | None) -> Dataset:
@@ -136,7 +136,7 @@ def _read_parquet(path: Path, label: str, schema: Schema | None) -> Dataset:
     missing = [i for i, v in enumerate(raw) if v is None]
     if missing:
         raise DataValidationError(f"{path}: row {missing[0]} (0-based), column {label!r}: the label is missing")
-    return _dataset(path, x, [str(v) for v in raw], tuple(features), schema, rows=None)
+    return _dataset(path, x, [str(v) for v in raw], tuple(features), schema, rows=None, label=label)
 
 
 def _read_npz(path: Path, label: str, schema: Schema | None) -> Dataset:
@@ -155,10 +155,10 @@ def _read_npz(path: Path, label: str, schema: Schema | None) -> Dataset:
 
 
 def _dataset(path: Path, x: np.ndarray, labels: list[str], features: tuple[str, ...], schema: Schema | None,
-             rows: range | None) -> Dataset:
+             rows: range | None, label: str = "") -> Dataset:
     """Encode the labels (against the schema when given) and build the Dataset."""
     if schema is not None:
-        y = np.asarray(schema.encode(labels, str(path), rows), dtype=np.int64)
+        y = np.asarray(schema.encode(labels, str(path), rows, column=label), dtype=np.int64)
         return Dataset(path.name, x, y, schema.labels, features)
     classes, y = encode_labels([normalise_label(v) for v in labels])
     if len(classes) < 2:

@@ -135,7 +135,8 @@ def prepare_shard(raw: RawTable, spec: CleaningSpec, schema: Schema, *, name: st
     schema.check_features(len(raw.feature_names), raw.source, raw.feature_names)
     result = clean(raw, spec, stats=stats, impute_values=impute)
     y = np.asarray(schema.encode(list(result.labels), raw.source,
-                                 [_row_name(r, raw.zero_based) for r in result.rows]), dtype=np.int64)
+                                 [_row_name(r, raw.zero_based) for r in result.rows], column=raw.label_column),
+                   dtype=np.int64)
     data = Dataset(name, result.x.astype(np.float32), y, schema.labels, raw.feature_names,
                    rows=result.rows, zero_based=raw.zero_based)
     counts = quality_counts(raw)

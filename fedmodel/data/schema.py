@@ -42,14 +42,16 @@ class Schema:
             return None
         return cls(int(record["schema-features"]), tuple(str(record["schema-labels"]).split("\x1f")))  # type: ignore[call-overload]
 
-    def encode(self, labels: Sequence[str], source: str, rows: Sequence[int | str] | None = None) -> list[int]:
-        """Class indices of ``labels``; DataValidationError naming the row of the first unknown label."""
+    def encode(self, labels: Sequence[str], source: str, rows: Sequence[int | str] | None = None, *,
+               column: str = "") -> list[int]:
+        """Class indices of ``labels``; DataValidationError naming the row (and ``column``) of the first unknown label."""
         index = {v: i for i, v in enumerate(self.labels)}
         out: list[int] = []
         for i, raw in enumerate(labels):
             code = index.get(normalise_label(raw))
             if code is None:
                 where = f"row {rows[i]}" if rows is not None else f"row {i}"
+                where += f", column {column!r}" if column else ""
                 raise DataValidationError(
                     f"{source}: {where}: label {raw!r} is not one of the run's labels {', '.join(self.labels)}",
                     public=f"{source}: {where}: the label is not one of the run's labels",  # no value leaves

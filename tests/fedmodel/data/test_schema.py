@@ -39,7 +39,7 @@ def test_wrong_column_count_names_file_and_expectation(tmp_path: Path) -> None:
 
 
 def test_label_outside_the_schema_names_the_row(tmp_path: Path) -> None:
-    with pytest.raises(DataValidationError, match=r"row 3: label '7' is not one of the run's labels 0, 1, 2"):
+    with pytest.raises(DataValidationError, match=r"row 3, column 'y': label '7' is not one of the run's labels 0, 1, 2"):
         read_table(csv_file(tmp_path, "a,b,y\n1,2,0\n3,4,7\n"), "y", SCHEMA)
 
 
