@@ -77,11 +77,13 @@ def start(
     id_column: Annotated[list[str] | None, typer.Option(
         "--id-column", help="An identifier column of this site's file: never a feature, never sent (repeatable)")] = None,
     insecure: Annotated[bool, typer.Option(
-        "--insecure", help="No TLS, no authentication (a coordinator started with --insecure)")] = False,
+        "--insecure", help="No TLS, no authentication (a coordinator started with --insecure). Gives up: the traffic's "
+                            "secrecy and who may join; for tests on one machine")] = False,
     ledger_key: Annotated[Path | None, typer.Option(
         "--ledger-key", help="Encrypt the privacy ledger with the 32-byte key in this file (created if absent)")] = None,
     allow_no_dp: Annotated[bool, typer.Option(
-        "--allow-no-dp", help="Policy: accept runs without DP (refused by default)")] = False,
+        "--allow-no-dp", help="Policy: accept runs without DP (refused by default). Gives up: record-level DP for those "
+                               "runs: their updates reveal individual rows")] = False,
     min_noise_multiplier: Annotated[float, typer.Option(
         help="Policy: refuse runs whose noise multiplier is below this (0 = no minimum)")] = 0.0,
     max_epsilon_per_run: Annotated[float | None, typer.Option(
@@ -103,15 +105,16 @@ def start(
              "predictions and a noisy sum of clipped losses (Gaussian mechanism, charged to this site's budget "
              "before release; precision/recall/F1 not sent); a run plans one per round. exact: exact loss, "
              "accuracy, precision, recall, F1 and example count for ANY weights the coordinator sends, charged to "
-             "nothing: GIVES UP that the coordinator can count the rows matching any rule it can encode as a "
+             "nothing. Gives up: the coordinator can count the rows matching any rule it can encode as a "
              "model (e.g. rows with feature j > t), for free. off: refuse evaluate messages")] = EvaluationMode.dp,
     evaluation_noise: Annotated[float, typer.Option(
         help="Noise multiplier of a dp evaluation (> 0): at 10, one release costs epsilon 0.375 at delta 1e-5 "
-             "(RDP), ten cost 1.31 alone; the example count gets noise of std 17")] = 10.0,
+             "(RDP), ten cost 1.31 alone; the example count gets noise of std 17. Gives up (below 10): more "
+             "budget per evaluation and more precise counts for the coordinator")] = 10.0,
     exact_replies: Annotated[bool, typer.Option(
         "--exact-replies",
         help="Send the exact train-loss and data-quality counts (rows, gaps, duplicates, outlier cells) in train "
-             "replies. GIVES UP: they are outside DP; a crafted model's mean loss can reveal a single row. "
+             "replies. Gives up: they are outside DP; a crafted model's mean loss can reveal a single row. "
              "Default: train-loss withheld, counts rounded to one significant digit (steps of at least 10)")] = False,
     audit_key: Annotated[Path | None, typer.Option(
         "--audit-key", help="HMAC key of the audit log, created (32 random bytes, 0600) if absent; keep it OUTSIDE "
