@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 
 from fedmodel.config import RunConfig
 from fedmodel.data import federated_split
+from fedmodel.privacy.release import DEFAULT_EVALUATION_NOISE
 from fedmodel.runs import free_port
 from fedmodel.security.audit_log import anchor_path, default_key_path, load_key, verify
 
@@ -181,6 +182,8 @@ def test_sites_train_with_dp_while_a_broken_shard_and_a_strict_policy_fail_alone
     for o in owners.values():
         assert o["budget_epsilon"] == NODE_BUDGET  # the node's budget, below the run's 3
         rdp = compute_rdp(q=o["sample_rate"], noise_multiplier=o["noise_multiplier"], steps=o["steps"], orders=orders)
+        # and the DP evaluation of round 1 (a Gaussian release, noise multiplier 10, charged before round 2 trained)
+        rdp = rdp + compute_rdp(q=1.0, noise_multiplier=DEFAULT_EVALUATION_NOISE, steps=1, orders=orders)
         expected, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=1e-5)
         assert o["epsilon"] == pytest.approx(expected, rel=1e-9)
         assert 0 < o["epsilon"] <= NODE_BUDGET
@@ -208,16 +211,26 @@ def check_ledgers_and_audit_logs(tmp: Path, out: Path, owners: dict[str, dict[st
         shown = fedmodel("ledger", "show", "--state-dir", str(tmp / "nodes" / site), "--format", "json")
         assert shown.returncode == 0, shown.stderr
         (total,) = json.loads(shown.stdout)["owners"]
-        assert (total["owner"], total["committed"], total["reserved"]) == (site, 2, 0)
-        assert total["epsilon"] == pytest.approx(owners[site]["epsilon_total"], rel=1e-9)
+        # two DP-SGD rounds and two DP evaluations (the one after round 2 came after the last train reply)
+        assert (total["owner"], total["committed"], total["reserved"]) == (site, 4, 0)
+        o = owners[site]
+        rdp = compute_rdp(q=o["sample_rate"], noise_multiplier=o["noise_multiplier"], steps=o["steps"],
+                          orders=RDPAccountant.DEFAULT_ALPHAS)
+        rdp = rdp + compute_rdp(q=1.0, noise_multiplier=DEFAULT_EVALUATION_NOISE, steps=2,
+                                orders=RDPAccountant.DEFAULT_ALPHAS)
+        expected, _ = get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=1e-5)
+        assert total["epsilon"] == pytest.approx(expected, rel=1e-9)
+        assert total["epsilon"] > owners[site]["epsilon_total"]  # the report's is the last train reply's
         entries = [json.loads(line) for line in (tmp / "nodes" / site / "audit.log").read_text().splitlines()]
         start = entries[0]["fields"]
         assert entries[0]["event"] == "run-start" and start["owner"] == site
         assert start["data"]["sha256"] == hashlib.sha256(shards[site].read_bytes()).hexdigest()
-        assert [e["event"] for e in entries].count("commit") == 2
+        commits = [e["fields"].get("what") for e in entries if e["event"] == "commit"]
+        assert len(commits) == 4, commits  # each round's DP-SGD steps and each DP evaluation
     strict = [json.loads(line) for line in (tmp / "nodes" / STRICT_SITE / "audit.log").read_text().splitlines()]
     assert [e["fields"]["rule"] for e in strict if e["event"] == "refuse"] == ["min-noise-multiplier"] * 2
-    assert "reserve" not in {e["event"] for e in strict}
+    reserved = [e["fields"].get("what", "") for e in strict if e["event"] == "reserve"]
+    assert not [what for what in reserved if what.startswith("dp-sgd")], reserved  # no training: only evaluations
 
 
 # ---------------------------------------------------------------- language models: two sites fine-tune a tiny BERT
