@@ -1,8 +1,8 @@
 """Clean a data owner's shard locally: identifiers, missing values, duplicates, outliers and scaling.
 
-:func:`read_raw_table` reads a CSV, Parquet or NPZ shard tolerantly (the reader of
-:mod:`fedmodel.data.quality`): a missing cell, a cell that is not a number and an infinite number
-all become NaN in the feature matrix, identifier columns are kept apart and never enter it, and a
+:func:`read_raw_table` reads a CSV, Parquet or NPZ shard tolerantly
+(:func:`fedmodel.data.reader.read_columns`, as ``fedmodel data check`` does): a missing cell, a cell
+that is not a number and an infinite number all become NaN in the feature matrix, identifier columns are kept apart and never enter it, and a
 row without a label is refused (labels are never imputed). :func:`clean` then applies a
 :class:`CleaningSpec` in a fixed order:
 
@@ -14,7 +14,7 @@ row without a label is refused (labels are never imputed). :func:`clean` then ap
 5. features are z-scored or min-max scaled with given (e.g. federated) or local statistics.
 
 Messages and the :class:`CleaningSummary` hold counts, row numbers and column names only, never a
-feature or identifier value. Rows are numbered as in :mod:`fedmodel.data.files`: the line of a
+feature or identifier value. Rows are numbered as in :mod:`fedmodel.data.reader`: the line of a
 CSV file (header = 1), the 0-based index of a Parquet or NPZ row.
 """
 
@@ -34,8 +34,7 @@ import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 
-from fedmodel.data.files import load_npz_arrays, read_csv_rows, read_parquet_table, shard_suffix
-from fedmodel.data.quality import TolerantTable, read_tolerant
+from fedmodel.data.reader import Table, read_columns, shard_suffix
 from fedmodel.errors import ConfigError, DataValidationError
 
 MissingMode = Literal["error", "drop", "mean", "median", "mode"]
@@ -190,7 +189,7 @@ def read_raw_table(path: Path, label: str, id_columns: Sequence[str] = ()) -> Ra
     ids = tuple(dict.fromkeys(id_columns))
     if label in ids:
         raise ConfigError([f"id-column {label!r}: it is the label column; a label cannot be an identifier"])
-    table = read_tolerant(path, label)
+    table = read_columns(path, label, mode="tolerant", keep_text=ids)
     names = [c.name for c in table.columns]
     absent = [n for n in ids if n not in names]
     if absent:
@@ -205,37 +204,21 @@ def read_raw_table(path: Path, label: str, id_columns: Sequence[str] = ()) -> Ra
     x[~np.isfinite(x)] = np.nan
     return RawTable(
         source=str(path), x=x, labels=_labels(table, label), feature_names=tuple(c.name for c in features),
-        ids=_id_texts(table, label, ids), rows=np.asarray(table.row_numbers, dtype=np.int64),
+        ids={n: tuple("" if v is None else v for v in table.column(n).cells or ()) for n in ids}, rows=np.asarray(table.row_numbers, dtype=np.int64),
         zero_based=table.zero_based,
         not_numbers=np.asarray([int(c.text.sum()) for c in features], dtype=np.int64), non_finite=non_finite,
         label_column=label,
     )
 
 
-def _labels(table: TolerantTable, label: str) -> tuple[str, ...]:
-    column = next(c for c in table.columns if c.name == label)
-    missing = [i for i, v in enumerate(column.labels) if v is None]
+def _labels(table: Table, label: str) -> tuple[str, ...]:
+    missing = [i for i, v in enumerate(table.column(label).labels) if v is None]
     if missing:
         raise DataValidationError(
             f"{table.path}: {table.row(missing[0])}, column {label!r}: the label is missing "
             f"({len(missing)} row(s)); every row needs a label (labels are never imputed: fix or delete the row)"
         )
-    return tuple(str(v) for v in column.labels)
-
-
-def _id_texts(table: TolerantTable, label: str, ids: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-    """The identifier cells as text, read again from the file (the tolerant table keeps no text)."""
-    if not ids:
-        return {}
-    names = [c.name for c in table.columns]
-    if table.file_format == "csv":
-        records = read_csv_rows(table.path)
-        return {n: tuple(records[int(r) - 1][names.index(n)] for r in table.row_numbers) for n in ids}
-    if table.file_format == "parquet":
-        arrow = read_parquet_table(table.path)
-        return {n: tuple("" if v is None else str(v) for v in arrow.column(n).to_pylist()) for n in ids}
-    x = load_npz_arrays(table.path, label)[1]
-    return {n: tuple(str(v) for v in x[:, names.index(n)].tolist()) for n in ids}
+    return tuple(str(v) for v in table.column(label).labels)
 
 
 # -------------------------------------------------------------------------------------- statistics
