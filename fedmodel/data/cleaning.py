@@ -34,6 +34,7 @@ import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 
+from fedmodel.data.profile import iqr_fences
 from fedmodel.data.reader import Table, read_columns, shard_suffix
 from fedmodel.errors import ConfigError, DataValidationError
 
@@ -491,9 +492,7 @@ def _first_occurrences(x: np.ndarray, labels: tuple[str, ...], keep: np.ndarray)
 
 
 def _handle_outliers(table: RawTable, spec: CleaningSpec, work: _Work) -> None:
-    q1, q3 = np.percentile(work.x, [25, 75], axis=0)
-    spread = q3 - q1
-    low, high = q1 - spec.outlier_k * spread, q3 + spec.outlier_k * spread
+    low, high = iqr_fences(work.x, spec.outlier_k)
     outside = (work.x < low) | (work.x > high)
     if spec.outliers == "clip":
         work.counts.outliers_clipped = int(outside.sum())

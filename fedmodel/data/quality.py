@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from fedmodel.data.reader import Column, Table, as_number, read_columns
+from fedmodel.data.profile import ColumnProfile, class_counts, profile_columns
+from fedmodel.data.reader import Column, Table, read_columns
 from fedmodel.data.schema import Schema
 from fedmodel.data.schema_file import SchemaFile
 from fedmodel.errors import ConfigError, DataValidationError
@@ -195,10 +196,11 @@ def _analyse(table: Table, label: str, expect: _Expect, iqr_k: float, z: float) 
     reasons: list[str] = []
     warnings: list[str] = []
     reasons += _schema_reasons(table, label, expect)
-    reports = tuple(_column_report(table, c, _role(c.name, label, expect), expect, iqr_k, z, reasons, warnings)
-                    for c in table.columns)
+    profiles = _profile(table, iqr_k)
+    reports = tuple(_column_report(table, c, p, _role(c.name, label, expect), expect, iqr_k, z, reasons, warnings)
+                    for c, p in zip(table.columns, profiles))
     label_column = next(c for c in table.columns if c.name == label)
-    counts, outside = _class_counts(label_column, expect)
+    counts, outside = class_counts(label_column.labels, expect.labels)
     reasons += _label_reasons(table, label_column, expect, counts, outside)
     warnings += _class_warnings(counts)
     duplicates, first_duplicate = _duplicates(table, expect.ids)
@@ -243,18 +245,24 @@ def _schema_reasons(table: Table, label: str, expect: _Expect) -> list[str]:
     return reasons
 
 
-def _column_report(table: Table, column: Column, role: str, expect: _Expect, iqr_k: float, z: float,
-                   reasons: list[str], warnings: list[str]) -> ColumnReport:
+def _profile(table: Table, iqr_k: float) -> tuple[ColumnProfile, ...]:
+    """The data profile of every column (distinct cells by their codes, text and gaps included)."""
+    def stack(part: str) -> np.ndarray:
+        return np.column_stack([getattr(c, part) for c in table.columns])
+
+    return profile_columns([c.name for c in table.columns], stack("numbers"), stack("missing"), iqr_k=iqr_k,
+                           text=stack("text"), codes=stack("codes"))
+
+
+def _column_report(table: Table, column: Column, profile: ColumnProfile, role: str, expect: _Expect,
+                   iqr_k: float, z: float, reasons: list[str], warnings: list[str]) -> ColumnReport:
     """Count one column; append the reasons and warnings it gives (features only)."""
-    present = ~column.missing
-    finite = column.numbers[np.isfinite(column.numbers)]
     kind = _inferred_type(column)
-    distinct = len(np.unique(column.codes[present]))
-    report = ColumnReport(column.name, role, kind, int(column.missing.sum()), int(column.text.sum()),
-                          int(np.isinf(column.numbers).sum()), distinct, distinct == 1)
+    report = ColumnReport(column.name, role, kind, profile.missing, profile.not_numbers, profile.non_finite,
+                          profile.distinct, profile.constant)
     if role != "feature":
         return report
-    iqr, zs = _outliers(finite, iqr_k, z)
+    iqr, zs = profile.outliers_iqr, _z_outliers(column.numbers[np.isfinite(column.numbers)], z)
     bounds = expect.ranges.get(column.name)
     outside = _out_of_range(column.numbers, bounds)
     reasons += _feature_reasons(table, column, kind, expect.types.get(column.name), bounds, outside)
@@ -276,16 +284,12 @@ def _inferred_type(column: Column) -> str:
     return "int" if np.array_equal(finite, np.round(finite)) and len(finite) == present.sum() else "float"
 
 
-def _outliers(values: np.ndarray, iqr_k: float, z: float) -> tuple[int, int]:
-    """Counts of outliers by the IQR rule and by z-score among finite values."""
+def _z_outliers(values: np.ndarray, z: float) -> int:
+    """Finite values with a z-score (population standard deviation) above ``z`` in absolute value."""
     if values.size < 2:
-        return 0, 0
-    q1, q3 = np.percentile(values, [25, 75])
-    spread = q3 - q1
-    iqr = int(np.count_nonzero((values < q1 - iqr_k * spread) | (values > q3 + iqr_k * spread)))
+        return 0
     std = float(values.std())
-    zs = 0 if std == 0 else int(np.count_nonzero(np.abs(values - values.mean()) / std > z))
-    return iqr, zs
+    return 0 if std == 0 else int(np.count_nonzero(np.abs(values - values.mean()) / std > z))
 
 
 def _out_of_range(numbers: np.ndarray, bounds: tuple[float, float] | None) -> np.ndarray:
@@ -336,23 +340,6 @@ def _feature_warnings(report: ColumnReport, iqr: int, zs: int, iqr_k: float, z: 
         warnings.append(f"column {report.name!r}: {iqr} outlier(s) by the IQR rule (k = {iqr_k:g}), "
                         f"{zs} by z-score (|z| > {z:g})")
     return warnings
-
-
-def _class_counts(column: Column, expect: _Expect) -> tuple[dict[str, int], int]:
-    """Rows per label (the schema's labels first, zeros included) and rows with a label outside it."""
-    found: dict[str, int] = {}
-    for value in column.labels:
-        if value is not None:
-            found[value] = found.get(value, 0) + 1
-    if expect.labels is None:
-        return dict(sorted(found.items(), key=lambda kv: _label_order(kv[0]))), 0
-    inside = {v: found.get(v, 0) for v in expect.labels}
-    return inside, sum(n for v, n in found.items() if v not in inside)
-
-
-def _label_order(value: str) -> tuple[int, float, str]:
-    number = as_number(value)
-    return (0, number, "") if number is not None and math.isfinite(number) else (1, 0.0, value)
 
 
 def _label_reasons(table: Table, column: Column, expect: _Expect, counts: dict[str, int],
