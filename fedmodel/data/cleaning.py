@@ -21,10 +21,8 @@ CSV file (header = 1), the 0-based index of a Parquet or NPZ row.
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
-import secrets
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +35,7 @@ from cryptography.hazmat.primitives import hmac as crypto_hmac
 from fedmodel.data.profile import iqr_fences
 from fedmodel.data.reader import Table, read_columns, shard_suffix
 from fedmodel.errors import ConfigError, DataValidationError
+from fedmodel.fsio import SecretSizeError, atomic_write, load_or_create_secret
 
 MissingMode = Literal["error", "drop", "mean", "median", "mode"]
 DuplicatesMode = Literal["keep", "drop"]
@@ -529,9 +528,9 @@ def load_or_create_hmac_key(path: Path) -> bytes:
     Parameters
     ----------
     path
-        The key file. A new file is created exclusively with mode 0600 and holds
-        :data:`HMAC_KEY_BYTES` random bytes; keep it secret and keep it: the same key gives the same
-        digests in later runs.
+        The key file. A new file (see :func:`fedmodel.fsio.load_or_create_secret`: born 0600,
+        fsynced, two processes creating it at once get the same key) holds :data:`HMAC_KEY_BYTES`
+        random bytes; keep it secret and keep it: the same key gives the same digests in later runs.
 
     Returns
     -------
@@ -545,27 +544,16 @@ def load_or_create_hmac_key(path: Path) -> bytes:
     """
     path = Path(path)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    except FileExistsError:
-        return _read_key(path)
+        return load_or_create_secret(path, HMAC_KEY_BYTES)
+    except SecretSizeError as exc:
+        raise DataValidationError(f"{path}: the key file holds {exc.found} bytes; expected {HMAC_KEY_BYTES} "
+                                  "(a file made by fedmodel; delete it only if no digest made with it is needed)"
+                                  ) from None
     except OSError as exc:
+        if path.exists():
+            raise DataValidationError(f"{path}: cannot read the key file ({exc.strerror})") from None
         raise DataValidationError(f"{path}: cannot create the key file ({exc.strerror}); expected a writable "
                                   "folder") from None
-    key = secrets.token_bytes(HMAC_KEY_BYTES)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(key)
-    return key
-
-
-def _read_key(path: Path) -> bytes:
-    try:
-        key = path.read_bytes()
-    except OSError as exc:
-        raise DataValidationError(f"{path}: cannot read the key file ({exc.strerror})") from None
-    if len(key) != HMAC_KEY_BYTES:
-        raise DataValidationError(f"{path}: the key file holds {len(key)} bytes; expected {HMAC_KEY_BYTES} "
-                                  "(a file made by fedmodel; delete it only if no digest made with it is needed)")
-    return key
 
 
 # ------------------------------------------------------------------------------------------ output
@@ -581,7 +569,7 @@ def write_clean_table(result: CleanResult, feature_names: Sequence[str], label: 
     label
         The label column's name.
     path
-        The CSV file to write (replaced whole, never the source file).
+        The CSV file to write (replaced whole and atomically, mode 0600; never the source file).
 
     Raises
     ------
@@ -600,15 +588,9 @@ def write_clean_table(result: CleanResult, feature_names: Sequence[str], label: 
     if problems:
         raise ConfigError(problems)
     ids = list(result.hashed_ids.values())
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", newline="", dir=path.parent or Path("."),
-                                         prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            writer = csv.writer(handle)
-            writer.writerow(names)
-            for i, row in enumerate(result.x):
-                writer.writerow([*(column[i] for column in ids), *(str(v) for v in row), result.labels[i]])
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(names)
+    for i, row in enumerate(result.x):
+        writer.writerow([*(column[i] for column in ids), *(str(v) for v in row), result.labels[i]])
+    atomic_write(path, text.getvalue().encode("utf-8"), mode=0o600)  # the owner's rows: readable by the owner only
