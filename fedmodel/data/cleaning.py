@@ -2,8 +2,8 @@
 
 :func:`read_raw_table` reads a CSV, Parquet or NPZ shard tolerantly
 (:func:`fedmodel.data.reader.read_columns`, as ``fedmodel data check`` does): a missing cell, a cell
-that is not a number and an infinite number all become NaN in the feature matrix, identifier columns are kept apart and never enter it, and a
-row without a label is refused (labels are never imputed). :func:`clean` then applies a
+that is not a number and an infinite number all become NaN in the feature matrix, identifier columns
+are kept apart and never enter it, and a row without a label is refused (labels are never imputed). :func:`clean` then applies a
 :class:`CleaningSpec` in a fixed order:
 
 1. identifier columns are dropped, or replaced by HMAC-SHA256 digests under the owner's key;
@@ -204,7 +204,8 @@ def read_raw_table(path: Path, label: str, id_columns: Sequence[str] = ()) -> Ra
     x[~np.isfinite(x)] = np.nan
     return RawTable(
         source=str(path), x=x, labels=_labels(table, label), feature_names=tuple(c.name for c in features),
-        ids={n: tuple("" if v is None else v for v in table.column(n).cells or ()) for n in ids}, rows=np.asarray(table.row_numbers, dtype=np.int64),
+        ids={n: tuple("" if v is None else v for v in table.column(n).cells or ()) for n in ids},
+        rows=np.asarray(table.row_numbers, dtype=np.int64),
         zero_based=table.zero_based,
         not_numbers=np.asarray([int(c.text.sum()) for c in features], dtype=np.int64), non_finite=non_finite,
         label_column=label,

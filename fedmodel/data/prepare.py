@@ -111,7 +111,8 @@ def quality_counts(raw: RawTable, iqr_k: float = IQR_K_FOR_COUNTS) -> dict[str, 
         "rows": int(x.shape[0]), "features": int(x.shape[1]), "id-columns": len(raw.ids),
         "missing-cells": sum(p.missing for p in profiles), "not-numbers": int(np.sum(raw.not_numbers)),
         "infinite-values": int(np.sum(raw.non_finite)), "duplicate-rows": len(keyed) - len(set(keyed)),
-        "outlier-cells-iqr": sum(p.outliers_iqr for p in profiles), "constant-columns": sum(p.constant for p in profiles),
+        "outlier-cells-iqr": sum(p.outliers_iqr for p in profiles),
+        "constant-columns": sum(p.constant for p in profiles),
     }
 
 

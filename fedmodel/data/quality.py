@@ -2,10 +2,11 @@
 
 :func:`check_shard` reads a CSV, Parquet or NPZ file with :func:`fedmodel.data.reader.read_columns`
 in tolerant mode: missing values, text in numeric columns, infinities and duplicates are counted and
-described, not refused, so that a person sees every problem at once. The report holds counts, row numbers, column names and the
+described, not refused, so that a person sees every problem at once; the counts come from the data
+profile (:mod:`fedmodel.data.profile`). The report holds counts, row numbers, column names and the
 label values (the agreed classes) only; no cell of a feature or identifier column ever appears in
-it. Input that cannot be described at all (empty, not UTF-8, ragged, not Parquet, a truncated
-NPZ, no label column, ...) raises :class:`~fedmodel.errors.DataValidationError` naming the file,
+it. Input that cannot be described at all (empty, not UTF-8, ragged, not Parquet, a truncated NPZ,
+no label column, ...) raises :class:`~fedmodel.errors.DataValidationError` naming the file,
 the row and the column.
 
 Rows are numbered as in :mod:`fedmodel.data.reader`: for CSV, the line of the file (header = 1);
