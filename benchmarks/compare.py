@@ -50,7 +50,8 @@ from fedbench.scenarios import (
 from fedbench.table import VariantResult, format_repeats, format_results
 from fedbench.variants import DPSchedule, dp_schedule, run_fedmodel, run_reference_app
 from fedmodel.config import RunConfig
-from fedmodel.data.dataset import load_dataset, train_test_split
+from fedmodel.data.dataset import train_test_split
+from fedmodel.data.loading import load_dataset
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 

@@ -8,6 +8,14 @@ import tempfile
 from pathlib import Path
 
 
+class SecretSizeError(ValueError):
+    """A secret file holds another number of bytes than expected (``found``, ``expected``)."""
+
+    def __init__(self, path: Path, expected: int, found: int) -> None:
+        super().__init__(f"{path} is not a key file: expected {expected} bytes, found {found}")
+        self.path, self.expected, self.found = path, expected, found
+
+
 def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the folder.
 
@@ -25,7 +33,34 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    fsync_dir(path.parent)
+
+
+def create_new(path: Path, data: bytes, *, mode: int) -> None:
+    """Create ``path`` holding ``data``, born with ``mode`` (never readable by others meanwhile), fsynced.
+
+    The file is opened ``O_CREAT | O_EXCL | O_NOFOLLOW``: FileExistsError if anything is already
+    there (a file appearing concurrently included). On any other failure the new file is removed
+    and the OSError raised.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            if hasattr(os, "fchmod"):
+                os.fchmod(handle.fileno(), mode)  # the umask may have cleared bits; the file is still empty
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        Path(path).unlink(missing_ok=True)
+        raise
+    fsync_dir(Path(path).parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    """fsync a folder, so that a file just created or renamed in it survives a crash."""
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
@@ -35,12 +70,12 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o644) -> None:
 def read_secret(path: Path, size: int) -> bytes:
     """The ``size`` secret bytes stored in ``path``.
 
-    Raises FileNotFoundError if there is no file, OSError if it cannot be read, ValueError (naming the
-    file and both sizes) if it holds another number of bytes.
+    Raises FileNotFoundError if there is no file, OSError if it cannot be read, SecretSizeError (a
+    ValueError naming the file and both sizes) if it holds another number of bytes.
     """
     data = Path(path).read_bytes()
     if len(data) != size:
-        raise ValueError(f"{path} is not a key file: expected {size} bytes, found {len(data)}")
+        raise SecretSizeError(Path(path), size, len(data))
     return data
 
 
@@ -68,9 +103,5 @@ def load_or_create_secret(path: Path, size: int) -> bytes:
             pass
     finally:
         tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(path.parent)
     return read_secret(path, size)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import tomli_w
 
 from fedmodel import __version__
@@ -251,30 +252,16 @@ def finish(folder: RunFolder, status: str, details: str, started: float, logs: s
     return RunResult(folder.path, report)
 
 
-def descendants(pid: int, column: str) -> list[tuple[int, str]]:
-    """Every descendant of ``pid`` (from ``ps``), nearest first, with its ``ps`` ``column`` (``pgid``, ``args``...).
+def descendants(pid: int) -> list[psutil.Process]:
+    """Every descendant of ``pid`` (psutil), children before their own children; empty if ``pid`` is gone.
 
-    Empty if ``ps`` cannot say. Read while the tree is still linked: a dead parent's children are
-    adopted by init and are no longer found.
+    Read while the tree is still linked: a dead parent's children are adopted by init and are no
+    longer found.
     """
     try:
-        out = subprocess.run(["ps", "-A", "-ww", "-o", f"pid=,ppid=,{column}="], capture_output=True, text=True,
-                             timeout=10, check=False).stdout
-    except (OSError, subprocess.SubprocessError):
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
         return []
-    children: dict[int, list[tuple[int, str]]] = {}
-    for line in out.splitlines():
-        fields = line.split(None, 2)
-        if len(fields) == 3 and fields[0].isdigit() and fields[1].isdigit():
-            children.setdefault(int(fields[1]), []).append((int(fields[0]), fields[2].strip()))
-    found, todo, seen = [], [pid], {pid}
-    while todo:
-        for child, value in children.get(todo.pop(0), []):
-            if child not in seen:
-                seen.add(child)
-                found.append((child, value))
-                todo.append(child)
-    return found
 
 
 def descendant_groups(pid: int) -> set[int]:
@@ -284,7 +271,13 @@ def descendant_groups(pid: int) -> set[int]:
     (and Ray) there: killing the SuperLink's group alone leaves them running as orphans. Collect the
     groups while the tree is still linked.
     """
-    return {int(group) for _, group in descendants(pid, "pgid") if group.isdigit()} - {os.getpgid(0)}
+    groups = set()
+    for child in descendants(pid):
+        try:
+            groups.add(os.getpgid(child.pid))
+        except ProcessLookupError:  # exited since the tree was read
+            continue
+    return groups - {os.getpgid(0)}
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, grace_s: float = 10.0) -> None:

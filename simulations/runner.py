@@ -36,6 +36,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from fedmodel.config import RunConfig
 from fedmodel.errors import SimulationError
 from fedmodel.local_control import LocalControl, LogStream
@@ -251,7 +253,13 @@ class ServerAppWatch:
 
 def descendant_running(pid: int, name: str) -> int | None:
     """A running descendant of ``pid`` whose command line holds ``name``, if any."""
-    return next((child for child, args in descendants(pid, "args") if name in args and _running(child)), None)
+    for child in descendants(pid):
+        try:
+            if name in " ".join(child.cmdline()) and _running(child.pid):
+                return child.pid
+        except psutil.Error:  # exited, or not ours to read
+            continue
+    return None
 
 
 def _running(pid: int) -> bool:

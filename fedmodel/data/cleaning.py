@@ -1,9 +1,9 @@
 """Clean a data owner's shard locally: identifiers, missing values, duplicates, outliers and scaling.
 
-:func:`read_raw_table` reads a CSV, Parquet or NPZ shard tolerantly (the reader of
-:mod:`fedmodel.data.quality`): a missing cell, a cell that is not a number and an infinite number
-all become NaN in the feature matrix, identifier columns are kept apart and never enter it, and a
-row without a label is refused (labels are never imputed). :func:`clean` then applies a
+:func:`read_raw_table` reads a CSV, Parquet or NPZ shard tolerantly
+(:func:`fedmodel.data.reader.read_columns`, as ``fedmodel data check`` does): a missing cell, a cell
+that is not a number and an infinite number all become NaN in the feature matrix, identifier columns
+are kept apart and never enter it, and a row without a label is refused (labels are never imputed). :func:`clean` then applies a
 :class:`CleaningSpec` in a fixed order:
 
 1. identifier columns are dropped, or replaced by HMAC-SHA256 digests under the owner's key;
@@ -14,17 +14,15 @@ row without a label is refused (labels are never imputed). :func:`clean` then ap
 5. features are z-scored or min-max scaled with given (e.g. federated) or local statistics.
 
 Messages and the :class:`CleaningSummary` hold counts, row numbers and column names only, never a
-feature or identifier value. Rows are numbered as in :mod:`fedmodel.data.files`: the line of a
+feature or identifier value. Rows are numbered as in :mod:`fedmodel.data.reader`: the line of a
 CSV file (header = 1), the 0-based index of a Parquet or NPZ row.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
-import secrets
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +32,10 @@ import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import hmac as crypto_hmac
 
-from fedmodel.data.files import load_npz_arrays, read_csv_rows, read_parquet_table, shard_suffix
-from fedmodel.data.quality import TolerantTable, read_tolerant
+from fedmodel.data.profile import iqr_fences
+from fedmodel.data.reader import Table, read_columns, shard_suffix
 from fedmodel.errors import ConfigError, DataValidationError
+from fedmodel.fsio import SecretSizeError, atomic_write, load_or_create_secret
 
 MissingMode = Literal["error", "drop", "mean", "median", "mode"]
 DuplicatesMode = Literal["keep", "drop"]
@@ -190,7 +189,7 @@ def read_raw_table(path: Path, label: str, id_columns: Sequence[str] = ()) -> Ra
     ids = tuple(dict.fromkeys(id_columns))
     if label in ids:
         raise ConfigError([f"id-column {label!r}: it is the label column; a label cannot be an identifier"])
-    table = read_tolerant(path, label)
+    table = read_columns(path, label, mode="tolerant", keep_text=ids)
     names = [c.name for c in table.columns]
     absent = [n for n in ids if n not in names]
     if absent:
@@ -205,37 +204,22 @@ def read_raw_table(path: Path, label: str, id_columns: Sequence[str] = ()) -> Ra
     x[~np.isfinite(x)] = np.nan
     return RawTable(
         source=str(path), x=x, labels=_labels(table, label), feature_names=tuple(c.name for c in features),
-        ids=_id_texts(table, label, ids), rows=np.asarray(table.row_numbers, dtype=np.int64),
+        ids={n: tuple("" if v is None else v for v in table.column(n).cells or ()) for n in ids},
+        rows=np.asarray(table.row_numbers, dtype=np.int64),
         zero_based=table.zero_based,
         not_numbers=np.asarray([int(c.text.sum()) for c in features], dtype=np.int64), non_finite=non_finite,
         label_column=label,
     )
 
 
-def _labels(table: TolerantTable, label: str) -> tuple[str, ...]:
-    column = next(c for c in table.columns if c.name == label)
-    missing = [i for i, v in enumerate(column.labels) if v is None]
+def _labels(table: Table, label: str) -> tuple[str, ...]:
+    missing = [i for i, v in enumerate(table.column(label).labels) if v is None]
     if missing:
         raise DataValidationError(
             f"{table.path}: {table.row(missing[0])}, column {label!r}: the label is missing "
             f"({len(missing)} row(s)); every row needs a label (labels are never imputed: fix or delete the row)"
         )
-    return tuple(str(v) for v in column.labels)
-
-
-def _id_texts(table: TolerantTable, label: str, ids: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-    """The identifier cells as text, read again from the file (the tolerant table keeps no text)."""
-    if not ids:
-        return {}
-    names = [c.name for c in table.columns]
-    if table.file_format == "csv":
-        records = read_csv_rows(table.path)
-        return {n: tuple(records[int(r) - 1][names.index(n)] for r in table.row_numbers) for n in ids}
-    if table.file_format == "parquet":
-        arrow = read_parquet_table(table.path)
-        return {n: tuple("" if v is None else str(v) for v in arrow.column(n).to_pylist()) for n in ids}
-    x = load_npz_arrays(table.path, label)[1]
-    return {n: tuple(str(v) for v in x[:, names.index(n)].tolist()) for n in ids}
+    return tuple(str(v) for v in table.column(label).labels)
 
 
 # -------------------------------------------------------------------------------------- statistics
@@ -508,9 +492,7 @@ def _first_occurrences(x: np.ndarray, labels: tuple[str, ...], keep: np.ndarray)
 
 
 def _handle_outliers(table: RawTable, spec: CleaningSpec, work: _Work) -> None:
-    q1, q3 = np.percentile(work.x, [25, 75], axis=0)
-    spread = q3 - q1
-    low, high = q1 - spec.outlier_k * spread, q3 + spec.outlier_k * spread
+    low, high = iqr_fences(work.x, spec.outlier_k)
     outside = (work.x < low) | (work.x > high)
     if spec.outliers == "clip":
         work.counts.outliers_clipped = int(outside.sum())
@@ -547,9 +529,9 @@ def load_or_create_hmac_key(path: Path) -> bytes:
     Parameters
     ----------
     path
-        The key file. A new file is created exclusively with mode 0600 and holds
-        :data:`HMAC_KEY_BYTES` random bytes; keep it secret and keep it: the same key gives the same
-        digests in later runs.
+        The key file. A new file (see :func:`fedmodel.fsio.load_or_create_secret`: born 0600,
+        fsynced, two processes creating it at once get the same key) holds :data:`HMAC_KEY_BYTES`
+        random bytes; keep it secret and keep it: the same key gives the same digests in later runs.
 
     Returns
     -------
@@ -563,27 +545,16 @@ def load_or_create_hmac_key(path: Path) -> bytes:
     """
     path = Path(path)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    except FileExistsError:
-        return _read_key(path)
+        return load_or_create_secret(path, HMAC_KEY_BYTES)
+    except SecretSizeError as exc:
+        raise DataValidationError(f"{path}: the key file holds {exc.found} bytes; expected {HMAC_KEY_BYTES} "
+                                  "(a file made by fedmodel; delete it only if no digest made with it is needed)"
+                                  ) from None
     except OSError as exc:
+        if path.exists():
+            raise DataValidationError(f"{path}: cannot read the key file ({exc.strerror})") from None
         raise DataValidationError(f"{path}: cannot create the key file ({exc.strerror}); expected a writable "
                                   "folder") from None
-    key = secrets.token_bytes(HMAC_KEY_BYTES)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(key)
-    return key
-
-
-def _read_key(path: Path) -> bytes:
-    try:
-        key = path.read_bytes()
-    except OSError as exc:
-        raise DataValidationError(f"{path}: cannot read the key file ({exc.strerror})") from None
-    if len(key) != HMAC_KEY_BYTES:
-        raise DataValidationError(f"{path}: the key file holds {len(key)} bytes; expected {HMAC_KEY_BYTES} "
-                                  "(a file made by fedmodel; delete it only if no digest made with it is needed)")
-    return key
 
 
 # ------------------------------------------------------------------------------------------ output
@@ -599,7 +570,7 @@ def write_clean_table(result: CleanResult, feature_names: Sequence[str], label: 
     label
         The label column's name.
     path
-        The CSV file to write (replaced whole, never the source file).
+        The CSV file to write (replaced whole and atomically, mode 0600; never the source file).
 
     Raises
     ------
@@ -618,15 +589,9 @@ def write_clean_table(result: CleanResult, feature_names: Sequence[str], label: 
     if problems:
         raise ConfigError(problems)
     ids = list(result.hashed_ids.values())
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", newline="", dir=path.parent or Path("."),
-                                         prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            writer = csv.writer(handle)
-            writer.writerow(names)
-            for i, row in enumerate(result.x):
-                writer.writerow([*(column[i] for column in ids), *(str(v) for v in row), result.labels[i]])
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(names)
+    for i, row in enumerate(result.x):
+        writer.writerow([*(column[i] for column in ids), *(str(v) for v in row), result.labels[i]])
+    atomic_write(path, text.getvalue().encode("utf-8"), mode=0o600)  # the owner's rows: readable by the owner only

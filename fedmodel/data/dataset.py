@@ -1,14 +1,14 @@
-"""The in-memory data set type, loading by config and a seeded stratified train/test split."""
+"""The in-memory data set type and a seeded stratified train/test split.
+
+This module imports no other module of :mod:`fedmodel.data`: every reader builds a :class:`Dataset`,
+and :mod:`fedmodel.data.loading` picks the reader a run names.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
-
-from fedmodel.config import RunConfig
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,37 +40,6 @@ class Dataset:
         rows = None if self.rows is None else self.rows[indices]
         return Dataset(self.name, self.x[indices], self.y[indices], self.classes, self.feature_names,
                        self.preprocessing, rows, self.zero_based)
-
-
-def load_dataset(config: RunConfig) -> Dataset:
-    """Load the data set a run names: a bundled one or the user's CSV/Parquet/NPZ file.
-
-    A file is read strictly (any gap refused, naming file, row and column) unless the run cleans
-    missing values or names identifier columns: then it is read tolerantly (gaps as NaN, identifier
-    columns left out) and every owner cleans its own rows (:mod:`fedmodel.data.prepare`).
-    """
-    tolerant = config.missing != "error" or bool(config.id_columns)
-    return _load_cached(config.dataset, config.data_path, config.label, config.id_columns, tolerant)
-
-
-@lru_cache(maxsize=4)
-def _load_cached(dataset: str, data_path: str, label: str, id_columns: tuple[str, ...] = (),
-                 tolerant: bool = False) -> Dataset:
-    if dataset == "file" and tolerant:
-        from fedmodel.data.cleaning import read_raw_table
-        from fedmodel.data.files import encode_labels
-
-        raw = read_raw_table(Path(data_path), label, id_columns)
-        classes, y = encode_labels(list(raw.labels))
-        return Dataset(Path(data_path).name, raw.x.astype(np.float32), y, classes, raw.feature_names,
-                       rows=raw.rows, zero_based=raw.zero_based)
-    if dataset == "file":
-        from fedmodel.data.files import read_table
-
-        return read_table(Path(data_path), label)
-    from fedmodel.data.bundled import load_bundled
-
-    return load_bundled(dataset)
 
 
 def train_test_split(data: Dataset, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

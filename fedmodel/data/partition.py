@@ -10,7 +10,8 @@ from typing import overload
 import numpy as np
 
 from fedmodel.config import PartitionSpec, RunConfig
-from fedmodel.data.dataset import Dataset, load_dataset, train_test_split
+from fedmodel.data.dataset import Dataset, train_test_split
+from fedmodel.data.loading import load_dataset
 from fedmodel.data.schema import Schema
 from fedmodel.errors import ConfigError
 

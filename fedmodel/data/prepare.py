@@ -19,6 +19,7 @@ import numpy as np
 from fedmodel.config import RunConfig
 from fedmodel.data.cleaning import CleaningSpec, FeatureStats, RawTable, clean, read_raw_table
 from fedmodel.data.dataset import Dataset
+from fedmodel.data.profile import profile_columns
 from fedmodel.data.quality import check_shard
 from fedmodel.data.scaling import ScalingBounds
 from fedmodel.data.schema import Schema
@@ -97,36 +98,22 @@ def _mtime(path: Path) -> float:
 def quality_counts(raw: RawTable, iqr_k: float = IQR_K_FOR_COUNTS) -> dict[str, int]:
     """Counts of what the raw rows hold (no value): rows, gaps, duplicates, outliers, constant columns.
 
-    Per column over its present cells: outliers by the IQR rule (columns with >= 2 values), constant
-    columns (one distinct value); all columns at once, as a cohort of many owners prepares many shards.
+    From the data profile (:func:`fedmodel.data.profile.profile_columns`) of the features, where a
+    cell is present when it is a finite number: ``missing-cells`` counts every other cell (gaps, text
+    and infinities, which the raw table holds as NaN); outliers by the IQR rule over each column's
+    present cells (columns with >= 2 of them); constant columns have one distinct present value.
     """
     x = raw.x
     present = np.isfinite(x)
-    counts = present.sum(axis=0)
-    outliers = 0
-    full = counts == x.shape[0]  # columns without a gap: their quartiles in one vectorised call
-    if x.shape[0] >= 2 and full.any():
-        outliers += _iqr_outliers(x[:, full], iqr_k)
-    for j in np.flatnonzero(~full & (counts >= 2)):  # columns with gaps: over their present cells
-        outliers += _iqr_outliers(x[present[:, j], j][:, None], iqr_k)
-    constant = 0
-    if x.shape[0]:
-        first = x[np.argmax(present, axis=0), np.arange(x.shape[1])]  # each column's first present value
-        constant = int(np.sum((counts > 0) & np.all(~present | (x == first), axis=0)))
+    profiles = profile_columns(raw.feature_names, x, ~present, iqr_k=iqr_k)
     keyed = [tuple(np.where(present[i], x[i], np.inf).tolist()) + (raw.labels[i],) for i in range(x.shape[0])]
     return {
         "rows": int(x.shape[0]), "features": int(x.shape[1]), "id-columns": len(raw.ids),
-        "missing-cells": int((~present).sum()), "not-numbers": int(np.sum(raw.not_numbers)),
+        "missing-cells": sum(p.missing for p in profiles), "not-numbers": int(np.sum(raw.not_numbers)),
         "infinite-values": int(np.sum(raw.non_finite)), "duplicate-rows": len(keyed) - len(set(keyed)),
-        "outlier-cells-iqr": outliers, "constant-columns": constant,
+        "outlier-cells-iqr": sum(p.outliers_iqr for p in profiles),
+        "constant-columns": sum(p.constant for p in profiles),
     }
-
-
-def _iqr_outliers(cols: np.ndarray, iqr_k: float) -> int:
-    """Cells of ``cols`` (rows x columns, no gaps) outside each column's [q1 - k IQR, q3 + k IQR]."""
-    q1, q3 = np.percentile(cols, [25, 75], axis=0)
-    spread = q3 - q1
-    return int(np.count_nonzero((cols < q1 - iqr_k * spread) | (cols > q3 + iqr_k * spread)))
 
 
 def prepare_shard(raw: RawTable, spec: CleaningSpec, schema: Schema, *, name: str,

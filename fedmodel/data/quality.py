@@ -1,14 +1,15 @@
 """Describe a data owner's shard before training, without changing it and without reporting any raw value.
 
-:func:`check_shard` reads a CSV, Parquet or NPZ file in a tolerant mode: missing values, text in
-numeric columns, infinities and duplicates are counted and described, not refused, so that a
-person sees every problem at once. The report holds counts, row numbers, column names and the
+:func:`check_shard` reads a CSV, Parquet or NPZ file with :func:`fedmodel.data.reader.read_columns`
+in tolerant mode: missing values, text in numeric columns, infinities and duplicates are counted and
+described, not refused, so that a person sees every problem at once; the counts come from the data
+profile (:mod:`fedmodel.data.profile`). The report holds counts, row numbers, column names and the
 label values (the agreed classes) only; no cell of a feature or identifier column ever appears in
-it. Input that cannot be described at all (empty, not UTF-8, ragged, not Parquet, a truncated
-NPZ, no label column, ...) raises :class:`~fedmodel.errors.DataValidationError` naming the file,
+it. Input that cannot be described at all (empty, not UTF-8, ragged, not Parquet, a truncated NPZ,
+no label column, ...) raises :class:`~fedmodel.errors.DataValidationError` naming the file,
 the row and the column.
 
-Rows are numbered as in :mod:`fedmodel.data.files`: for CSV, the line of the file (header = 1);
+Rows are numbered as in :mod:`fedmodel.data.reader`: for CSV, the line of the file (header = 1);
 for Parquet and NPZ, the 0-based index of the row.
 """
 
@@ -21,21 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from fedmodel.data.files import (
-    check_header,
-    load_npz_arrays,
-    missing_label_message,
-    ragged_row_message,
-    read_csv_rows,
-    read_parquet_table,
-    shard_suffix,
-)
-from fedmodel.data.schema import Schema, normalise_label
+from fedmodel.data.profile import ColumnProfile, class_counts, profile_columns
+from fedmodel.data.reader import Column, Table, read_columns
+from fedmodel.data.schema import Schema
 from fedmodel.data.schema_file import SchemaFile
 from fedmodel.errors import ConfigError, DataValidationError
 
-MISSING_TOKENS: frozenset[str] = frozenset({"", "na", "n/a", "nan", "null", "none", "?"})
-"""Cell texts (lower-cased, stripped) counted as missing values in a CSV file."""
 MAX_CLASSES_LISTED = 50
 """Label columns with more distinct values than this are not listed value by value."""
 IMBALANCE_RATIO = 0.1
@@ -122,34 +114,7 @@ class QualityReport:
         }
 
 
-# ---------------------------------------------------------------------- the tolerant table in memory
-@dataclass(frozen=True)
-class _Column:
-    """One column, read tolerantly: numbers (NaN where none), masks, value codes for duplicates."""
-
-    name: str
-    numbers: np.ndarray
-    missing: np.ndarray
-    text: np.ndarray
-    codes: np.ndarray
-    native_type: str | None = None
-    labels: tuple[str | None, ...] = ()
-
-
-@dataclass(frozen=True)
-class _Table:
-    path: Path
-    file_format: str
-    columns: tuple[_Column, ...]
-    row_numbers: np.ndarray
-    zero_based: bool
-    blank_rows: tuple[int, ...] = ()
-
-    def row(self, index: int) -> str:
-        """How a data row (0-based index into the table) is named in messages."""
-        return f"row {int(self.row_numbers[index])}" + (" (0-based)" if self.zero_based else "")
-
-
+# ------------------------------------------------------------------------------ what is expected
 @dataclass(frozen=True)
 class _Expect:
     """What a schema (file or run schema) expects of the shard."""
@@ -197,7 +162,7 @@ def check_shard(path: Path, *, label: str | None, schema: SchemaFile | Schema | 
     _check_thresholds(iqr_k, z)
     path = Path(path)
     label = _resolve_label(path, label, schema)
-    table = _read(path, label)
+    table = read_columns(path, label, mode="tolerant")
     return _analyse(table, label, _expectations(schema), iqr_k, z)
 
 
@@ -227,185 +192,16 @@ def _expectations(schema: SchemaFile | Schema | None) -> _Expect:
     return _Expect()
 
 
-# -------------------------------------------------------------------------------------------- reading
-TolerantTable = _Table
-"""A shard read tolerantly: per column, numbers (NaN where none), missing and text masks, label texts."""
-
-
-def read_tolerant(path: Path, label: str) -> TolerantTable:
-    """Read a shard as :func:`check_shard` does: problems in cells are marked, not refused.
-
-    Parameters
-    ----------
-    path
-        A ``.csv``, ``.parquet`` or ``.npz`` file.
-    label
-        The label column (the label array's key for NPZ).
-
-    Returns
-    -------
-    TolerantTable
-        Columns in file order (for NPZ, ``feature_0`` ... then the label), each with ``numbers``,
-        ``missing`` and ``text`` masks and, for the label column, ``labels`` (normalised, None when
-        missing); ``row_numbers`` numbered as in :mod:`fedmodel.data.files`.
-
-    Raises
-    ------
-    DataValidationError
-        The file cannot be read at all: the message names the file, row and column.
-    """
-    return _read(Path(path), label)
-
-
-def _read(path: Path, label: str) -> _Table:
-    suffix = shard_suffix(path)
-    if suffix == ".csv":
-        return _read_csv(path, label)
-    if suffix == ".parquet":
-        return _read_parquet(path, label)
-    return _read_npz(path, label)
-
-
-def _read_csv(path: Path, label: str) -> _Table:
-    rows = read_csv_rows(path)
-    header = check_header(path, rows[0])
-    if label not in header:
-        raise DataValidationError(missing_label_message(path, label, header))
-    _require_features(path, header, label)
-    data, numbers, blank = [], [], []
-    for number, row in enumerate(rows[1:], start=2):
-        if not row or (len(row) == 1 < len(header) and not row[0].strip()):
-            blank.append(number)
-        elif len(row) != len(header):
-            raise DataValidationError(ragged_row_message(path, number, len(row), len(header)))
-        else:
-            data.append(row)
-            numbers.append(number)
-    if not data:
-        extra = " and blank lines" if blank else ""
-        raise DataValidationError(f"{path}: only a header row{extra}; expected data rows below it")
-    columns = tuple(_text_column(name, [row[j] for row in data], name == label) for j, name in enumerate(header))
-    return _Table(path, "csv", columns, np.asarray(numbers), False, tuple(blank))
-
-
-def _require_features(path: Path, names: list[str], label: str) -> None:
-    if len(names) < 2:
-        raise DataValidationError(f"{path}: no feature columns besides the label column {label!r}")
-
-
-def _text_column(name: str, cells: list[str], is_label: bool) -> _Column:
-    """Numbers, masks and duplicate codes of CSV cells; label texts for the label column."""
-    numbers = np.full(len(cells), np.nan)
-    missing = np.zeros(len(cells), dtype=bool)
-    text = np.zeros(len(cells), dtype=bool)
-    keys: list[str] = []
-    for i, cell in enumerate(cells):
-        value = cell.strip()
-        number = _as_number(value)
-        if value.lower() in MISSING_TOKENS or (number is not None and math.isnan(number)):
-            missing[i] = True
-            keys.append("m")
-        elif number is None:
-            text[i] = True
-            keys.append("t" + value)
-        else:
-            numbers[i] = number + 0.0  # -0.0 and 0.0 are one value
-            keys.append("n" + repr(numbers[i]))
-    labels = tuple(None if missing[i] else normalise_label(c) for i, c in enumerate(cells)) if is_label else ()
-    return _Column(name, numbers, missing, text, _codes(np.asarray(keys, dtype=str)), None, labels)
-
-
-def _as_number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def _codes(values: np.ndarray) -> np.ndarray:
-    """Integer codes equal exactly where ``values`` are equal (NaNs are one value)."""
-    return np.unique(values, return_inverse=True)[1].reshape(-1).astype(np.int64)
-
-
-def _read_parquet(path: Path, label: str) -> _Table:
-    table = read_parquet_table(path)
-    names = check_header(path, list(table.column_names))
-    if label not in names:
-        raise DataValidationError(missing_label_message(path, label, names, csv_header=False))
-    _require_features(path, names, label)
-    if table.num_rows == 0:
-        raise DataValidationError(f"{path}: no rows; expected data rows")
-    columns = tuple(_arrow_column(name, table.column(i), name == label) for i, name in enumerate(names))
-    return _Table(path, "parquet", columns, np.arange(table.num_rows), True)
-
-
-def _arrow_column(name: str, column: Any, is_label: bool) -> _Column:
-    """A Parquet column: numeric types as numbers, everything else as text (never reported)."""
-    import pyarrow as pa
-
-    kind = _arrow_kind(pa, column.type)
-    values = column.to_pylist()
-    labels = tuple(None if v is None or str(v).strip() == "" else normalise_label(str(v)) for v in values) \
-        if is_label else ()
-    if kind in ("int", "float", "bool"):
-        numbers = np.asarray([np.nan if v is None else float(v) for v in values], dtype=np.float64) + 0.0
-        missing = np.isnan(numbers)
-        return _Column(name, numbers, missing, np.zeros_like(missing), _codes(numbers), kind, labels)
-    missing = np.asarray([v is None or (isinstance(v, str) and not v.strip()) for v in values], dtype=bool)
-    keys = np.asarray(["m" if m else "t" + str(v) for v, m in zip(values, missing)], dtype=str)
-    return _Column(name, np.full(len(values), np.nan), missing, ~missing, _codes(keys), kind, labels)
-
-
-def _arrow_kind(pa: Any, arrow_type: Any) -> str:
-    if pa.types.is_boolean(arrow_type):
-        return "bool"
-    if pa.types.is_integer(arrow_type):
-        return "int"
-    if pa.types.is_floating(arrow_type):
-        return "float"
-    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or pa.types.is_dictionary(arrow_type):
-        return "text"
-    return "other"
-
-
-def _read_npz(path: Path, label: str) -> _Table:
-    fkey, x, y = load_npz_arrays(path, label)
-    kind = "int" if np.issubdtype(x.dtype, np.integer) else "float"
-    features = x.astype(np.float64) + 0.0
-    columns = [_numeric_column(f"feature_{j}", features[:, j], kind) for j in range(x.shape[1])]
-    columns.append(_npz_label_column(label, y))
-    if len(columns) < 2:
-        raise DataValidationError(f"{path}: array {fkey!r} has no feature columns; expected at least one")
-    return _Table(path, "npz", tuple(columns), np.arange(x.shape[0]), True)
-
-
-def _numeric_column(name: str, numbers: np.ndarray, kind: str) -> _Column:
-    missing = np.isnan(numbers)
-    return _Column(name, numbers, missing, np.zeros_like(missing), _codes(numbers), kind)
-
-
-def _npz_label_column(name: str, y: np.ndarray) -> _Column:
-    if np.issubdtype(y.dtype, np.number):
-        numbers = y.astype(np.float64) + 0.0
-        missing = np.isnan(numbers)
-        labels = tuple(None if m else normalise_label(str(v)) for v, m in zip(y.tolist(), missing))
-        return _Column(name, numbers, missing, np.zeros_like(missing), _codes(numbers), None, labels)
-    texts = [str(v) for v in y.tolist()]
-    missing = np.asarray([not t.strip() for t in texts], dtype=bool)
-    labels = tuple(None if m else normalise_label(t) for t, m in zip(texts, missing))
-    return _Column(name, np.full(len(texts), np.nan), missing, ~missing, _codes(np.asarray(texts, dtype=str)),
-                   "text", labels)
-
-
 # ------------------------------------------------------------------------------------------ analysis
-def _analyse(table: _Table, label: str, expect: _Expect, iqr_k: float, z: float) -> QualityReport:
+def _analyse(table: Table, label: str, expect: _Expect, iqr_k: float, z: float) -> QualityReport:
     reasons: list[str] = []
     warnings: list[str] = []
     reasons += _schema_reasons(table, label, expect)
-    reports = tuple(_column_report(table, c, _role(c.name, label, expect), expect, iqr_k, z, reasons, warnings)
-                    for c in table.columns)
+    profiles = _profile(table, iqr_k)
+    reports = tuple(_column_report(table, c, p, _role(c.name, label, expect), expect, iqr_k, z, reasons, warnings)
+                    for c, p in zip(table.columns, profiles))
     label_column = next(c for c in table.columns if c.name == label)
-    counts, outside = _class_counts(label_column, expect)
+    counts, outside = class_counts(label_column.labels, expect.labels)
     reasons += _label_reasons(table, label_column, expect, counts, outside)
     warnings += _class_warnings(counts)
     duplicates, first_duplicate = _duplicates(table, expect.ids)
@@ -430,7 +226,7 @@ def _role(name: str, label: str, expect: _Expect) -> str:
     return "id" if name in expect.ids else "feature"
 
 
-def _schema_reasons(table: _Table, label: str, expect: _Expect) -> list[str]:
+def _schema_reasons(table: Table, label: str, expect: _Expect) -> list[str]:
     """Columns the schema declares but the file lacks, columns it does not declare, feature count."""
     names = [c.name for c in table.columns]
     reasons: list[str] = []
@@ -450,18 +246,24 @@ def _schema_reasons(table: _Table, label: str, expect: _Expect) -> list[str]:
     return reasons
 
 
-def _column_report(table: _Table, column: _Column, role: str, expect: _Expect, iqr_k: float, z: float,
-                   reasons: list[str], warnings: list[str]) -> ColumnReport:
+def _profile(table: Table, iqr_k: float) -> tuple[ColumnProfile, ...]:
+    """The data profile of every column (distinct cells by their codes, text and gaps included)."""
+    def stack(part: str) -> np.ndarray:
+        return np.column_stack([getattr(c, part) for c in table.columns])
+
+    return profile_columns([c.name for c in table.columns], stack("numbers"), stack("missing"), iqr_k=iqr_k,
+                           text=stack("text"), codes=stack("codes"))
+
+
+def _column_report(table: Table, column: Column, profile: ColumnProfile, role: str, expect: _Expect,
+                   iqr_k: float, z: float, reasons: list[str], warnings: list[str]) -> ColumnReport:
     """Count one column; append the reasons and warnings it gives (features only)."""
-    present = ~column.missing
-    finite = column.numbers[np.isfinite(column.numbers)]
     kind = _inferred_type(column)
-    distinct = len(np.unique(column.codes[present]))
-    report = ColumnReport(column.name, role, kind, int(column.missing.sum()), int(column.text.sum()),
-                          int(np.isinf(column.numbers).sum()), distinct, distinct == 1)
+    report = ColumnReport(column.name, role, kind, profile.missing, profile.not_numbers, profile.non_finite,
+                          profile.distinct, profile.constant)
     if role != "feature":
         return report
-    iqr, zs = _outliers(finite, iqr_k, z)
+    iqr, zs = profile.outliers_iqr, _z_outliers(column.numbers[np.isfinite(column.numbers)], z)
     bounds = expect.ranges.get(column.name)
     outside = _out_of_range(column.numbers, bounds)
     reasons += _feature_reasons(table, column, kind, expect.types.get(column.name), bounds, outside)
@@ -470,7 +272,7 @@ def _column_report(table: _Table, column: _Column, role: str, expect: _Expect, i
                            "out_of_range": int(outside.sum())})
 
 
-def _inferred_type(column: _Column) -> str:
+def _inferred_type(column: Column) -> str:
     present = ~column.missing
     if not present.any():
         return "empty"
@@ -483,16 +285,12 @@ def _inferred_type(column: _Column) -> str:
     return "int" if np.array_equal(finite, np.round(finite)) and len(finite) == present.sum() else "float"
 
 
-def _outliers(values: np.ndarray, iqr_k: float, z: float) -> tuple[int, int]:
-    """Counts of outliers by the IQR rule and by z-score among finite values."""
+def _z_outliers(values: np.ndarray, z: float) -> int:
+    """Finite values with a z-score (population standard deviation) above ``z`` in absolute value."""
     if values.size < 2:
-        return 0, 0
-    q1, q3 = np.percentile(values, [25, 75])
-    spread = q3 - q1
-    iqr = int(np.count_nonzero((values < q1 - iqr_k * spread) | (values > q3 + iqr_k * spread)))
+        return 0
     std = float(values.std())
-    zs = 0 if std == 0 else int(np.count_nonzero(np.abs(values - values.mean()) / std > z))
-    return iqr, zs
+    return 0 if std == 0 else int(np.count_nonzero(np.abs(values - values.mean()) / std > z))
 
 
 def _out_of_range(numbers: np.ndarray, bounds: tuple[float, float] | None) -> np.ndarray:
@@ -502,11 +300,11 @@ def _out_of_range(numbers: np.ndarray, bounds: tuple[float, float] | None) -> np
         return (numbers < bounds[0]) | (numbers > bounds[1])
 
 
-def _first(table: _Table, mask: np.ndarray) -> str:
+def _first(table: Table, mask: np.ndarray) -> str:
     return table.row(int(np.argmax(mask)))
 
 
-def _feature_reasons(table: _Table, column: _Column, kind: str, declared: str | None,
+def _feature_reasons(table: Table, column: Column, kind: str, declared: str | None,
                      bounds: tuple[float, float] | None, outside: np.ndarray) -> list[str]:
     """Why a feature column stops training: gaps, text, infinities, schema type and range."""
     name, reasons = column.name, []
@@ -545,24 +343,7 @@ def _feature_warnings(report: ColumnReport, iqr: int, zs: int, iqr_k: float, z: 
     return warnings
 
 
-def _class_counts(column: _Column, expect: _Expect) -> tuple[dict[str, int], int]:
-    """Rows per label (the schema's labels first, zeros included) and rows with a label outside it."""
-    found: dict[str, int] = {}
-    for value in column.labels:
-        if value is not None:
-            found[value] = found.get(value, 0) + 1
-    if expect.labels is None:
-        return dict(sorted(found.items(), key=lambda kv: _label_order(kv[0]))), 0
-    inside = {v: found.get(v, 0) for v in expect.labels}
-    return inside, sum(n for v, n in found.items() if v not in inside)
-
-
-def _label_order(value: str) -> tuple[int, float, str]:
-    number = _as_number(value)
-    return (0, number, "") if number is not None and math.isfinite(number) else (1, 0.0, value)
-
-
-def _label_reasons(table: _Table, column: _Column, expect: _Expect, counts: dict[str, int],
+def _label_reasons(table: Table, column: Column, expect: _Expect, counts: dict[str, int],
                    outside: int) -> list[str]:
     name, reasons = column.name, []
     if column.missing.any():
@@ -591,7 +372,7 @@ def _class_warnings(counts: dict[str, int]) -> list[str]:
     return []
 
 
-def _duplicates(table: _Table, ids: tuple[str, ...]) -> tuple[int, int]:
+def _duplicates(table: Table, ids: tuple[str, ...]) -> tuple[int, int]:
     """Rows equal to an earlier row in every column but the identifiers, and the first such row."""
     codes = [c.codes for c in table.columns if c.name not in ids]
     matrix = np.stack(codes, axis=1)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedmodel.data.profile import iqr_fences
 from fedmodel.errors import FedModelError
 
 if TYPE_CHECKING:
@@ -86,8 +87,7 @@ def public_bounds(x: np.ndarray, margin: float = BOUNDS_MARGIN, iqr_k: float = B
         raise FedModelError("scaling: the coordinator's held-out data is empty; it cannot set public bounds")
     with np.errstate(all="ignore"):
         finite = np.where(np.isfinite(x), x, np.nan)
-        q1, q3 = np.nanpercentile(finite, [25, 75], axis=0)
-        fence_lo, fence_hi = q1 - iqr_k * (q3 - q1), q3 + iqr_k * (q3 - q1)
+        fence_lo, fence_hi = iqr_fences(finite, iqr_k, ignore_nan=True)
         inside = np.where((finite >= fence_lo) & (finite <= fence_hi), finite, np.nan)
         lo, hi = np.nanmin(inside, axis=0), np.nanmax(inside, axis=0)
     empty = ~np.isfinite(lo) | ~np.isfinite(hi)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fedmodel.data.files import check_header, ragged_row_message, read_csv_rows, read_parquet_table
+from fedmodel.data.reader import check_header, ragged_row_message, read_csv_rows, read_parquet_table
 from fedmodel.data.schema import normalise_label
 from fedmodel.errors import DataValidationError
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from fedmodel.privacy import rdp
+
 ACCOUNTANT = "rdp"
 
 
@@ -110,40 +112,14 @@ def calibrate_noise_after(epsilon: float, delta: float, sample_rate: float, step
 def rdp_curve(history: tuple[tuple[float, float, int], ...] | list[tuple[float, float, int]]) -> Any:
     """The composed RDP curve of (noise_multiplier, sample_rate, steps) entries over Opacus' default orders.
 
-    RDP is linear in the number of steps, and Opacus' ``compute_rdp`` returns exactly
-    ``steps x`` the one-step curve, so the one-step curve is computed once per (sample rate, noise
-    multiplier) per process and scaled: the same numbers, bit for bit, as Opacus' ``RDPAccountant``
-    over the same history, without re-evaluating the fractional orders (about a second each time at
-    large sample rates) on every owner call.
+    See :func:`fedmodel.privacy.rdp.compose`: cached one-step curves, the same numbers bit for bit as
+    Opacus' ``RDPAccountant`` over the same history.
     """
-    import numpy as np
-
-    total = np.zeros(len(_orders()))
-    for sigma, q, steps in history:
-        total = total + np.asarray(_one_step_rdp(float(q), float(sigma))) * steps
-    return total
+    return rdp.compose(history)
 
 
-@lru_cache(maxsize=1)
-def _orders() -> tuple[float, ...]:
-    from opacus.accountants.rdp import RDPAccountant
-
-    return tuple(RDPAccountant.DEFAULT_ALPHAS)
-
-
-@lru_cache(maxsize=4096)
-def _one_step_rdp(sample_rate: float, noise_multiplier: float) -> tuple[float, ...]:
-    from opacus.accountants.analysis.rdp import compute_rdp
-
-    return tuple(float(v) for v in compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
-                                               orders=list(_orders())))
-
-
-def _epsilon_of_rdp(rdp: Any, delta: float) -> float:
-    from opacus.accountants.analysis.rdp import get_privacy_spent
-
-    eps, _ = get_privacy_spent(orders=list(_orders()), rdp=rdp, delta=delta)
-    return float(eps)
+def _epsilon_of_rdp(curve: Any, delta: float) -> float:
+    return rdp.epsilon(curve, delta)
 
 
 def gaussian_sum_epsilon(noise_multiplier: float, delta: float) -> float:

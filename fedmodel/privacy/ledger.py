@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from fedmodel.errors import LedgerError, PrivacyBudgetExceeded
 from fedmodel.fsio import load_or_create_secret, read_secret
+from fedmodel.privacy import rdp
 from fedmodel.privacy.accounting import ACCOUNTANT
 
 LEDGER_FILENAME = "privacy-ledger.sqlite"
@@ -183,23 +184,9 @@ def load_or_create_key(path: Path) -> bytes:
     return read_key(path)
 
 
-@lru_cache(maxsize=4096)
-def _unit_rdp(sample_rate: float, noise_multiplier: float, orders: tuple[float, ...]) -> np.ndarray:
-    """RDP of one step at every order (Opacus' ``compute_rdp`` is linear in steps); read-only."""
-    from opacus.accountants.analysis.rdp import compute_rdp
-
-    rdp = np.asarray(compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(orders)),
-                     dtype="<f8")
-    rdp.setflags(write=False)
-    return rdp
-
-
-def _epsilon(orders: tuple[float, ...], rdp: np.ndarray, delta: float) -> float:
-    """Opacus' RDP to (epsilon, delta) conversion, as ``RDPAccountant.get_epsilon`` does it."""
-    from opacus.accountants.analysis.rdp import get_privacy_spent
-
-    eps, _ = get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
-    return float(eps)
+def _epsilon(orders: tuple[float, ...], curve: np.ndarray, delta: float) -> float:
+    """Opacus' RDP to (epsilon, delta) conversion over the ledger's orders."""
+    return rdp.epsilon(curve, delta, orders)
 
 
 @dataclass(frozen=True)
@@ -223,9 +210,8 @@ class _Curve:
         return np.frombuffer(self.blob, dtype="<f8", offset=8)
 
     def add(self, request: ReservationRequest, orders: tuple[float, ...]) -> _Curve:
-        unit = _unit_rdp(request.sample_rate, request.noise_multiplier, orders)
-        rdp = self.rdp + unit * request.steps  # Opacus: compute_rdp(...) = rdp * steps, summed in history order
-        return _Curve(struct.pack("<d", min(self.delta, request.delta)) + rdp.astype("<f8").tobytes())
+        after = rdp.add(self.rdp, request.noise_multiplier, request.sample_rate, request.steps, orders)
+        return _Curve(struct.pack("<d", min(self.delta, request.delta)) + after.astype("<f8").tobytes())
 
 
 @dataclass
@@ -310,8 +296,6 @@ class PrivacyLedger:
         self._check_key(meta.get("key-check"))
 
     def _initialise(self) -> None:
-        from opacus.accountants.rdp import RDPAccountant
-
         self._db.execute("PRAGMA journal_mode=WAL")
         with self._write():
             if self._db.execute("PRAGMA application_id").fetchone()[0] != 0:
@@ -321,7 +305,7 @@ class PrivacyLedger:
                     self._db.execute(statement)
             meta = {
                 "schema": str(SCHEMA_VERSION).encode(), "accountant": ACCOUNTANT.encode(),
-                "orders": json.dumps([float(a) for a in RDPAccountant.DEFAULT_ALPHAS]).encode(),
+                "orders": json.dumps(list(rdp.default_orders())).encode(),
                 "encrypted": b"1" if self._aead is not None else b"0", "created": repr(time.time()).encode(),
             }
             if self._aead is not None:

@@ -13,7 +13,6 @@ import base64
 import datetime as dt
 import hashlib
 import ipaddress
-import os
 import re
 import secrets
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedmodel.errors import FedModelError
+from fedmodel.fsio import atomic_write, create_new
 
 __all__ = [
     "CertPaths", "NodeKeyPaths", "SecurityError", "default_ca_dir", "fingerprint", "generate_node_keys",
@@ -424,29 +424,19 @@ def _write_all(files: list[tuple[Path, bytes, int]], overwrite: bool) -> None:
 
 
 def _write(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
-    """Write ``data`` to a file born with ``mode``: ``os.open(..., O_CREAT | O_EXCL, mode)``.
+    """Write ``data`` to a file born with ``mode``, through :mod:`fedmodel.fsio`.
 
     A private key is never readable by others, not even for an instant. A new file is created in place
-    (``O_EXCL`` refuses one that appeared meanwhile); an existing one is replaced by an atomic rename of a
-    fresh temporary file, so it also gets the right mode whatever the old file had.
+    (:func:`~fedmodel.fsio.create_new`: ``O_EXCL`` refuses one that appeared meanwhile); an existing one is
+    replaced by an atomic rename of a fresh temporary file (:func:`~fedmodel.fsio.atomic_write`), so it also
+    gets the right mode whatever the old file had.
     """
-    target = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp") if overwrite else path
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
     try:
-        fd = os.open(target, flags, mode)
+        if overwrite:
+            atomic_write(path, data, mode=mode)
+        else:
+            create_new(path, data, mode=mode)
     except FileExistsError as exc:
         raise SecurityError(f"refusing to overwrite {path}: it appeared while the files were written") from exc
     except OSError as exc:
-        raise SecurityError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if hasattr(os, "fchmod"):
-                os.fchmod(handle.fileno(), mode)  # the umask may have cleared bits; the file is still empty
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(target, path)
-    except OSError as exc:
-        target.unlink(missing_ok=True)
         raise SecurityError(f"cannot write {path}: {exc.strerror or exc}") from exc

@@ -15,7 +15,7 @@ import pytest
 
 from fedmodel import runs
 from fedmodel.report.run_folder import RunFolder
-from fedmodel.runs import descendant_groups, stop_process
+from fedmodel.runs import descendant_groups, descendants, stop_process
 
 # A parent in its own session that starts a grandchild in yet another session (as Flower's SuperLink
 # starts SuperExec, which starts flwr-simulation), writes the grandchild's pid, and waits.
@@ -66,6 +66,22 @@ def test_stop_process_kills_the_sessions_its_children_opened(tmp_path: Path) -> 
 
 def test_our_own_group_is_never_a_target() -> None:
     assert os.getpgid(0) not in descendant_groups(os.getppid())
+
+
+def test_descendants_lists_a_child_before_its_grandchild_and_nothing_for_a_gone_process(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(pid_file)], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline, "the test's grandchild did not start"
+            time.sleep(0.05)
+        assert [p.pid for p in descendants(os.getpid()) if p.pid in (parent.pid, int(pid_file.read_text()))] == [
+            parent.pid, int(pid_file.read_text())]
+        assert any("time.sleep(600)" in " ".join(p.cmdline()) for p in descendants(parent.pid))
+    finally:
+        stop_process(parent, grace_s=5)
+    assert descendants(parent.pid) == []
 
 
 class FakeRun:

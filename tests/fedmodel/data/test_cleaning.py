@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import itertools
+import os
 import stat
 import warnings
 from pathlib import Path
@@ -340,6 +341,8 @@ def test_dropped_identifiers_never_reach_features_or_output(tmp_path: Path) -> N
     assert text.splitlines()[0] == "a,b,y"
     assert not any(p in text for p in PIDS)
     assert text.splitlines()[1:] == ["1.0,10.0,0", "3.5,20.0,1", "2.0,20.0,0", "9.0,20.0,1", "2.0,30.0,0"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600  # the owner's rows, as the temporary file was before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_hashed_identifiers_are_hmac_sha256(tmp_path: Path) -> None:
@@ -383,6 +386,15 @@ def test_key_file_created_0600_and_read_back(tmp_path: Path) -> None:
     assert path.read_bytes() == key
     assert load_or_create_hmac_key(path) == key
     assert load_or_create_hmac_key(tmp_path / "other.key") != key
+
+
+def test_key_file_in_a_folder_that_cannot_be_written(tmp_path: Path) -> None:
+    folder = tmp_path / "locked"
+    folder.mkdir(mode=0o500)
+    if os.access(folder, os.W_OK):
+        pytest.skip("running as a user who can write anywhere")
+    with pytest.raises(DataValidationError, match="cannot create the key file .*expected a writable folder"):
+        load_or_create_hmac_key(folder / "owner.key")
 
 
 def test_key_file_of_the_wrong_size(tmp_path: Path) -> None:
