@@ -66,12 +66,13 @@ def run_options(command: str) -> Callable[[F], F]:
             source = click.get_current_context().get_parameter_source
             given: dict[str, Any] = {}
             for f, _meta in fields:
-                value = kwargs.pop(f.name)
-                if source(f.name) != ParameterSource.COMMANDLINE:  # not given: a --config file's value stands
+                name = _name(f)
+                value = kwargs.pop(name)
+                if source(name) != ParameterSource.COMMANDLINE:  # not given: a --config file's value stands
                     continue
                 if isinstance(value, Path):
                     value = str(value.expanduser().absolute())
-                given[key_of(f.name)] = value
+                given[key_of(f.name)] = False if name != f.name else value  # --no-KEY turns a setting off
             return func(given, **kwargs)
 
         params = [p for p in own if p.default is p.empty] + made + [p for p in own if p.default is not p.empty]
@@ -86,15 +87,21 @@ def _parameter(name: str, tp: Any, f: dataclasses.Field[Any], meta: Option) -> i
     """The typer option of one run setting; typer shows its default (or the declared words for it)."""
     kind = optional_of(tp)
     shown: str | bool = meta.shown if meta.shown is not None else True
-    if kind is bool:  # a flag that turns the setting on
-        annotation: Any = Annotated[bool, typer.Option(f"--{key_of(name)}", help=described(meta), hidden=meta.hidden)]
-        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=False, annotation=annotation)
+    if kind is bool:  # a flag: --KEY turns on a setting false by default, --no-KEY turns off one true by default
+        flag = f"--{key_of(_name(f))}"
+        annotation: Any = Annotated[bool, typer.Option(flag, help=described(meta), hidden=meta.hidden)]
+        return inspect.Parameter(_name(f), inspect.Parameter.KEYWORD_ONLY, default=False, annotation=annotation)
     default = to_raw(f.default)
     value_type: Any = Path if meta.path else kind if kind in (int, float, str) else str
     option = typer.Option(f"--{key_of(name)}", help=described(meta), hidden=meta.hidden, show_default=shown)
     annotation = Annotated[value_type | None, option]
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None if default == "" else default,
                              annotation=annotation)
+
+
+def _name(f: dataclasses.Field[Any]) -> str:
+    """The command's parameter of a setting: ``no_KEY`` for a setting true by default, else its name."""
+    return f"no_{f.name}" if f.default is True else f.name
 
 
 def id_columns(values: list[str] | None) -> dict[str, str]:
