@@ -6,9 +6,8 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -27,14 +26,12 @@ if TYPE_CHECKING:
 def simulate(
     given: dict[str, Any],
     id_column: opt.IdColumn = None,
-    # dp is on unless turned off: the setting is true by default, so the command offers --no-dp.
-    no_dp: Annotated[bool, typer.Option("--no-dp", help="Train without differential privacy (ablation)")] = False,
     resume: opt.Resume = None,
     config: opt.ConfigFile = None,
     output_format: opt.Format = "table",
 ) -> None:
     """Split a real data set across simulated owners and train with per-owner DP-SGD on Flower."""
-    values = given | opt.id_columns(id_column) | ({"dp": False} if no_dp else {})
+    values = given | opt.id_columns(id_column)
     run_config: RunConfig | None = None
     try:
         with interruptible():

@@ -122,9 +122,8 @@ class PrivacySettings:
                             check=lambda v: finite(v) and v > 0, expected="a number > 0")
     delta: float = option(1e-5, help="DP delta", check=lambda v: finite(v) and 0 < v < 1,
                           expected="a number in (0, 1)")
-    # The command line offers --no-dp only (fedmodel.cli.simulate), since DP is on unless turned off.
-    dp: bool = option(True, help="Differential privacy (DP-SGD) at each owner; false trains without it (an ablation)",
-                      commands=())
+    dp: bool = option(True, help="Train without differential privacy (ablation); DP-SGD at each owner otherwise",
+                      commands=(SIMULATE,))
     max_grad_norm: float = option(1.0, help="DP-SGD per-example clipping norm", check=lambda v: finite(v) and v > 0,
                                   expected="a number > 0")
 

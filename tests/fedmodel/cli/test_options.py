@@ -29,11 +29,12 @@ def test_every_setting_offered_on_a_command_is_its_option_with_the_declared_help
     click_command = get_command(app).commands[command]  # type: ignore[attr-defined]
     params = {p.name: p for p in click_command.params}
     for f, meta in declared(RunConfig):
+        name = f"no_{f.name}" if f.default is True else f.name  # --no-KEY turns off a setting true by default
         if command in meta.commands:
-            assert f.name in params, f.name
-            assert params[f.name].help.startswith(meta.help)  # type: ignore[attr-defined]
+            assert name in params, name
+            assert params[name].help.startswith(meta.help)  # type: ignore[attr-defined]
         elif f.name != "resume":  # --resume RUN_DIR: the command's own option, not the setting's flag
-            assert f.name not in params, f.name
+            assert name not in params, name
 
 
 def test_an_option_given_wins_over_the_config_file_and_one_not_given_leaves_it(
@@ -53,3 +54,18 @@ def test_an_option_given_wins_over_the_config_file_and_one_not_given_leaves_it(
     assert result.exit_code == 0, result.output
     assert (seen[0].rounds, seen[0].lr) == (7, 0.25)
     assert Path(seen[0].out).is_absolute() and Path(seen[0].model_path).is_absolute()
+
+
+def test_no_dp_turns_the_setting_off_and_its_absence_leaves_the_config_files_value(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    simulate_module = importlib.import_module("fedmodel.cli.simulate")
+    seen: list[dict[str, object]] = []
+
+    def stop(config_file: Path | None, given: dict[str, object]) -> RunConfig:
+        seen.append(given)
+        raise typer.Exit(0)
+
+    monkeypatch.setattr(simulate_module, "resolve_config", stop)
+    for args in (["--no-dp"], []):
+        assert CliRunner().invoke(app, ["simulate", *args]).exit_code == 0
+    assert seen == [{"dp": False}, {}]
