@@ -34,8 +34,8 @@ def _check_format(output_format: str) -> None:
 def verify(
     path: LogFile,
     key_file: Annotated[Path | None, typer.Option(
-        "--key-file", help="HMAC key of a keyed log (the file's bytes, exactly) [default: the node's "
-                           "<state-dir>.audit-key beside the log's folder, when it exists]")] = None,
+        "--key-file", help="HMAC key of a keyed log (the file's bytes, exactly)",
+        show_default="the node's <state-dir>.audit-key beside the log's folder, when it exists")] = None,
     require_head: Annotated[bool, typer.Option(
         "--require-head", help="Fail when the head file is missing (by default only a warning)")] = False,
     output_format: opt.Format = "table",

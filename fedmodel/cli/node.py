@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from fedmodel.cli.console import err, fail, out
+from fedmodel.config.node import node_default, node_help
 from fedmodel.deployment.coordinator import flwr_env
 from fedmodel.deployment.guard import guarded_env
 from fedmodel.deployment.process import run_foreground
@@ -60,66 +61,41 @@ def keygen(
 
 @node_app.command("start")
 def start(
-    coordinator: Annotated[str, typer.Option(help="The coordinator's SuperLink, HOST:PORT")],
-    data: Annotated[Path, typer.Option(help="This site's data file (.csv, .parquet or .npz; texts .csv, .parquet "
-                                            "or .jsonl)")],
+    # Each option that is a node setting takes its help and default from NodeSettings' declaration
+    # (fedmodel.config.node); the others (the connection, the key, the port) are the command's own.
+    coordinator: Annotated[str, typer.Option(help=node_help("coordinator"))],
+    data: Annotated[Path, typer.Option(help=node_help("data-path"))],
     ca: Annotated[Path | None, typer.Option("--ca", help="The coordinator's CA certificate ca.crt")] = None,
     key: Annotated[Path | None, typer.Option("--key", help="This node's private key NAME.key (keygen)")] = None,
-    label: Annotated[str, typer.Option(help="Label column of a table (default: the reader's)")] = "",
+    label: Annotated[str, typer.Option(help=node_help("label"))] = node_default("label"),
     name: Annotated[str | None, typer.Option(help="Data owner's name (default: the key file's stem)")] = None,
-    budget_epsilon: Annotated[float, typer.Option(
-        help="This site's total privacy budget: the most epsilon every run together may spend on its data (> 0)")] = 3.0,
-    delta: Annotated[float, typer.Option(help="DP delta, 0 < delta < 1")] = 1e-5,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
-    state_dir: Annotated[Path, typer.Option(help="This site's state folder (privacy ledger, audit log, SuperNode log)")] = Path(
-        "~/.fedmodel/node"),
+    budget_epsilon: Annotated[float, typer.Option(help=node_help("budget-epsilon"))] = node_default("budget-epsilon"),
+    delta: Annotated[float, typer.Option(help=node_help("delta"))] = node_default("delta"),
+    device: Annotated[str, typer.Option(help=node_help("device"))] = node_default("device"),
+    # NodeSettings has no default state folder (the node config must name one); the command offers this one.
+    state_dir: Annotated[Path, typer.Option(help=node_help("state-dir"))] = Path("~/.fedmodel/node"),
     port: Annotated[int | None, typer.Option(help="Local Runtime API port (default: a free one)")] = None,
-    id_column: Annotated[list[str] | None, typer.Option(
-        "--id-column", help="An identifier column of this site's file: never a feature, never sent (repeatable)")] = None,
+    id_column: Annotated[list[str] | None, typer.Option("--id-column", help=node_help("id-columns"))] = None,
     insecure: Annotated[bool, typer.Option(
         "--insecure", help="No TLS, no authentication (a coordinator started with --insecure). Gives up: the traffic's "
                             "secrecy and who may join; for tests on one machine")] = False,
-    ledger_key: Annotated[Path | None, typer.Option(
-        "--ledger-key", help="Encrypt the privacy ledger with the 32-byte key in this file (created if absent)")] = None,
-    allow_no_dp: Annotated[bool, typer.Option(
-        "--allow-no-dp", help="Policy: accept runs without DP (refused by default). Gives up: record-level DP for those "
-                               "runs: their updates reveal individual rows")] = False,
+    ledger_key: Annotated[Path | None, typer.Option("--ledger-key", help=node_help("ledger-key"))] = None,
+    allow_no_dp: Annotated[bool, typer.Option("--allow-no-dp", help=node_help("allow-no-dp"))] = False,
     min_noise_multiplier: Annotated[float, typer.Option(
-        help="Policy: refuse runs whose noise multiplier is below this (0 = no minimum)")] = 0.0,
+        help=node_help("min-noise-multiplier"))] = node_default("min-noise-multiplier"),
     max_epsilon_per_run: Annotated[float | None, typer.Option(
-        help="Policy: refuse runs that would spend more epsilon than this on this site's data")] = None,
+        help=node_help("max-epsilon-per-run"))] = node_default("max-epsilon-per-run"),
     require_secure_aggregation: Annotated[bool, typer.Option(
-        "--require-secure-aggregation",
-        help="Policy: train only inside Flower's SecAgg+ protocol; refuse runs without --secure-aggregation")] = False,
-    model_path: Annotated[Path | None, typer.Option(
-        "--model-path", help="This site's copy of the base model folder, for language-model runs (Hugging Face "
-                             "folder: config, *.safetensors, tokenizer; checked against the coordinator's)")] = None,
+        "--require-secure-aggregation", help=node_help("require-secure-aggregation"))] = False,
+    model_path: Annotated[Path | None, typer.Option("--model-path", help=node_help("model-path"))] = None,
     allow_local_statistics: Annotated[bool, typer.Option(
-        "--allow-local-statistics",
-        help="Policy: accept cleaning and scaling computed from this site's own rows (local quartiles for "
-             "outliers, local mean/median/mode imputation, local z-score or min-max). Gives up: one record can "
-             "shift every other row, so DP-SGD's record-level guarantee no longer covers the preprocessing; "
-             "replies and the audit log show it (refused by default)")] = False,
-    evaluation: Annotated[EvaluationMode, typer.Option(
-        help="What the coordinator's evaluate messages get. dp: only noisy counts of examples and correct "
-             "predictions and a noisy sum of clipped losses (Gaussian mechanism, charged to this site's budget "
-             "before release; precision/recall/F1 not sent); a run plans one per round. exact: exact loss, "
-             "accuracy, precision, recall, F1 and example count for ANY weights the coordinator sends, charged to "
-             "nothing. Gives up: the coordinator can count the rows matching any rule it can encode as a "
-             "model (e.g. rows with feature j > t), for free. off: refuse evaluate messages")] = EvaluationMode.dp,
+        "--allow-local-statistics", help=node_help("allow-local-statistics"))] = False,
+    evaluation: Annotated[EvaluationMode, typer.Option(help=node_help("evaluation"))] = EvaluationMode(
+        node_default("evaluation")),
     evaluation_noise: Annotated[float, typer.Option(
-        help="Noise multiplier of a dp evaluation (> 0): at 10, one release costs epsilon 0.375 at delta 1e-5 "
-             "(RDP), ten cost 1.31 alone; the example count gets noise of std 17. Gives up (below 10): more "
-             "budget per evaluation and more precise counts for the coordinator")] = 10.0,
-    exact_replies: Annotated[bool, typer.Option(
-        "--exact-replies",
-        help="Send the exact train-loss and data-quality counts (rows, gaps, duplicates, outlier cells) in train "
-             "replies. Gives up: they are outside DP; a crafted model's mean loss can reveal a single row. "
-             "Default: train-loss withheld, counts rounded to one significant digit (steps of at least 10)")] = False,
-    audit_key: Annotated[Path | None, typer.Option(
-        "--audit-key", help="HMAC key of the audit log, created (32 random bytes, 0600) if absent; keep it OUTSIDE "
-                            "the state folder (default: <state-dir>.audit-key beside it). The copy of the log's "
-                            "head kept beside it (<key>.anchor) catches a log cut back")] = None,
+        help=node_help("evaluation-noise"))] = node_default("evaluation-noise"),
+    exact_replies: Annotated[bool, typer.Option("--exact-replies", help=node_help("exact-replies"))] = False,
+    audit_key: Annotated[Path | None, typer.Option("--audit-key", help=node_help("audit-key"))] = None,
 ) -> None:
     """Run this site's SuperNode in the foreground until Ctrl-C or until the coordinator revokes it."""
     owner = name if name is not None else (key.stem if key is not None else "node")

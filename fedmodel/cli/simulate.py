@@ -6,9 +6,8 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -23,105 +22,16 @@ if TYPE_CHECKING:
     from simulations.runner import LocalSuperLink
 
 
+@opt.run_options("simulate")
 def simulate(
-    dataset: opt.Dataset = None,
-    label: opt.Label = None,
-    clients: Annotated[int | None, typer.Option(help="Number of simulated data owners [default: 10]")] = None,
-    rounds: opt.Rounds = None,
-    partition: Annotated[str | None, typer.Option(
-        help="iid | dirichlet:ALPHA | pathological:K | sample:R (each owner draws R rows; owners share rows) "
-             "[default: iid]")] = None,
-    nodes: opt.Nodes = None,
-    owners_per_round: opt.OwnersPerRound = None,
-    epsilon: opt.Epsilon = None,
-    delta: opt.Delta = None,
-    no_dp: Annotated[bool, typer.Option("--no-dp", help="Train without differential privacy (ablation)")] = False,
-    max_grad_norm: opt.MaxGradNorm = None,
-    strategy: opt.Strategy = None,
-    proximal_mu: opt.ProximalMu = None,
-    server_lr: opt.ServerLr = None,
-    model: opt.Model = None,
-    local_epochs: opt.LocalEpochs = None,
-    batch_size: opt.BatchSize = None,
-    lr: opt.Lr = None,
-    seed: opt.Seed = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N [default: auto]")] = None,
-    test_fraction: opt.TestFraction = None,
-    ray_address: opt.RayAddress = None,
-    cpus_per_worker: opt.CpusPerWorker = None,
-    gpus_per_worker: opt.GpusPerWorker = None,
-    missing: opt.Missing = None,
-    duplicates: opt.Duplicates = None,
-    outliers: opt.Outliers = None,
-    outlier_k: opt.OutlierK = None,
-    scaling: opt.Scaling = None,
-    scaling_stats: opt.ScalingStats = None,
-    scaling_noise: opt.ScalingNoise = None,
+    given: dict[str, Any],
     id_column: opt.IdColumn = None,
-    augment: opt.Augment = None,
-    aggregation: opt.Aggregation = None,
-    max_update_norm: opt.MaxUpdateNorm = None,
-    task: opt.Task = None,
-    model_path: opt.ModelPath = None,
-    text_column: opt.TextColumn = None,
-    max_length: opt.MaxLength = None,
-    lora_rank: opt.LoraRank = None,
-    lora_alpha: opt.LoraAlpha = None,
-    lora_dropout: opt.LoraDropout = None,
-    lora_targets: opt.LoraTargets = None,
-    physical_batch_size: opt.PhysicalBatchSize = None,
-    max_rows: opt.MaxRows = None,
-    pooling: opt.Pooling = None,
-    head_lr: opt.HeadLr = None,
-    min_clients: opt.MinClients = None,
-    round_timeout: opt.RoundTimeout = None,
-    below_minimum: opt.BelowMinimum = None,
-    central_dp: opt.CentralDp = None,
-    central_noise: opt.CentralNoise = None,
-    central_clip: opt.CentralClip = None,
-    central_target_quantile: opt.CentralTargetQuantile = None,
-    central_clip_lr: opt.CentralClipLr = None,
-    central_count_stddev: opt.CentralCountStddev = None,
-    secure_aggregation: opt.SecureAggregation = False,
-    secagg_shares: opt.SecaggShares = None,
-    secagg_threshold: opt.SecaggThreshold = None,
     resume: opt.Resume = None,
-    ledger: opt.Ledger = None,
     config: opt.ConfigFile = None,
-    out_dir: opt.OutDir = None,
     output_format: opt.Format = "table",
-    inject_failure_owners: Annotated[str | None, typer.Option(hidden=True, help="Testing aid: owners that fail")] = None,
-    inject_faults: Annotated[str | None, typer.Option(hidden=True, help="Testing aid: faulty owners")] = None,
-    audit: Annotated[bool, typer.Option(
-        "--audit", help="Empirical privacy audit (testing aid): train on canaries and report a lower bound on "
-                        "epsilon beside the proven one")] = False,
-    audit_canaries: Annotated[int | None, typer.Option(help="Canaries of --audit [default: 200]")] = None,
-    audit_owners: Annotated[str | None, typer.Option(
-        help="Owners given the canaries of --audit, comma-separated [default: every owner]")] = None,
 ) -> None:
     """Split a real data set across simulated owners and train with per-owner DP-SGD on Flower."""
-    text = opt.text_options(task=task, model_path=model_path, text_column=text_column, max_length=max_length,
-                            lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                            lora_targets=lora_targets, physical_batch_size=physical_batch_size, max_rows=max_rows,
-                            pooling=pooling, head_lr=head_lr)
-    central = opt.central_options(
-        central_dp=central_dp, central_noise=central_noise, central_clip=central_clip,
-        central_target_quantile=central_target_quantile, central_clip_lr=central_clip_lr,
-        central_count_stddev=central_count_stddev) | opt.secure_options(
-        secure_aggregation=secure_aggregation, secagg_shares=secagg_shares, secagg_threshold=secagg_threshold)
-    values = text | central | opt.given(
-        dataset=dataset, label=label, clients=clients, rounds=rounds, partition=partition, epsilon=epsilon,
-        delta=delta, dp=False if no_dp else None, max_grad_norm=max_grad_norm, strategy=strategy,
-        proximal_mu=proximal_mu, server_lr=server_lr, model=model, local_epochs=local_epochs,
-        batch_size=batch_size, lr=lr, seed=seed, device=device, test_fraction=test_fraction, out=out_dir,
-        ray_address=ray_address, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-        inject_failure_owners=inject_failure_owners, inject_faults=inject_faults,
-        missing=missing, duplicates=duplicates, outliers=outliers, outlier_k=outlier_k, scaling=scaling,
-        scaling_stats=scaling_stats, scaling_noise=scaling_noise, id_columns=opt.id_columns(id_column),
-        augment=augment, aggregation=aggregation, max_update_norm=max_update_norm,
-        min_clients=min_clients, round_timeout=round_timeout, below_minimum=below_minimum, ledger=ledger,
-        nodes=nodes, owners_per_round=owners_per_round,
-    ) | opt.given(audit=True if audit else None, audit_canaries=audit_canaries, audit_owners=audit_owners)
+    values = given | opt.id_columns(id_column)
     run_config: RunConfig | None = None
     try:
         with interruptible():

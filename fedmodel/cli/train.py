@@ -15,64 +15,15 @@ from fedmodel.config import RunConfig
 from fedmodel.errors import ConfigError, FedModelError
 
 
+@opt.run_options("train")
 def train(
+    given: dict[str, Any],
     coordinator: Annotated[str, typer.Option(help="HOST:PORT of the coordinator's SuperLink")],
     ca: Annotated[Path | None, typer.Option(help="The coordinator's CA certificate (ca.crt)")] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="Plain HTTP, for a coordinator started --insecure")] = False,
-    dataset: opt.Dataset = None,
-    label: opt.Label = None,
-    clients: Annotated[int | None, typer.Option(help="Data-owner nodes that must take part [default: 10]")] = None,
-    rounds: opt.Rounds = None,
-    epsilon: opt.Epsilon = None,
-    delta: opt.Delta = None,
-    max_grad_norm: opt.MaxGradNorm = None,
-    strategy: opt.Strategy = None,
-    proximal_mu: opt.ProximalMu = None,
-    server_lr: opt.ServerLr = None,
-    model: opt.Model = None,
-    local_epochs: opt.LocalEpochs = None,
-    batch_size: opt.BatchSize = None,
-    lr: opt.Lr = None,
-    seed: opt.Seed = None,
-    test_fraction: opt.TestFraction = None,
-    missing: opt.Missing = None,
-    duplicates: opt.Duplicates = None,
-    outliers: opt.Outliers = None,
-    outlier_k: opt.OutlierK = None,
-    scaling: opt.Scaling = None,
-    scaling_stats: opt.ScalingStats = None,
-    scaling_noise: opt.ScalingNoise = None,
     id_column: opt.IdColumn = None,
-    augment: opt.Augment = None,
-    aggregation: opt.Aggregation = None,
-    max_update_norm: opt.MaxUpdateNorm = None,
-    task: opt.Task = None,
-    model_path: opt.ModelPath = None,
-    text_column: opt.TextColumn = None,
-    max_length: opt.MaxLength = None,
-    lora_rank: opt.LoraRank = None,
-    lora_alpha: opt.LoraAlpha = None,
-    lora_dropout: opt.LoraDropout = None,
-    lora_targets: opt.LoraTargets = None,
-    physical_batch_size: opt.PhysicalBatchSize = None,
-    max_rows: opt.MaxRows = None,
-    pooling: opt.Pooling = None,
-    head_lr: opt.HeadLr = None,
-    min_clients: opt.MinClients = None,
-    round_timeout: opt.RoundTimeout = None,
-    below_minimum: opt.BelowMinimum = None,
-    central_dp: opt.CentralDp = None,
-    central_noise: opt.CentralNoise = None,
-    central_clip: opt.CentralClip = None,
-    central_target_quantile: opt.CentralTargetQuantile = None,
-    central_clip_lr: opt.CentralClipLr = None,
-    central_count_stddev: opt.CentralCountStddev = None,
-    secure_aggregation: opt.SecureAggregation = False,
-    secagg_shares: opt.SecaggShares = None,
-    secagg_threshold: opt.SecaggThreshold = None,
     resume: opt.Resume = None,
     config: opt.ConfigFile = None,
-    out_dir: opt.OutDir = None,
     output_format: opt.Format = "table",
 ) -> None:
     """Train across deployed data-owner nodes; the coordinator evaluates on --dataset's test split.
@@ -80,25 +31,7 @@ def train(
     Each node trains on its own file with its own budget: --epsilon and --delta are what the run
     asks for, and a node spends at most its own budget.
     """
-    text = opt.text_options(task=task, model_path=model_path, text_column=text_column, max_length=max_length,
-                            lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                            lora_targets=lora_targets, physical_batch_size=physical_batch_size, max_rows=max_rows,
-                            pooling=pooling, head_lr=head_lr)
-    central = opt.central_options(
-        central_dp=central_dp, central_noise=central_noise, central_clip=central_clip,
-        central_target_quantile=central_target_quantile, central_clip_lr=central_clip_lr,
-        central_count_stddev=central_count_stddev) | opt.secure_options(
-        secure_aggregation=secure_aggregation, secagg_shares=secagg_shares, secagg_threshold=secagg_threshold)
-    values = text | central | opt.given(
-        dataset=dataset, label=label, clients=clients, rounds=rounds, epsilon=epsilon, delta=delta,
-        max_grad_norm=max_grad_norm, strategy=strategy, proximal_mu=proximal_mu, server_lr=server_lr,
-        model=model, local_epochs=local_epochs, batch_size=batch_size, lr=lr, seed=seed,
-        test_fraction=test_fraction, out=out_dir,
-        missing=missing, duplicates=duplicates, outliers=outliers, outlier_k=outlier_k, scaling=scaling,
-        scaling_stats=scaling_stats, scaling_noise=scaling_noise, id_columns=opt.id_columns(id_column),
-        augment=augment, aggregation=aggregation, max_update_norm=max_update_norm,
-        min_clients=min_clients, round_timeout=round_timeout, below_minimum=below_minimum,
-    )
+    values = given | opt.id_columns(id_column)
     run_config: RunConfig | None = None
     try:
         with interruptible():

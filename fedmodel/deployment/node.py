@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from fedmodel.config import DEVICE_PATTERN
+from fedmodel.config import DEVICE_PATTERN, NodeSettings
 from fedmodel.deployment.coordinator import DeploymentError, split_address
 from fedmodel.device import resolve_device
 from fedmodel.errors import ConfigError, FedModelError
@@ -31,10 +31,8 @@ __all__ = ["DATA_SUFFIXES", "NODE_CONFIG_KEYS", "check_node_audit_log", "exit_hi
            "privacy_policy", "supernode_command", "toml_string"]
 
 DATA_SUFFIXES = (".csv", ".parquet", ".npz", ".jsonl")
-NODE_CONFIG_KEYS = ("data-path", "label", "owner-name", "budget-epsilon", "delta", "device", "state-dir",
-                    "coordinator", "allow-no-dp", "min-noise-multiplier", "require-secure-aggregation",
-                    "max-epsilon-per-run", "ledger-key", "id-columns", "model-path", "allow-local-statistics",
-                    "evaluation", "evaluation-noise", "exact-replies", "audit-key")
+NODE_CONFIG_KEYS = NodeSettings.KEYS
+"""The ``--node-config`` keys: NodeSettings' fields (declared once in :mod:`fedmodel.config.node`)."""
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KEYGEN = "`fedmodel node keygen --out DIR --name NAME`"
 
@@ -116,30 +114,24 @@ def supernode_command(*, coordinator: str, ca_cert: Path | None, key: Path | Non
     if problems:
         raise ConfigError(problems)
     policy = policy if policy is not None else PrivacyPolicy()
-    config: dict[str, str | float | bool] = {
-        "data-path": str(_absolute(data)), "label": label, "owner-name": name,
-        "budget-epsilon": float(budget_epsilon), "delta": float(delta), "device": device,
-        "state-dir": str(_absolute(state_dir)), "coordinator": coordinator.strip(),
-        "allow-no-dp": not policy.dp_required, "min-noise-multiplier": float(policy.min_noise_multiplier),
-        "require-secure-aggregation": policy.require_secure_aggregation,
-    }
-    if policy.max_epsilon_per_run is not None:
-        config["max-epsilon-per-run"] = float(policy.max_epsilon_per_run)
-    config["allow-local-statistics"] = policy.allow_local_statistics
-    if ledger_key is not None:
-        config["ledger-key"] = str(_absolute(ledger_key))
     bad_ids = [c for c in id_columns if not c.strip() or "," in c]
     if bad_ids:
         raise ConfigError([f"--id-column {c!r}: expected one column name (repeat the option for several)"
                            for c in bad_ids])
-    if id_columns:
-        config["id-columns"] = ",".join(c.strip() for c in id_columns)
-    if model_path is not None:
-        config["model-path"] = str(_absolute(model_path))
-    config.update({"evaluation": evaluation, "evaluation-noise": float(evaluation_noise),
-                   "exact-replies": bool(exact_replies)})
-    if audit_key is not None:
-        config["audit-key"] = str(_absolute(audit_key))
+    settings = NodeSettings(
+        data_path=str(_absolute(data)), label=label, owner_name=name, budget_epsilon=budget_epsilon, delta=delta,
+        device=device, state_dir=str(_absolute(state_dir)), coordinator=coordinator.strip(),
+        allow_no_dp=not policy.dp_required, min_noise_multiplier=policy.min_noise_multiplier,
+        max_epsilon_per_run=policy.max_epsilon_per_run,
+        require_secure_aggregation=policy.require_secure_aggregation,
+        allow_local_statistics=policy.allow_local_statistics,
+        ledger_key=str(_absolute(ledger_key)) if ledger_key is not None else "",
+        id_columns=tuple(c.strip() for c in id_columns),
+        model_path=str(_absolute(model_path)) if model_path is not None else "",
+        evaluation=evaluation, evaluation_noise=evaluation_noise, exact_replies=bool(exact_replies),
+        audit_key=str(_absolute(audit_key)) if audit_key is not None else "",
+    )
+    config = settings.to_node_config()
     cmd = [_tool("flower-supernode"), "--superlink", coordinator.strip()]
     if insecure:
         cmd.append("--insecure")
