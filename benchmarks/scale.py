@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from fedmodel.config import RunConfig
+from fedmodel.report.model import Report
 from simulations.runner import run_simulation
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -28,15 +29,15 @@ def measure(owners: int, rounds: int, workers: int, cpus: int, folder: Path) -> 
     config = RunConfig(clients=owners, rounds=rounds, cpus_per_worker=max(cpus // workers, 1),
                        out=str(folder / f"workers-{workers}"))
     started = time.perf_counter()
-    report = run_simulation(config).report
+    report = Report.from_dict(run_simulation(config).report)
     total = time.perf_counter() - started
-    steady = sum(r["seconds"] for r in report["rounds"][1:])
-    steady_rounds = sum(r["num_replies"] for r in report["rounds"][1:])
+    steady = sum(r.seconds or 0.0 for r in report.rounds[1:])
+    steady_rounds = sum(r.num_replies or 0 for r in report.rounds[1:])
     return {
         "workers": workers, "total_s": total, "steady_s": steady,
         "steady_owner_rounds_per_s": steady_rounds / steady if steady else float("nan"),
         "overall_owner_rounds_per_s": owners * rounds / total,
-        "accuracy": report["final"]["accuracy"], "max_epsilon": report["privacy"]["max_epsilon"],
+        "accuracy": report.final.accuracy if report.final else float("nan"), "max_epsilon": report.privacy.max_epsilon,
     }
 
 

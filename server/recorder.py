@@ -28,13 +28,16 @@ from fedmodel.protocol import AUDIT_HEAD_RECORD_KEY
 from fedmodel.config import RunConfig
 from fedmodel.errors import AllClientsFailedError, refusal_rule
 from fedmodel.privacy import ACCOUNTANT
+from fedmodel.owners import OwnerId, owner_in_reason, owner_order, sorted_owners
 from fedmodel.privacy.central import summary as central_summary
+from fedmodel.report.model import (Attempt, AuditHead, DataQuality, Failure, Identity, IdentityClaim, Metrics,
+                                   OwnerPrivacy, OwnerQuality, OwnerResult, Privacy, Refusal, Report, Resources,
+                                   Round, Timing, UnfinishedRound)
 from fedmodel.report.run_folder import RunFolder
 from fedmodel.security.audit_log import AuditLog
 
 
 log = logging.getLogger("fedmodel.server")
-OwnerId = int | str
 R = TypeVar("R", ArrayRecord, MetricRecord, ConfigRecord)
 
 
@@ -44,12 +47,17 @@ class _Round:
     started: float
     train: list[dict[str, Any]] = field(default_factory=list)
     evaluate: list[dict[str, float]] = field(default_factory=list)
-    failures: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     timed_out: list[OwnerId] = field(default_factory=list)
     not_connected: list[OwnerId] = field(default_factory=list)
     destination: dict[str, int] = field(default_factory=dict)  # train message id -> node id
     attempt: int = 1
-    earlier: list[dict[str, Any]] = field(default_factory=list)  # attempts retried (below-minimum = retry)
+    earlier: list[Attempt] = field(default_factory=list)  # attempts retried (below-minimum = retry)
+
+    def participation(self) -> Attempt:
+        """Who replied, failed, timed out and was not connected in this attempt."""
+        return Attempt(attempt=self.attempt, replied=sorted_owners(m["owner"] for m in self.train),
+                       failures=self.failures, timed_out=self.timed_out, not_connected=self.not_connected)
 
 
 class RunRecorder:
@@ -59,10 +67,10 @@ class RunRecorder:
         self.config = config
         self.folder = folder
         self.audit = audit
-        self.refusals: list[dict[str, Any]] = []
+        self.refusals: list[Refusal] = []
         self.started = time.time()
-        self.initial: dict[str, float] | None = None
-        self.rows: list[dict[str, Any]] = []
+        self.initial: Metrics | None = None
+        self.rounds: list[Round] = []
         self.owner_privacy: dict[OwnerId, dict[str, float]] = {}
         self.owner_eval: dict[OwnerId, dict[str, float]] = {}
         self.owner_train: dict[OwnerId, dict[str, float]] = {}
@@ -79,8 +87,13 @@ class RunRecorder:
         self._seconds_before = 0.0  # ServerApp time spent before the latest resume
         self._round: _Round | None = None
         self.identity_source: str | None = None  # where owners' names come from, when not from the replies
-        self.identity_claims: list[dict[str, Any]] = []  # replies that claimed a name other than their node's
-        self.audit_heads: dict[OwnerId, list[dict[str, Any]]] = {}  # each deployed owner's audit-log head per reply
+        self.identity_claims: list[IdentityClaim] = []  # replies that claimed a name other than their node's
+        self.audit_heads: dict[OwnerId, list[AuditHead]] = {}  # each deployed owner's audit-log head per reply
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """The finished rounds as report.json writes them (and the checkpoint keeps them)."""
+        return [r.to_dict() for r in self.rounds]
 
     # ------------------------------------------------------------------ strategy hooks
     def round_started(self, server_round: int) -> None:
@@ -88,7 +101,7 @@ class RunRecorder:
         self._round = _Round(server_round, time.time())
         if previous is not None and previous.number == server_round:  # a retry of the same round
             self._round.attempt = previous.attempt + 1
-            self._round.earlier = previous.earlier + [_attempt_summary(previous)]
+            self._round.earlier = previous.earlier + [previous.participation()]
         self.folder.event("round-start", round=server_round, rounds=self.config.rounds, attempt=self._round.attempt)
 
     def train_sent(self, server_round: int, messages: Iterable[Message], replies: Iterable[Message]) -> None:
@@ -96,10 +109,9 @@ class RunRecorder:
         rnd = self._current(server_round)
         rnd.destination = {m.metadata.message_id: int(m.metadata.dst_node_id) for m in messages}
         answered = {r.metadata.reply_to_message_id for r in replies}
-        rnd.timed_out = sorted((self._name(node) for mid, node in rnd.destination.items() if mid not in answered),
-                               key=_sort_key)
+        rnd.timed_out = sorted_owners(self._name(node) for mid, node in rnd.destination.items() if mid not in answered)
         asked = {self._name(node) for node in rnd.destination.values()}
-        rnd.not_connected = sorted({o for o in self.node_owner.values() if o not in asked}, key=_sort_key)
+        rnd.not_connected = sorted_owners({o for o in self.node_owner.values() if o not in asked})
         if rnd.timed_out:
             self.folder.event("timed-out", round=server_round, owners=rnd.timed_out)
         if self.update_audit is not None:
@@ -112,11 +124,9 @@ class RunRecorder:
         for msg in replies:
             if msg.has_error():
                 node = rnd.destination.get(msg.metadata.reply_to_message_id, int(msg.metadata.src_node_id))
-                owner = _owner_in(msg.error.reason)
-                rnd.failures.append({
-                    "node_id": node, "owner": owner if owner is not None else self.node_owner.get(node),
-                    "reason": msg.error.reason,
-                })
+                owner = owner_in_reason(msg.error.reason)  # the owner of a cohort's node that failed: only its text says
+                rnd.failures.append(Failure(node_id=node, reason=msg.error.reason,
+                                            owner=owner if owner is not None else self.node_owner.get(node)))
             else:
                 owner = owner_of(msg)
                 self.node_owner[int(msg.metadata.src_node_id)] = owner
@@ -139,9 +149,9 @@ class RunRecorder:
         if self.audit is not None:
             self.audit.append("train-replies", round=server_round, replies=[
                 {"owner": m["owner"], **{k: m[k] for k in ("num-examples", "epsilon", "ledger-epsilon") if k in m}}
-                for m in rnd.train], failures=[{"owner": f["owner"], "reason": f["reason"]} for f in rnd.failures])
+                for m in rnd.train], failures=[{"owner": f.owner, "reason": f.reason} for f in rnd.failures])
         if replies and not rnd.train:
-            reasons = "; ".join(sorted({f["reason"].splitlines()[0] for f in rnd.failures}))
+            reasons = "; ".join(sorted({f.first_line for f in rnd.failures}))
             raise AllClientsFailedError(
                 f"round {server_round}: all {len(replies)} owners failed, nothing to aggregate: {reasons}"
             )
@@ -152,8 +162,8 @@ class RunRecorder:
     def shortfall(self, server_round: int) -> str:
         """Who is missing from a round, for the reason a round stops: failures (first line) and time-outs."""
         rnd = self._current(server_round)
-        parts = [f"owner {f['owner'] if f['owner'] is not None else 'node ' + str(f['node_id'])} failed "
-                 f"({f['reason'].splitlines()[0]})" for f in rnd.failures]
+        parts = [f"owner {f.owner if f.owner is not None else 'node ' + str(f.node_id)} failed ({f.first_line})"
+                 for f in rnd.failures]
         parts += [f"{o if isinstance(o, str) and o.startswith('node ') else 'owner ' + str(o)} timed out"
                   for o in rnd.timed_out]
         return "; ".join(parts) if parts else "no other owner was sent the round"
@@ -186,11 +196,12 @@ class RunRecorder:
                 self.owner_eval[owner_of(msg)] = metrics
                 self.node_owner[int(msg.metadata.src_node_id)] = owner_of(msg)
             else:
-                failures.append({"owner": _owner_in(msg.error.reason), "reason": msg.error.reason})
+                failures.append(Failure(owner=owner_in_reason(msg.error.reason), reason=msg.error.reason))
         self._refusals(server_round, failures)  # an owner's evaluation budget or policy refusal
         self._audit_heads(server_round, "evaluate", replies)
         if self.audit is not None:
-            self.audit.append("evaluate-replies", round=server_round, replies=len(rnd.evaluate), failures=failures)
+            self.audit.append("evaluate-replies", round=server_round, replies=len(rnd.evaluate),
+                              failures=[f.to_dict() for f in failures])
 
     def _audit_heads(self, server_round: int, kind: str, replies: Iterable[Message]) -> None:
         """Keep each deployed owner's audit-log head (count, tip) from its replies, in the audit log and report.
@@ -207,24 +218,24 @@ class RunRecorder:
             if not isinstance(count, int) or isinstance(count, bool) or not isinstance(tip, str):
                 continue
             owner = owner_of(msg)
-            head = {"round": server_round, "kind": kind, "owner": owner, "count": count, "tip": tip[:64],
-                    "keyed": bool(record.get("keyed", False))}
-            seen = [h["count"] for h in self.audit_heads.get(owner, [])]
+            head = AuditHead(round=server_round, kind=kind, owner=owner, count=count, tip=tip[:64],
+                             keyed=bool(record.get("keyed", False)))
+            seen = [h.count for h in self.audit_heads.get(owner, [])]
             if seen and count < max(seen):
-                head["rolled_back_from"] = max(seen)
+                head.rolled_back_from = max(seen)
                 self.folder.event("node-audit-rollback", round=server_round, owner=owner, count=count,
                                   before=max(seen))
             self.audit_heads.setdefault(owner, []).append(head)
             heads.append(head)
         if heads and self.audit is not None:
-            self.audit.append("node-audit-heads", round=server_round, kind=kind, heads=heads)
+            self.audit.append("node-audit-heads", round=server_round, kind=kind, heads=[h.to_dict() for h in heads])
 
-    def _refusals(self, server_round: int, failures: list[dict[str, Any]]) -> None:
+    def _refusals(self, server_round: int, failures: list[Failure]) -> None:
         """Failures that are an owner's refusal (its budget, its policy), for the report's privacy section."""
         for f in failures:
-            rule = refusal_rule(f["reason"])
+            rule = refusal_rule(f.reason)
             if rule is not None:
-                self.refusals.append({"round": server_round, "owner": f["owner"], "rule": rule, "reason": f["reason"]})
+                self.refusals.append(Refusal(round=server_round, owner=f.owner, rule=rule, reason=f.reason))
 
     def scaling_statistics(self, stats: Any, bounds: Any, owners: dict[OwnerId, float],
                            failures: list[dict[str, Any]]) -> None:
@@ -239,11 +250,11 @@ class RunRecorder:
                 for m, s, ms, ss, lo, hi in zip(stats.mean, stats.std, stats.mean_se, stats.std_se, bounds.lo,
                                                 bounds.hi, strict=True)
             ],
-            "owner_epsilon": [{"owner": o, "epsilon": e} for o, e in sorted(owners.items(), key=lambda i: _sort_key(i[0]))],
+            "owner_epsilon": [{"owner": o, "epsilon": e} for o, e in sorted(owners.items(), key=lambda i: owner_order(i[0]))],
             "failures": failures,
         }
         self.folder.event("scaling-statistics", owners=stats.owners, failures=len(failures))
-        self._refusals(0, failures)
+        self._refusals(0, [Failure.from_dict(f) for f in failures])
         if self.audit is not None:
             self.audit.append("scaling-statistics", owners_answered=int(stats.owners),
                               owner_epsilon=self.scaling["owner_epsilon"],
@@ -259,45 +270,36 @@ class RunRecorder:
         train_loss = (sum(m["train-loss"] * m["num-examples"] for m in rnd.train if _finite(m["train-loss"]))
                       / examples) if examples else None
         eps = [m["epsilon"] for m in rnd.train if "epsilon" in m]
-        row: dict[str, Any] = {
-            "round": server_round, "train_loss": train_loss, **_test_metrics(metrics),
-            "num_replies": len(rnd.train), "num_failures": len(rnd.failures),
-            "seconds": round(time.time() - rnd.started, 3),
-            "epsilon_max": max(eps) if eps else None, "num_timed_out": len(rnd.timed_out),
-        }
-        self.folder.append_round(row)
-        row["replied"] = sorted((m["owner"] for m in rnd.train), key=_sort_key)
-        row["failures"] = rnd.failures
-        row["timed_out"] = rnd.timed_out
-        row["not_connected"] = rnd.not_connected
-        row["attempt"] = rnd.attempt
-        if rnd.earlier:
-            row["retried"] = rnd.earlier
-        row["owner_epsilon"] = [{"owner": m["owner"], "epsilon": m["epsilon"]}
-                                for m in sorted(rnd.train, key=lambda m: _sort_key(m["owner"])) if "epsilon" in m]
-        self.rows.append(row)
-        self.folder.event("round", **{k: v for k, v in row.items()
-                                      if k not in ("failures", "owner_epsilon", "replied", "timed_out", "retried",
-                                                   "not_connected")})
+        row = Round(
+            round=server_round, train_loss=train_loss, test=_test_metrics(metrics), num_replies=len(rnd.train),
+            num_failures=len(rnd.failures), seconds=round(time.time() - rnd.started, 3),
+            epsilon_max=max(eps) if eps else None, num_timed_out=len(rnd.timed_out),
+            participation=rnd.participation(), retried=rnd.earlier,
+            owner_epsilon=[(m["owner"], m["epsilon"]) for m in sorted(rnd.train, key=lambda m: owner_order(m["owner"]))
+                           if "epsilon" in m],
+        )
+        self.folder.append_round(row.csv_row())
+        self.rounds.append(row)
+        self.folder.event("round", **row.csv_row(), attempt=rnd.attempt)
         self._round = None
 
     def identity_claim(self, node_id: int, owner: str, claimed: str) -> None:
         """A reply from ``node_id`` (registry name ``owner``) claimed to be ``claimed``: flagged, never believed."""
-        if any(c["node_id"] == node_id and c["claimed_name"] == claimed for c in self.identity_claims):
+        if any(c.node_id == node_id and c.claimed_name == claimed for c in self.identity_claims):
             return
         server_round = self._round.number if self._round is not None else None
-        self.identity_claims.append({"node_id": node_id, "owner": owner, "claimed_name": claimed,
-                                     "round": server_round})
+        self.identity_claims.append(IdentityClaim(node_id=node_id, owner=owner, claimed_name=claimed,
+                                                  round=server_round))
         log.warning("node %d (%s) replied claiming to be owner %s; reported as %s", node_id, owner, claimed, owner)
         self.folder.event("identity-claim", node_id=node_id, owner=owner, claimed_name=claimed, round=server_round)
         if self.audit is not None:
             self.audit.append("identity-claim", node_id=node_id, owner=owner, claimed_name=claimed,
                               round=server_round, warning=f"reply claimed another owner's name; reported as {owner}")
 
-    def _claimed(self, owner: OwnerId) -> dict[str, list[str]]:
-        """``{"claimed_name": [...]}`` for an owner whose node claimed other names, else nothing."""
-        names = sorted({c["claimed_name"] for c in self.identity_claims if c["owner"] == owner})
-        return {"claimed_name": names} if names else {}
+    def _claimed(self, owner: OwnerId) -> list[str] | None:
+        """The other names an owner's node claimed, or None when it claimed none."""
+        names = sorted({c.claimed_name for c in self.identity_claims if c.owner == owner})
+        return names or None
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
@@ -306,20 +308,22 @@ class RunRecorder:
             return [[k, v] for k, v in d.items()]
 
         return {
-            "initial": self.initial, "rows": self.rows, "owner_privacy": pairs(self.owner_privacy),
+            "initial": self.initial.to_dict() if self.initial else None, "rows": self.rows,
+            "owner_privacy": pairs(self.owner_privacy),
             "owner_eval": pairs(self.owner_eval), "owner_train": pairs(self.owner_train),
             "owner_node": pairs(self.owner_node), "ray_nodes": sorted(self.ray_nodes),
             "owner_quality": pairs(self.owner_quality), "scaling": self.scaling,
             "owner_state": [[o, r, s] for o, (r, s) in self.owner_state.items()],
-            "node_owner": pairs(self.node_owner), "resumes": self.resumes, "refusals": self.refusals,
-            "central": self.central, "identity_claims": self.identity_claims,
+            "node_owner": pairs(self.node_owner), "resumes": self.resumes,
+            "refusals": [r.to_dict() for r in self.refusals], "central": self.central,
+            "identity_claims": [c.to_dict() for c in self.identity_claims],
             "seconds_before": round(time.time() - self.started, 3) + self._seconds_before,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state` (a checkpoint's)."""
-        self.initial = state["initial"]
-        self.rows = list(state["rows"])
+        self.initial = Metrics.from_dict(state["initial"])
+        self.rounds = [Round.from_dict(r) for r in state["rows"]]
         self.owner_privacy = {o: v for o, v in state["owner_privacy"]}
         self.owner_eval = {o: v for o, v in state["owner_eval"]}
         self.owner_train = {o: v for o, v in state["owner_train"]}
@@ -330,9 +334,9 @@ class RunRecorder:
         self.owner_state = {o: (int(r), s) for o, r, s in state["owner_state"]}
         self.node_owner = {int(n): o for n, o in state["node_owner"]}
         self.resumes = list(state["resumes"])
-        self.refusals = list(state.get("refusals", []))
+        self.refusals = [Refusal.from_dict(r) for r in state.get("refusals", [])]
         self.central = state.get("central")
-        self.identity_claims = list(state.get("identity_claims", []))
+        self.identity_claims = [IdentityClaim.from_dict(c) for c in state.get("identity_claims", [])]
         self._seconds_before = float(state.get("seconds_before", 0.0))
 
     def _keep_state(self, server_round: int, owner: OwnerId, msg: Message) -> None:
@@ -346,79 +350,76 @@ class RunRecorder:
 
     # ------------------------------------------------------------------ report
     def report(self, status: str, reason: str | None = None) -> dict[str, Any]:
-        """The report.json content (NaN written as null)."""
+        """The report.json content (NaN written as null): :meth:`build_report`'s, as the file holds it."""
+        return self.build_report(status, reason).to_dict()
+
+    def build_report(self, status: str, reason: str | None = None) -> Report:
+        """The run's report so far, ``status`` ("completed" or "failed") with the ``reason`` of a failure."""
         c = self.config
-        last = self.rows[-1] if self.rows else None
-        final = {k: last[k] for k in ("accuracy", "precision", "recall", "f1", "test_loss")} if last else None
+        last = self.rounds[-1] if self.rounds else None
         owners = [
-            {"owner": o, "num_examples": int(m["num-examples"]), 
-             "train_loss": self.owner_train.get(o, {}).get("train-loss"),
-             **{k: m.get(k) for k in ("accuracy", "precision", "recall", "f1")}, "loss": m.get("loss"),
-             "ray_node": self.owner_node.get(o), **self._claimed(o),
-             **_release_flags(m, self.owner_train.get(o, {}))}
-            for o, m in sorted(self.owner_eval.items(), key=lambda item: _sort_key(item[0]))
+            OwnerResult(owner=o, num_examples=int(m["num-examples"]),
+                        train_loss=self.owner_train.get(o, {}).get("train-loss"),
+                        accuracy=m.get("accuracy"), precision=m.get("precision"), recall=m.get("recall"),
+                        f1=m.get("f1"), loss=m.get("loss"), ray_node=self.owner_node.get(o),
+                        claimed_name=self._claimed(o), **_release_flags(m, self.owner_train.get(o, {})))
+            for o, m in sorted(self.owner_eval.items(), key=lambda item: owner_order(item[0]))
         ]
-        privacy: dict[str, Any] = {"mode": "dp-sgd" if c.dp else "none"}
         if c.dp:
-            privacy.update({
-                "delta": c.delta, "accountant": ACCOUNTANT, "budget_epsilon": c.epsilon,
-                "level": "sample-level (DP-SGD at each owner, per-example adjacency)",
-                "max_epsilon": max((m["epsilon"] for m in self.owner_privacy.values()), default=None),
-                "ledger": self._ledger(),
-                "refusals": self.refusals,
-                "owners": [
-                    {"owner": o, "epsilon": m["epsilon"], **_across_runs(m),
-                     "epsilon_scaling_statistics": self._scaling_epsilon(o),
-                     "noise_multiplier": m["noise-multiplier"], "sample_rate": m["sample-rate"],
-                     "steps": int(m["steps"]), "max_grad_norm": m["max-grad-norm"], "delta": m["delta"],
-                     "num_examples": int(m["num-examples"]), **self._claimed(o)}
-                    for o, m in sorted(self.owner_privacy.items(), key=lambda item: _sort_key(item[0]))
+            privacy = Privacy(
+                mode="dp-sgd", delta=c.delta, accountant=ACCOUNTANT, budget_epsilon=c.epsilon,
+                level="sample-level (DP-SGD at each owner, per-example adjacency)",
+                max_epsilon=max((m["epsilon"] for m in self.owner_privacy.values()), default=None),
+                ledger=self._ledger(), refusals=self.refusals,
+                owners=[
+                    OwnerPrivacy(owner=o, epsilon=m["epsilon"], **_across_runs(m),
+                                 epsilon_scaling_statistics=self._scaling_epsilon(o),
+                                 noise_multiplier=m["noise-multiplier"], sample_rate=m["sample-rate"],
+                                 steps=int(m["steps"]), max_grad_norm=m["max-grad-norm"], delta=m["delta"],
+                                 num_examples=int(m["num-examples"]), claimed_name=self._claimed(o))
+                    for o, m in sorted(self.owner_privacy.items(), key=lambda item: owner_order(item[0]))
                 ],
-            })
+            )
         else:
-            privacy.update({"delta": None, "accountant": None, "budget_epsilon": None, "max_epsilon": None,
-                            "ledger": None, "refusals": self.refusals, "owners": []})
-        if self.privacy_audit is not None:
-            privacy["audit"] = self.privacy_audit
-        privacy["client_level"] = central_summary(self.central, c.delta)
-        identity = {}  # deployments with a node registry only: simulated owners are their partition numbers
+            privacy = Privacy(mode="none", refusals=self.refusals)
+        privacy.audit = self.privacy_audit
+        privacy.client_level = central_summary(self.central, c.delta)
+        identity = None  # deployments with a node registry only: simulated owners are their partition numbers
         if self.identity_source or self.identity_claims:
-            identity = {"identity": {"source": self.identity_source or "the replies (self-declared)",
-                                     "claims": self.identity_claims}}
-        return _nan_to_none({
-            "status": status, "reason": reason, "dataset": c.dataset_label, "num_clients": c.clients,
-            "num_rounds": c.rounds, "strategy": c.strategy, "model": c.model, "partition": str(c.partition),
-            "initial": self.initial, "rounds": self.rows, "unfinished_round": self._unfinished(), "final": final,
-            "owners": owners, "privacy": privacy,
-            "data_quality": {
-                "note": "counts of each owner's rows before and after cleaning; no value leaves an owner",
-                "cleaning": {k: c.to_mapping()[k] for k in ("missing", "duplicates", "outliers", "outlier-k",
-                                                            "scaling", "scaling-stats", "id-columns", "augment")},
-                "owners": [{"owner": o, **q} for o, q in sorted(self.owner_quality.items(),
-                                                                 key=lambda item: _sort_key(item[0]))],
-            },
-            "scaling": self.scaling,
-            "resources": {
-                "ray_address": c.ray_address or None, "cpus_per_worker": c.cpus_per_worker,
-                "gpus_per_worker": c.gpus_per_worker, "ray_nodes": sorted(self.ray_nodes),
-            },
-            "timing": {"serverapp_seconds": round(time.time() - self.started + self._seconds_before, 3)},
-            "resumed": self.resumes,
-            **({"node_audit_heads": {str(o): h for o, h in self.audit_heads.items()}} if self.audit_heads else {}),
-            "versions": _versions(), "config": c.to_mapping(), **identity,
-            "notes": [
+            identity = Identity(source=self.identity_source or "the replies (self-declared)",
+                                claims=self.identity_claims)
+        mapping = c.to_mapping()
+        return Report(
+            status=status, reason=reason, dataset=c.dataset_label, num_clients=c.clients, num_rounds=c.rounds,
+            strategy=c.strategy, model=c.model, partition=str(c.partition), initial=self.initial, rounds=self.rounds,
+            unfinished_round=self._unfinished(), final=last.test if last else None, owners=owners, privacy=privacy,
+            data_quality=DataQuality(
+                note="counts of each owner's rows before and after cleaning; no value leaves an owner",
+                cleaning={k: mapping[k] for k in ("missing", "duplicates", "outliers", "outlier-k", "scaling",
+                                                  "scaling-stats", "id-columns", "augment")},
+                owners=[OwnerQuality(owner=o, counts=q)
+                        for o, q in sorted(self.owner_quality.items(), key=lambda item: owner_order(item[0]))],
+            ),
+            scaling=self.scaling,
+            resources=Resources(ray_address=c.ray_address or None, cpus_per_worker=c.cpus_per_worker,
+                                gpus_per_worker=c.gpus_per_worker, ray_nodes=sorted(self.ray_nodes)),
+            timing=Timing(serverapp_seconds=round(time.time() - self.started + self._seconds_before, 3)),
+            resumed=self.resumes,
+            node_audit_heads={str(o): h for o, h in self.audit_heads.items()} if self.audit_heads else None,
+            versions=_versions(), config=mapping, identity=identity,
+            notes=[
                 "The DP guarantee covers the model updates. Each owner's shard size, mean training loss and "
                 "the metrics of the global model on its shard are released as plain numbers, outside it.",
             ] + ([RELEASE_NOTE] if any(m.get("evaluation-dp") for m in self.owner_eval.values())
                  or any(m.get("exact-replies") == 0.0 for m in self.owner_train.values()) else []),
-        })
+        )
 
-    def _unfinished(self) -> dict[str, Any] | None:
+    def _unfinished(self) -> UnfinishedRound | None:
         """The round in progress when the run stopped (who replied, failed, timed out), or None."""
         rnd = self._round
         if rnd is None:
             return None
-        return {"round": rnd.number, **_attempt_summary(rnd), **({"retried": rnd.earlier} if rnd.earlier else {})}
+        return UnfinishedRound(round=rnd.number, participation=rnd.participation(), retried=rnd.earlier)
 
     def _ledger(self) -> str | None:
         """Where the owners' totals across runs come from, if anywhere."""
@@ -469,11 +470,6 @@ def _release_flags(evaluation: dict[str, float], train: dict[str, float]) -> dic
     return flags
 
 
-def _attempt_summary(rnd: _Round) -> dict[str, Any]:
-    return {"attempt": rnd.attempt, "replied": sorted((m["owner"] for m in rnd.train), key=_sort_key),
-            "failures": rnd.failures, "timed_out": rnd.timed_out, "not_connected": rnd.not_connected}
-
-
 def records(msg: Message, kind: type[R]) -> dict[str, R]:
     """The reply's records of one kind (what Flower's ``metric_records`` etc. give, without their copying)."""
     return {name: record for name, record in msg.content.items() if isinstance(record, kind)}
@@ -505,36 +501,13 @@ def ray_node_of(msg: Message) -> str | None:
     return str(node) if node else None
 
 
-def _owner_in(reason: str) -> OwnerId | None:
-    """The owner a ClientApp error reply names ("owner 3: ..." or "owner site-a: ..."), if any."""
-    head = reason.split(":", 1)[0].strip()
-    if not head.startswith("owner ") or not head[6:]:
-        return None
-    name = head[6:]
-    return int(name) if name.isdigit() else name
-
-
-def _sort_key(owner: OwnerId) -> tuple[int, str]:
-    return (owner, "") if isinstance(owner, int) else (0, owner)
-
-
-def _test_metrics(m: dict[str, float]) -> dict[str, float]:
-    return {"test_loss": m["loss"], "accuracy": m["accuracy"], "precision": m["precision"],
-            "recall": m["recall"], "f1": m["f1"]}
+def _test_metrics(m: dict[str, float]) -> Metrics:
+    return Metrics(test_loss=m["loss"], accuracy=m["accuracy"], precision=m["precision"], recall=m["recall"],
+                   f1=m["f1"])
 
 
 def _finite(x: float) -> bool:
     return math.isfinite(x)
-
-
-def _nan_to_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _nan_to_none(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_nan_to_none(v) for v in value]
-    return value
 
 
 def _versions() -> dict[str, str]:

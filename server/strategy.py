@@ -35,6 +35,7 @@ from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedmodel.config import RunConfig
 from fedmodel.errors import BelowMinimumError
+from fedmodel.owners import owner_order as _owner_order  # the one owner ordering, as the recorder's
 from server.recorder import RunRecorder, owner_of, records
 from server.validation import validate_update
 
@@ -221,10 +222,6 @@ class _Connected:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
-
-
-def _owner_order(owner: int | str) -> tuple[int, int | str]:
-    return (0, owner) if isinstance(owner, int) else (1, owner)
 
 
 def _common_metric_layout(replies: list[Message]) -> _MetricLayout | None:

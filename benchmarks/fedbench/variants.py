@@ -25,6 +25,7 @@ from fedbench.treemem import TreeMemoryPeak, TreeMemorySampler
 from fedmodel.config import RunConfig
 from fedmodel.data import federated_split
 from fedmodel.privacy import epsilon_spent, plan_for_owner, steps_per_epoch
+from fedmodel.report.model import Report
 from fedmodel.report.run_folder import read_events
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
@@ -98,18 +99,19 @@ def run_fedmodel(name: str, config: RunConfig, s: Scenario, work: Path, *, timeo
     report_path = run_dir / "report.json"
     if run.returncode != 0 or not report_path.exists():
         return _failed(name, run, f"exit code {run.returncode}: {run.tail()}")
-    report = json.loads(report_path.read_text(encoding="utf-8"))
-    rounds = report.get("rounds", [])
-    bad = [r["round"] for r in rounds if r["num_replies"] != s.sampled or r["num_failures"]]
-    if report.get("status") != "completed" or len(rounds) != s.rounds or bad:
-        return _failed(name, run, f"report status {report.get('status')}, {len(rounds)} rounds, short rounds {bad}")
+    report = Report.read(report_path)
+    rounds = report.rounds
+    bad = [r.round for r in rounds if r.num_replies != s.sampled or r.num_failures]
+    if report.status != "completed" or len(rounds) != s.rounds or bad:
+        return _failed(name, run, f"report status {report.status}, {len(rounds)} rounds, short rounds {bad}")
     events, _ = read_events(run_dir / "progress.jsonl")
     ends = [float(e["time"]) for e in events if e["event"] == "round"]
-    eps = report["privacy"].get("max_epsilon")
+    eps = report.privacy.max_epsilon
     return VariantResult(name, wall_s=run.wall_s, first_round_s=ends[0] - run.started if ends else None,
                          later_round_s=later_round_seconds(ends),
                          peak_rss_bytes=run.peak.rss_bytes, peak_processes=run.peak.processes,
-                         accuracy=report["final"]["accuracy"], epsilon_reported=eps, epsilon_spent=eps)
+                         accuracy=report.final.accuracy if report.final else None, epsilon_reported=eps,
+                         epsilon_spent=eps)
 
 
 def reference_values(config: RunConfig, s: Scenario, schedule: DPSchedule, rounds_file: Path) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from fedmodel.cli.console import err, fail, out, print_json_document
 from fedmodel.cli.resume import INTERRUPTED_EXIT, interruptible, interrupted_message, resume_config
 from fedmodel.config import BUNDLED_DATASETS, RunConfig
 from fedmodel.errors import ConfigError, FedModelError
+from fedmodel.report.model import Metrics, Report
 from fedmodel.runs import ProgressFn
 
 if TYPE_CHECKING:
@@ -177,42 +178,41 @@ def with_progress(rounds: int, first: str, run: Callable[[ProgressFn], Any]) -> 
         return run(on_event)
 
 
-def print_summary(report: dict[str, Any], run_dir: Path) -> None:
+def print_summary(report: Report | dict[str, Any], run_dir: Path) -> None:
     """The end-of-run table: final metrics, privacy and where the files are."""
-    table = Table(title=f"fedmodel simulate: {report['dataset']}, {report['num_clients']} owners", show_header=False)
+    r = report if isinstance(report, Report) else Report.from_dict(report)
+    table = Table(title=f"fedmodel simulate: {r.dataset}, {r.num_clients} owners", show_header=False)
     table.add_column("what")
     table.add_column("value")
-    final = report.get("final") or {}
+    final = r.final or Metrics()
     for key in ("accuracy", "precision", "recall", "f1"):
-        value = final.get(key)
+        value = getattr(final, key)
         table.add_row(f"final {key}", f"{value:.1%}" if isinstance(value, (int, float)) else "-")
-    privacy = report["privacy"]
-    if privacy["mode"] == "none":
+    privacy = r.privacy
+    if privacy.mode == "none":
         table.add_row("privacy", "none (--no-dp)")
     else:
-        table.add_row("privacy", f"DP-SGD, {privacy['accountant']} accountant, delta {privacy['delta']:g}")
-        eps = [o["epsilon"] for o in privacy["owners"]]
+        table.add_row("privacy", f"DP-SGD, {privacy.accountant} accountant, delta {privacy.delta:g}")
+        eps = [o.epsilon for o in privacy.owners if o.epsilon is not None]
         if eps:
             table.add_row("epsilon per owner", f"max {max(eps):.3f}, min {min(eps):.3f} "
-                                               f"(budget {privacy['budget_epsilon']:g})")
-    client_level = privacy.get("client_level")
+                                               f"(budget {privacy.budget_epsilon:g})")
+    client_level = privacy.client_level
     if client_level:  # central DP (server.central_dp)
         table.add_row("client-level epsilon", f"{client_level['epsilon']:.3f} at delta {client_level['delta']:g} "
                                               f"(central DP, {client_level['rounds']} rounds, noise multiplier "
                                               f"{client_level['noise_multiplier']:g})")
-    audit = privacy.get("audit")
-    if audit:
-        table.add_row("privacy audit", audit_line(audit))
-    failures = sum(r["num_failures"] for r in report["rounds"])
-    table.add_row("owner failures", str(failures))
-    resources = report.get("resources")
+    if privacy.audit:
+        table.add_row("privacy audit", audit_line(privacy.audit))
+    table.add_row("owner failures", str(r.failures))
+    resources = r.resources
     if resources:
-        where = resources.get("ray_address") or "private local Ray"
-        nodes = len(resources.get("ray_nodes") or [])
-        table.add_row("workers", f"{where}: {resources['cpus_per_worker']} CPU, {resources['gpus_per_worker']:g} GPU "
+        where = resources.ray_address or "private local Ray"
+        nodes = len(resources.ray_nodes)
+        table.add_row("workers", f"{where}: {resources.cpus_per_worker} CPU, {resources.gpus_per_worker:g} GPU "
                                  f"each; owners trained on {nodes} Ray node{'s' if nodes != 1 else ''}")
-    timing = report.get("timing", {})
-    table.add_row("time", f"{timing.get('total_seconds', 0):.1f} s (start-up {timing.get('startup_seconds') or 0:.1f} s)")
+    timing = r.timing
+    table.add_row("time", f"{timing.total_seconds or 0:.1f} s (start-up {timing.startup_seconds or 0:.1f} s)")
     table.add_row("run folder", str(run_dir))
     table.add_row("report", str(run_dir / "report.html"))
     out.print(table)

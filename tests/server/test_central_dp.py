@@ -131,7 +131,7 @@ def test_an_unclipped_update_is_rejected_and_never_averaged(tmp_path: Path) -> N
     assert aggregated is not None
     torch.testing.assert_close(aggregated.to_torch_state_dict()["w"], good["w"], atol=1e-6, rtol=0)
     failure = recorder._round.failures[0]  # type: ignore[union-attr]
-    assert failure["owner"] == 1 and "above the central-DP clipping norm 1" in failure["reason"]
+    assert failure.owner == 1 and "above the central-DP clipping norm 1" in failure.reason  # a typed Failure
     assert recorder.central["releases"][0]["owners"] == 1
 
 

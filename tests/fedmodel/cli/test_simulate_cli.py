@@ -155,3 +155,27 @@ def test_many_owners_on_a_node_each_get_a_tip_and_cohorts_do_not() -> None:
     assert simulate_module.cohort_tip(RunConfig(clients=500, nodes=2)) is None
     assert simulate_module.cohort_tip(RunConfig(clients=10)) is None
     assert simulate_module.cohort_tip(RunConfig(clients=500, secure_aggregation=True)) is None  # cohorts refuse it
+
+
+def test_the_summary_table_reads_the_typed_report(tmp_path: Path) -> None:
+    import json
+
+    from fedmodel.cli.console import out
+
+    fixture = Path(__file__).parents[1] / "report" / "data" / "default_report_before.json"
+    report = json.loads(fixture.read_text(encoding="utf-8"))
+    report["timing"] = {"serverapp_seconds": 31.9, "total_seconds": 52.1, "startup_seconds": 14.1}
+    report["rounds"][2]["num_failures"] = 2
+    with out.capture() as captured:
+        simulate_module.print_summary(report, tmp_path)
+    text = " ".join(captured.get().split())
+    for line in ("final accuracy │ 89.4%", "final f1 │ 89.5%", "DP-SGD, rdp accountant, delta 1e-05",
+                 "max 2.995, min 2.995 (budget 3)", "owner failures │ 2",
+                 "private local Ray: 1 CPU, 0 GPU each", "52.1 s (start-up 14.1 s)"):
+        assert line in text
+    report["privacy"] = {"mode": "none", "owners": [], "client_level": None}
+    report["final"] = None
+    with out.capture() as captured:
+        simulate_module.print_summary(report, tmp_path)
+    text = " ".join(captured.get().split())
+    assert "none (--no-dp)" in text and "final accuracy │ -" in text

@@ -191,7 +191,7 @@ def test_failures_timing_versions_config(report: dict[str, Any],
     assert "node 123: node timed out" in page
     assert "60.2 s" in page
     assert "1.41.0" in page
-    assert "dataset = &quot;digits&quot;" in page
+    assert "dataset = &#34;digits&#34;" in page  # Jinja2 (markupsafe) writes " as &#34;, html.escape wrote &quot;
     assert "dp = true" in page
     assert "<li>first note</li>" in page
     assert "failure-reason" not in page.split("</style>")[1]
@@ -279,3 +279,29 @@ def test_participation_of_a_report_without_the_lists(report: dict[str, Any], plo
     assert [row[0] for row in parsed[1:]] == ["1", "2", "3"]
     assert parsed[2] == ["2", "—", "node 123: node timed out", "—", "—"]
     assert "No rounds recorded." in render_html({"rounds": []}, plots)
+
+
+def test_an_owner_name_and_a_failure_reason_are_escaped_wherever_they_appear(
+        report: dict[str, Any], plots: dict[str, Path]) -> None:
+    evil, reason = "<script>alert(1)</script>", "owner x: &<>\"' broke"
+    report["owners"][0]["owner"] = evil
+    report["privacy"]["owners"][0]["owner"] = evil
+    report["privacy"]["refusals"] = [{"round": 1, "owner": evil, "rule": "budget", "reason": reason}]
+    report["rounds"][0].update(replied=[evil], timed_out=[evil], not_connected=[evil],
+                               failures=[{"node_id": 1, "owner": evil, "reason": reason}])
+    report["unfinished_round"] = {"round": 4, "attempt": 1, "replied": [evil], "timed_out": [],
+                                  "failures": [{"node_id": 2, "owner": evil, "reason": reason}], "not_connected": []}
+    page = render_html(report, plots)
+    assert "<script" not in page and "&<>" not in page
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 9
+    assert page.count("&amp;&lt;&gt;&#34;&#39; broke") == 3
+    parsed = tables(page)
+    assert parsed["owners"][1][0] == evil and parsed["privacy-refusals"][1][3] == reason
+
+
+def test_the_stylesheet_is_package_data_inlined_in_the_page(report: dict[str, Any], plots: dict[str, Path]) -> None:
+    from importlib.resources import files
+
+    css = files("fedmodel.report").joinpath("templates", "report.css").read_text(encoding="utf-8")
+    assert ".failure-reason" in css
+    assert css.strip() in render_html(report, plots)  # inlined as it is: the page stays self-contained
