@@ -14,18 +14,14 @@ federation goes on with the others.
 from __future__ import annotations
 
 import dataclasses
-import logging
-import sys
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType
 from flwr.clientapp import ClientApp
-from flwr.common.constant import ErrorCode
 
 from fedmodel.config import NodeSettings, RunConfig
 from fedmodel.data import Dataset, FederatedSplit, federated_split
@@ -43,25 +39,25 @@ from fedmodel.data.prepare import (
 from fedmodel.data.scaling import feature_sums, noisy_feature_sums
 from fedmodel.data.schema import Schema
 from fedmodel.device import resolve_device
-from fedmodel.errors import DataValidationError, FedModelError, PolicyViolation, PrivacyBudgetExceeded
+from fedmodel.errors import FedModelError, PolicyViolation, PrivacyBudgetExceeded
 from fedmodel.owner import evaluate_owner, evaluate_owner_sums, train_owner_round
 from fedmodel.privacy import OwnerPrivacyState
 from fedmodel.privacy.accounting import epsilon_spent, gaussian_sum_epsilon
 from fedmodel.privacy.release import (EVALUATION_EPSILON, EVALUATION_FLAG, EXACT_REPLIES_FLAG, coarse_quality,
                                       coarse_train_metrics, release_evaluation)
 from fedmodel.privacy.audit import shard_with_canaries
-from fedmodel.privacy.policy import check_run_config
 from fedmodel.privacy.randomness import gaussian_source, owner_seed
-from fedmodel.protocol import FEATURE_SUMS_QUERY, OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, QUALITY_RECORD_KEY
-from clients.privacy_account import (attach_audit_head, owner_account, record_local_statistics,
-                                     record_refusal)
+from fedmodel.protocol import FEATURE_SUMS_QUERY
+from fedmodel.protocol import PLACEMENT_RECORD_KEY as PLACEMENT_RECORD_KEY  # where a reply names its Ray node
+from clients.privacy_account import attach_audit_head, owner_account, record_local_statistics
 from clients.carry import REPLY_KEY, current_privacy, keep_privacy, privacy_record, restore_privacy
 from clients.central_dp import central_dp_mod
 from clients.cohort import CellCache, PerMessage, is_cohort_message, serve_cohort
-from clients.secure import require_masked_train, secure_aggregation_in_effect, secure_aggregation_mod
+from clients.replies import error_reply, owner_label, reply, run_config
+from clients.masked_stage import secure_aggregation_in_effect
+from clients.secure import require_masked_train, secure_aggregation_mod
 
 app = ClientApp()
-log = logging.getLogger("fedmodel.client")
 MAX_CACHED_CELLS = 20_000_000
 """Cells of owners' rows each cache keeps in a worker (raw and prepared): all of a cohort's shards, mostly."""
 
@@ -111,18 +107,6 @@ def _digest(value: object) -> bytes:
     if isinstance(value, np.ndarray):
         return value.tobytes()
     return b"".join(np.asarray(getattr(value, f), np.float64).tobytes() for f in ("mean", "std", "minimum", "maximum"))
-
-
-@lru_cache(maxsize=4)
-def _parse(items: tuple[tuple[str, object], ...]) -> RunConfig:
-    return RunConfig.from_mapping(dict(items), source="run_config")
-
-
-def run_config(context: Context) -> RunConfig:
-    """The run's config, parsed once per process; a deployed node first refuses keys off its allow-list."""
-    if "data-path" in context.node_config:  # a deployed node (NodeSettings): before parsing, before any data
-        check_run_config(str(context.node_config.get("owner-name", "owner")), context.run_config)
-    return _parse(tuple(sorted(context.run_config.items())))
 
 
 def resolve_owner(msg: Message, context: Context) -> Owner:
@@ -180,77 +164,6 @@ def load_privacy(context: Context) -> OwnerPrivacyState:
     return current_privacy(context)
 
 
-def _reply(msg: Message, owner: Owner, metrics: dict[str, float], arrays: ArrayRecord | None = None,
-           quality: dict[str, int] | None = None) -> Message:
-    """Metrics carry a numeric owner id in simulation; a deployed owner's name travels in a ConfigRecord."""
-    content = RecordDict()
-    if arrays is not None:
-        content["arrays"] = arrays
-    if quality is not None:
-        content[QUALITY_RECORD_KEY] = ConfigRecord(quality)  # type: ignore[arg-type]
-    local = getattr(owner, "local_statistics", ())  # a text owner (clients.text) cleans nothing
-    if arrays is not None and local:  # a train reply, cleaned with the owner's own statistics
-        metrics = {**metrics, "local-statistics": 1.0}
-    if owner.simulated:
-        metrics = {**metrics, "owner": float(owner.seed_id)}
-    else:
-        content[OWNER_RECORD_KEY] = ConfigRecord({"name": owner.name})
-    content["metrics"] = MetricRecord(metrics)  # type: ignore[arg-type]
-    node = ray_node_id()
-    if node is not None:
-        content[PLACEMENT_RECORD_KEY] = ConfigRecord({"ray-node": node})
-    return Message(content=content, reply_to=msg)
-
-
-def ray_node_id() -> str | None:
-    """The Ray node this ClientApp runs on (a simulation worker); None outside Ray.
-
-    Ray is imported already in a Ray worker; a deployed node never pays for importing it.
-    """
-    ray = sys.modules.get("ray")
-    if ray is None or not ray.is_initialized():
-        return None
-    try:
-        return str(ray.get_runtime_context().get_node_id())
-    except Exception:  # a placement we cannot tell must not fail the owner's reply
-        return None
-
-
-def _error_reply(msg: Message, context: Context, exc: BaseException) -> Message:
-    who = _owner_label(context)
-    text = _public_text(context, exc)
-    reason = text if text.startswith(f"{who}:") else f"{who}: {type(exc).__name__}: {text}"
-    if not isinstance(exc, FedModelError):
-        log.exception("%s failed", who)
-    record_refusal(who.removeprefix("owner "), context, exc)  # a budget or policy refusal goes to the audit log
-    return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
-
-
-def _public_text(context: Context, exc: BaseException) -> str:
-    """What an error may tell the coordinator: a deployed node never sends a data value.
-
-    A data error gives its public message (file, row, column; no value); an error fedmodel did not
-    raise on purpose (a library's, whose text may quote data) only its type, the traceback staying in
-    the node's log. A simulation (one trusted process tree) keeps the full text.
-    """
-    if "data-path" not in context.node_config:
-        return str(exc)
-    if isinstance(exc, DataValidationError):
-        return exc.public_message
-    if isinstance(exc, FedModelError):
-        return str(exc)
-    return "unexpected error (the details, which may quote the owner's data, are in the node's log)"
-
-
-def _owner_label(context: Context) -> str:
-    node = context.node_config
-    if "owner-name" in node:
-        return f"owner {node['owner-name']}"
-    if "partition-id" in node:
-        return f"owner {node['partition-id']}"
-    return f"node {context.node_id}"
-
-
 @app.train(mods=[secure_aggregation_mod, central_dp_mod])  # SecAgg+ masks what central DP clipped (clients.secure)
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this owner's shard with DP-SGD (or without, if --no-dp)."""
@@ -267,7 +180,7 @@ def train(msg: Message, context: Context) -> Message:
 def train_owner(msg: Message, context: Context) -> Message:
     """One owner's train step: the reply with its update, or an error reply naming it."""
     try:
-        require_masked_train(_owner_label(context).removeprefix("owner "), run_config(context))
+        require_masked_train(owner_label(context).removeprefix("owner "), run_config(context))
         owner = resolve_owner(msg, context)
         config = owner.config
         privacy = restore_privacy(msg, context, owner) if config.dp else None  # charged before the first step
@@ -294,12 +207,12 @@ def train_owner(msg: Message, context: Context) -> Message:
                 keep_privacy(context, privacy)
         update.metrics.update(account.commit(reservation, epsilon_run=update.metrics.get("epsilon")))
     except Exception as exc:  # reported to the coordinator as this owner's failure
-        return _error_reply(msg, context, exc)
+        return error_reply(msg, context, exc)
     metrics, quality = released_train_numbers(context, update.metrics, prepared.summary)
-    reply = _reply(msg, owner, metrics, ArrayRecord(update.weights), quality=quality)
+    out = reply(msg, owner, metrics, ArrayRecord(update.weights), quality=quality)
     if privacy is not None:  # checkpointed by the coordinator, handed back if a simulation is resumed
-        reply.content[REPLY_KEY] = privacy_record(privacy)
-    return attach_audit_head(reply, context)
+        out.content[REPLY_KEY] = privacy_record(privacy)
+    return attach_audit_head(out, context)
 
 
 @app.evaluate()
@@ -309,7 +222,7 @@ def evaluate(msg: Message, context: Context) -> Message:
         from clients import text
 
         refusal = evaluation_refusal(context, tabular=False)
-        return _error_reply(msg, context, refusal) if refusal is not None else text.evaluate(msg, context)
+        return error_reply(msg, context, refusal) if refusal is not None else text.evaluate(msg, context)
     torch.set_num_threads(1)
     if is_cohort_message(msg):
         return serve_cohort(msg, context, evaluate_owner_message)
@@ -339,8 +252,8 @@ def evaluate_owner_message(msg: Message, context: Context) -> Message:
             if settings is not None:  # one metric layout for every deployed reply (the coordinator requires it)
                 metrics.update({EVALUATION_FLAG: 0.0, EVALUATION_EPSILON: 0.0})
     except Exception as exc:
-        return _error_reply(msg, context, exc)
-    return attach_audit_head(_reply(msg, owner, metrics), context)
+        return error_reply(msg, context, exc)
+    return attach_audit_head(reply(msg, owner, metrics), context)
 
 
 def evaluation_refusal(context: Context, *, tabular: bool) -> PolicyViolation | None:
@@ -448,5 +361,5 @@ def query(msg: Message, context: Context) -> Message:
         else:
             cost, sums = 0.0, feature_sums(owner.unscaled(), bounds)
     except Exception as exc:
-        return _error_reply(msg, context, exc)
-    return _reply(msg, owner, {"sums": [float(v) for v in sums.ravel()], "epsilon-stats": cost})
+        return error_reply(msg, context, exc)
+    return reply(msg, owner, {"sums": [float(v) for v in sums.ravel()], "epsilon-stats": cost})

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from flwr.app import ConfigRecord, Context, Message
 
@@ -26,15 +25,13 @@ from fedmodel.protocol import PRIVACY_REPLY_KEY as REPLY_KEY
 from fedmodel.privacy import OwnerPrivacyState
 from fedmodel.privacy.carry import CarriedPrivacy, HandBack, RoundPrivacy, load_file, round_digest, save_file
 from clients.cohort import PerMessage
-
-if TYPE_CHECKING:
-    from clients.app import Owner
+from clients.replies import OwnerIdentity
 
 CARRY_KEY = "fedmodel-privacy-carry"
 """``context.state`` record: the owner's :class:`CarriedPrivacy` as JSON, its privacy state within the run."""
 
 
-def restore_privacy(msg: Message, context: Context, owner: Owner) -> OwnerPrivacyState:
+def restore_privacy(msg: Message, context: Context, owner: OwnerIdentity) -> OwnerPrivacyState:
     """The privacy state to train this message's round with; the round is saved as charged before its first step."""
     config = msg.content["config"]
     server_round = int(config["server-round"])  # type: ignore[arg-type]
@@ -54,7 +51,7 @@ def _before_first_step(context: Context) -> Callable[[CarriedPrivacy], None]:
     return lambda record: _store(context, record)
 
 
-def _digest(msg: Message, owner: Owner) -> str:
+def _digest(msg: Message, owner: OwnerIdentity) -> str:
     """The round's digest; the owners of a cohort share one message and settings, so it is computed once."""
     return _DIGEST.get(msg, owner.config, lambda: round_digest(
         {k: v.numpy() for k, v in msg.content["arrays"].items()},  # type: ignore[union-attr]

@@ -13,8 +13,9 @@ SecAgg+) and the owner's privacy state record. The update masked is ``new - glob
 which keeps it inside SecAgg+'s clipping range of +-8 per coordinate.
 
 The owner's policy learns that a round is secure from the protocol itself: fedmodel's train
-function sees :func:`masked_stage_active` only while Flower's mod, on this node, has run the setup
-and share-keys stages and is about to mask the reply. Nothing in a message can set it.
+function sees :func:`~clients.masked_stage.masked_stage_active` only while Flower's mod, on this
+node, has run the setup and share-keys stages and is about to mask the reply. Nothing in a message
+can set it.
 
 One masked update per (run, round) at a deployed node. The unmasked sum hides an owner's update
 only once: a coordinator that re-runs a round without one owner and subtracts the two sums gets that
@@ -36,7 +37,6 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +55,10 @@ from fedmodel.errors import FedModelError, PolicyViolation
 from fedmodel.fsio import atomic_write
 from fedmodel.privacy.policy import RULE_SECURE_AGGREGATION
 from fedmodel.protocol import SECAGG_NAMES_KEY
+from clients.masked_stage import masked_stage, masked_stage_active
+from clients.privacy_account import record_refusal
 
 log = logging.getLogger("fedmodel.client")
-_MASKED_STAGE: ContextVar[bool] = ContextVar("fedmodel_secagg_masked_stage", default=False)
 MIN_OTHER_NEIGHBOURS = 2
 """The fewest other owners whose pairwise masks must cover this owner's update before it is sent."""
 RULE_SECURE_AGGREGATION_REPLAY = "secure-aggregation-replay"
@@ -73,21 +74,6 @@ class _OwnerFailed(Exception):
     def __init__(self, error: Error) -> None:
         super().__init__(error.reason)
         self.error = error
-
-
-def masked_stage_active() -> bool:
-    """True only inside the SecAgg+ masked-vector stage run by Flower's mod on this node."""
-    return _MASKED_STAGE.get()
-
-
-def secure_aggregation_in_effect(config: RunConfig) -> bool:
-    """What the owner's policy checks: the protocol observed (train), else what the run declares (other messages).
-
-    A train message of a run that declares secure aggregation is checked again by
-    :func:`require_masked_train`, so a coordinator that declares it but sends a plain train
-    message gets a refusal, not an update.
-    """
-    return masked_stage_active() or config.secure_aggregation
 
 
 def require_masked_train(owner: str, config: RunConfig) -> None:
@@ -107,7 +93,7 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
     def masked_train(legacy: Message, ctxt: Context) -> Message:
         plain, reference = _fedmodel_message(legacy)
         claim = _claim_masked_round(plain, ctxt)  # a deployed node: recorded on disk before training
-        with _masked_stage():
+        with masked_stage():
             reply = call_next(plain, ctxt)
         if reply.has_error():
             if claim is not None:  # nothing was released: the round may be tried again
@@ -120,15 +106,6 @@ def secure_aggregation_mod(msg: Message, context: Context, call_next: ClientAppC
         return secaggplus_mod(msg, context, masked_train)
     except _OwnerFailed as failed:  # the owner's own failure (budget, policy, data): its reason goes back
         return Message(failed.error, reply_to=msg)
-
-
-@contextmanager
-def _masked_stage() -> Iterator[None]:
-    token = _MASKED_STAGE.set(True)
-    try:
-        yield
-    finally:
-        _MASKED_STAGE.reset(token)
 
 
 class _MaskedRound:
@@ -173,8 +150,6 @@ def _claim_masked_round(msg: Message, context: Context) -> _MaskedRound | None:
             pairs.add((run, server_round))
             _write_masked_rounds(folder, pairs)  # durable before the update exists, let alone leaves
     except PolicyViolation as exc:
-        from clients.privacy_account import record_refusal  # here: clients.privacy_account imports this module
-
         record_refusal(settings.owner_name, context, exc)
         raise _OwnerFailed(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(exc))) from None
     except (KeyError, TypeError, ValueError, OSError, FedModelError) as exc:  # no update without the record

@@ -5,7 +5,8 @@
 coordinator sent (a mismatch is a refusal, before any data is touched or any privacy spent), then
 loads the global adapter into its model, trains it on its texts (tokenised here, never sent) with
 Opacus DP-SGD and replies with the adapter alone. Privacy is handled exactly as for tables
-(:mod:`clients.app`): the owner's state in ``context.state``, its budget, the noise calibrated once.
+(:mod:`clients.carry`, :mod:`clients.privacy_account`): the owner's state in ``context.state``, its
+budget, the noise calibrated once; replies go out through :mod:`clients.replies`.
 
 Where the texts come from: in simulation, the owner's partition of the run's data set; on a
 deployed node, its own file (``data-path``: CSV, Parquet or JSON Lines with the run's
@@ -26,7 +27,6 @@ import torch
 from flwr.app import ArrayRecord, Context, Message
 from torch import nn
 
-from clients import app as base
 from fedmodel.config import NodeSettings, RunConfig
 from fedmodel.device import resolve_device
 from fedmodel.errors import ConfigError, FedModelError
@@ -38,11 +38,14 @@ from fedmodel.llm.federated import CLASSES_KEY, FINGERPRINT_KEY, POOLING_KEY, te
 from fedmodel.llm.pooling import POOLINGS
 from fedmodel.llm.train import HEAD_LR_FACTOR
 from fedmodel.privacy.randomness import owner_seed
+from clients.carry import REPLY_KEY, keep_privacy, privacy_record, restore_privacy
+from clients.privacy_account import owner_account
+from clients.replies import error_reply, reply, run_config
 
 
 @dataclass(frozen=True)
 class TextOwner:
-    """Who this node trains for (the attributes :mod:`clients.app` replies with), its texts and its base model."""
+    """Who this node trains for (a :class:`~clients.replies.OwnerIdentity`), its texts and its base model."""
 
     name: str
     seed_id: int
@@ -58,11 +61,11 @@ def train(msg: Message, context: Context) -> Message:
         owner = resolve_text_owner(msg, context)
         config = owner.config
         _threads(owner)
-        account = base.owner_account(owner.name, config, context)  # the owner's policy, before anything else
+        account = owner_account(owner.name, config, context)  # the owner's policy, before anything else
         model, tokenizer = owner_model(msg, owner)
         shard = tokenize_shard(tokenizer, owner.texts, max_length=config.max_length)
         server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
-        privacy = base.restore_privacy(msg, context, owner) if config.dp else None  # type: ignore[arg-type]
+        privacy = restore_privacy(msg, context, owner) if config.dp else None
         reservation = None
         if privacy is not None:  # calibrated once on what remains across runs, reserved before training
             account.plan(privacy, num_examples=len(shard), batch_size=config.batch_size,
@@ -76,14 +79,14 @@ def train(msg: Message, context: Context) -> Message:
                                        device=resolve_device(config.device), owner=owner.name)
         finally:
             if privacy is not None:  # reserved steps count even if training failed part-way
-                base.keep_privacy(context, privacy)
+                keep_privacy(context, privacy)
         metrics.update(account.commit(reservation, epsilon_run=metrics.get("epsilon")))
     except Exception as exc:  # reported to the coordinator as this owner's failure
-        return base._error_reply(msg, context, exc)
-    reply = base._reply(msg, owner, metrics, ArrayRecord(adapter_state(model)))  # type: ignore[arg-type]
+        return error_reply(msg, context, exc)
+    out = reply(msg, owner, metrics, ArrayRecord(adapter_state(model)))
     if privacy is not None:  # checkpointed by the coordinator, handed back if a simulation is resumed
-        reply.content[base.REPLY_KEY] = base.privacy_record(privacy)
-    return reply
+        out.content[REPLY_KEY] = privacy_record(privacy)
+    return out
 
 
 def evaluate(msg: Message, context: Context) -> Message:
@@ -91,19 +94,19 @@ def evaluate(msg: Message, context: Context) -> Message:
     try:
         owner = resolve_text_owner(msg, context)
         _threads(owner)
-        base.owner_account(owner.name, owner.config, context)
+        owner_account(owner.name, owner.config, context)
         model, tokenizer = owner_model(msg, owner)
         shard = tokenize_shard(tokenizer, owner.texts, max_length=owner.config.max_length)
         metrics = evaluate_task(model, shard, owner.config.task, device=resolve_device(owner.config.device))
         metrics["num-examples"] = float(len(shard))
     except Exception as exc:
-        return base._error_reply(msg, context, exc)
-    return base._reply(msg, owner, metrics)  # type: ignore[arg-type]
+        return error_reply(msg, context, exc)
+    return reply(msg, owner, metrics)
 
 
 def resolve_text_owner(msg: Message, context: Context) -> TextOwner:
     """This node's owner: a simulated partition of the run's texts, or a deployed owner with its own file and model."""
-    config = base.run_config(context)
+    config = run_config(context)
     settings = NodeSettings.from_node_config(context.node_config)
     if settings is None:
         pid = int(context.node_config["partition-id"])  # type: ignore[arg-type]

@@ -10,7 +10,6 @@ import logging
 import platform
 import time
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import torch
@@ -40,7 +39,7 @@ from server.recorder import RunRecorder
 from server.resume import handbacks, open_checkpoint, resume, save_round, train_config
 from server.rounds import run_rounds
 from server.stats import collect_feature_stats
-from server.strategy import RecordingMixin, build_strategy
+from server.strategy import RunStrategy, build_strategy
 
 app = ServerApp()
 log = logging.getLogger("fedmodel.server")
@@ -83,7 +82,7 @@ def main(grid: Grid, context: Context) -> None:
         strategy = build_strategy(config, recorder)
         saved: dict[str, object] | None = None
         if checkpoint is None:
-            stats, impute = scaling_statistics(grid, config, split, spec, cast(RecordingMixin, strategy))
+            stats, impute = scaling_statistics(grid, config, split, spec, strategy)
         else:  # the statistics the owners scale with are the checkpoint's: never asked (nor charged) twice
             saved = resume(checkpoint, strategy, recorder, folder)
             stats, impute = stats_from_config(saved)
@@ -132,7 +131,7 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def scaling_statistics(grid: Grid, config: RunConfig, split: FederatedSplit, spec: CleaningSpec,
-                       strategy: RecordingMixin) -> tuple[FeatureStats | None, np.ndarray | None]:
+                       strategy: RunStrategy) -> tuple[FeatureStats | None, np.ndarray | None]:
     """The statistics every party scales (and mean-imputes) with; (None, None) when each uses its own.
 
     Public bounds come from the coordinator's held-out rows. ``zscore`` asks the owners for DP sums

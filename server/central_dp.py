@@ -1,4 +1,4 @@
-"""Central (client-level) DP: Flower's client-side clipping wrappers around fedmodel's recording strategies.
+"""Central (client-level) DP: Flower's client-side clipping wrappers around fedmodel's screened strategy.
 
 ``central-dp = fixed`` wraps the strategy in Flower's ``DifferentialPrivacyClientSideFixedClipping``,
 ``adaptive`` in ``DifferentialPrivacyClientSideAdaptiveClipping``. Their ``configure_train`` puts the
@@ -27,6 +27,11 @@ What fedmodel changes around the wrappers, and why:
   update norms), and adds a round's noise with the norm the owners clipped to that round (Flower
   adds it after moving the norm).
 
+The layers, outside in: :class:`CentralFixed` or :class:`CentralAdaptive` (Flower's wrapper, noise
+and the record of releases) holds the :class:`~server.screening.ScreenedStrategy` (screening with
+:func:`clipped_update_check`, recording), which holds :class:`EqualWeightFedAvg` or
+:class:`EqualWeightFedProx` (the equal-weight mean).
+
 A resumed run carries the releases in the recorder's checkpointed state and conservatively charges
 one more release for the round that was in flight when the run stopped (it may have been released).
 """
@@ -48,13 +53,13 @@ from flwr.serverapp.strategy import (
     FedAvg,
     FedProx,
 )
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
-from flwr.supercore.differential_privacy import KEY_NORM_BIT, compute_stdv
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, validate_message_reply_consistency
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT, compute_stdv
 
 from fedmodel.config import RunConfig
 from fedmodel.privacy import central
 from server.recorder import RunRecorder
-from server.strategy import RecordingMixin
+from server.screening import Reference, ReplyCheck, ScreenedStrategy
 from server.validation import update_norm
 
 log = logging.getLogger("fedmodel.server")
@@ -64,196 +69,276 @@ CLIP_SLACK = 1e-3
 """Relative slack on the clipping norm when screening: float32 rounding of the clipped weights, not more."""
 
 
-class EqualMeanMixin:
-    """FedAvg's train aggregation with every valid update weighted equally (sensitivity C / n of the mean)."""
+# ---------------------------------------------------------------------------------------------- the mean
+def equal_mean(strategy: FedAvg, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    """FedAvg's train aggregation with every valid update weighted equally (sensitivity C / n of the mean).
+
+    The metrics are aggregated as ``strategy`` aggregates them (its ``train_metrics_aggr_fn``).
+    """
+    valid = [msg.content for msg in replies if not msg.has_error()]
+    if not valid:
+        return None, None
+    validate_message_reply_consistency(valid, strategy.weighted_by_key, check_arrayrecord=True)
+    key = strategy.arrayrecord_key
+    unit = [RecordDict({key: content.array_records[key], _UNIT: MetricRecord({_UNIT: 1})}) for content in valid]
+    return aggregate_arrayrecords(unit, _UNIT), strategy.train_metrics_aggr_fn(valid, strategy.weighted_by_key)
+
+
+class EqualWeightFedAvg(FedAvg):
+    """FedAvg averaging the valid updates with equal weights (not by example count), as central DP needs."""
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(replies, is_train=True)  # type: ignore[attr-defined]
-        if not valid:
-            return None, None
-        key: str = self.arrayrecord_key  # type: ignore[attr-defined]
-        unit = [RecordDict({key: msg.content.array_records[key], _UNIT: MetricRecord({_UNIT: 1})}) for msg in valid]
-        arrays = aggregate_arrayrecords(unit, _UNIT)
-        aggregate_metrics = self.train_metrics_aggr_fn  # type: ignore[attr-defined]
-        metrics = aggregate_metrics([m.content for m in valid], self.weighted_by_key)  # type: ignore[attr-defined]
-        return arrays, metrics
+        """The equal-weight mean of the valid replies' arrays (:func:`equal_mean`)."""
+        return equal_mean(self, replies)
 
 
-class CentralRecordingMixin(RecordingMixin):
-    """Screening for central DP: an update must be clipped (and carry its clipped bit when adaptive).
+class EqualWeightFedProx(FedProx):
+    """FedProx (its proximal term is the owners') averaging the valid updates with equal weights."""
 
-    ``clip_bound`` is the round's clipping norm (set by the wrapper before each round);
-    ``aggregated`` the replies the round averaged (their number calibrates the noise).
-    """
-
-    clip_bound: float | None = None
-    needs_norm_bit: bool = False
-    aggregated: list[Message] = []
-
-    def reply_problem(self, msg: Message, reference: dict[str, torch.Tensor],
-                      layout: Any) -> str | None:
-        reason = super().reply_problem(msg, reference, layout)
-        if reason is not None or self.clip_bound is None:
-            return reason
-        record = next(iter(msg.content.metric_records.values()))
-        if self.needs_norm_bit and KEY_NORM_BIT not in record:
-            return f"no {KEY_NORM_BIT!r} metric: the owner's ClientApp did not run adaptive clipping"
-        update = msg.content.array_records[self.arrayrecord_key].to_torch_state_dict()  # type: ignore[attr-defined]
-        norm = update_norm(reference, update)
-        if not norm <= _clip_tolerance(self.clip_bound, reference):
-            return (f"update norm {norm:.6g} is above the central-DP clipping norm {self.clip_bound:.6g}: the "
-                    "owner did not clip its update")
-        return None
-
-    def _before_aggregation(self, valid: list[Message]) -> None:
-        self.aggregated = list(valid)
-
-
-class RecordingCentralFedAvg(CentralRecordingMixin, EqualMeanMixin, FedAvg):
-    """FedAvg with equal weights that accepts only clipped updates, screened and recorded."""
-
-
-class RecordingCentralFedProx(CentralRecordingMixin, EqualMeanMixin, FedProx):
-    """FedProx (its proximal term is the owners') with equal weights, clipped updates only."""
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The equal-weight mean of the valid replies' arrays (:func:`equal_mean`)."""
+        return equal_mean(self, replies)
 
 
 def inner_strategy(config: RunConfig, common: dict[str, Any]) -> FedAvg:
-    """The strategy the wrapper wraps: fedavg or fedprox (the config refuses the rest with central DP)."""
+    """The strategy under the screening: fedavg or fedprox (the config refuses the rest with central DP)."""
     if config.strategy == "fedprox":
-        strategy: CentralRecordingMixin = RecordingCentralFedProx(proximal_mu=config.proximal_mu, **common)
-    else:
-        strategy = RecordingCentralFedAvg(**common)
-    strategy.needs_norm_bit = config.central_dp == "adaptive"
-    return strategy  # type: ignore[return-value]
+        return EqualWeightFedProx(proximal_mu=config.proximal_mu, **common)
+    return EqualWeightFedAvg(**common)
 
 
-def wrap(strategy: FedAvg, config: RunConfig, *, rng: np.random.Generator | None = None) -> Any:
-    """``strategy`` (from :func:`inner_strategy`, set up) inside the wrapper ``central-dp`` names."""
-    cls = CentralFixed if config.central_dp == "fixed" else CentralAdaptive
-    return cls(strategy, config, rng=rng)
+# ---------------------------------------------------------------------------------------------- screening
+def clipped_update_check(*, needs_norm_bit: bool) -> ReplyCheck:
+    """The screening rule of central DP: an update must be clipped to the norm its round's train config named.
+
+    With ``needs_norm_bit`` (adaptive clipping) it must also carry its clipped bit. A round whose
+    config names no clipping norm is not checked.
+    """
+
+    def check(msg: Message, reference: Reference, round_config: ConfigRecord) -> str | None:
+        if KEY_CLIPPING_NORM not in round_config:
+            return None
+        clip = float(round_config[KEY_CLIPPING_NORM])  # type: ignore[arg-type]  # the wrapper put a float there
+        record = next(iter(msg.content.metric_records.values()))
+        if needs_norm_bit and KEY_NORM_BIT not in record:
+            return f"no {KEY_NORM_BIT!r} metric: the owner's ClientApp did not run adaptive clipping"
+        update = next(iter(msg.content.array_records.values())).to_torch_state_dict()
+        norm = update_norm(reference, update)
+        if not norm <= _clip_tolerance(clip, reference):
+            return (f"update norm {norm:.6g} is above the central-DP clipping norm {clip:.6g}: the "
+                    "owner did not clip its update")
+        return None
+
+    return check
 
 
-class _CentralDP:
-    """What both wrappers add to Flower's: delegation to the recording strategy, noise, the record of releases."""
+# ---------------------------------------------------------------------------------------------- the wrappers
+def wrap(strategy: ScreenedStrategy, config: RunConfig, *,
+         rng: np.random.Generator | None = None) -> CentralFixed | CentralAdaptive:
+    """``strategy`` (screened with :func:`clipped_update_check`) inside the wrapper ``central-dp`` names."""
+    if config.central_dp == "fixed":
+        return CentralFixed(strategy, config=config, rng=rng)
+    return CentralAdaptive(strategy, config=config, rng=rng)
 
-    strategy: Any
-    clipping_norm: float
-    noise_multiplier: float
-    num_sampled_clients: int
 
-    def _setup(self, config: RunConfig, rng: np.random.Generator | None) -> None:
+class Releases:
+    """The run's central-DP releases, kept by the recorder (checkpointed with it), and the noise each one gets.
+
+    What both wrappers share; each holds one.
+    """
+
+    def __init__(self, recorder: RunRecorder, config: RunConfig) -> None:
+        self.recorder = recorder
         self.config = config
-        self.rng = rng if rng is not None else np.random.default_rng()  # OS entropy, never the run's seed
         self._synced = False
-
-    def __getattr__(self, name: str) -> Any:
-        """The recording strategy's attributes (recorder, connected_nodes, min_replies, ...)."""
-        if name in ("strategy", "__setstate__") or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self.strategy, name)
 
     @property
     def state(self) -> dict[str, Any]:
         """The run's central-DP record, kept by the recorder (checkpointed with it)."""
-        recorder: RunRecorder = self.strategy.recorder
-        if recorder.central is None:
-            recorder.central = central.new_state(self.config)
-        return recorder.central
+        if self.recorder.central is None:
+            self.recorder.central = central.new_state(self.config)
+        return self.recorder.central
 
-    def _before_round(self, server_round: int) -> None:
+    def resumed_norm(self, server_round: int) -> float | None:
+        """At a wrapper's first round: the norm the run had reached (None afterwards).
+
+        A resumed run is charged one more release for the round that was in flight when it stopped.
+        """
+        if self._synced:
+            return None
+        self._synced = True
         state = self.state
-        if not self._synced:  # a resumed run: the norm it had reached, one more release for the round in flight
-            self._synced = True
-            self.clipping_norm = float(state["clip_now"])
-            resumes = self.strategy.recorder.resumes
-            in_flight = int(resumes[-1]["in_flight_round"]) if resumes else None
-            charged = {int(r["round"]) for r in state["charged_on_resume"]}
-            if in_flight == server_round and server_round not in charged:
-                state["charged_on_resume"].append({
-                    "round": server_round, "noise_multiplier": state["accounted_noise_multiplier"],
-                    "reason": "the run stopped in this round and may have released it before; charged again",
-                })
-        self.strategy.clip_bound = self.clipping_norm
+        resumes = self.recorder.resumes
+        in_flight = int(resumes[-1]["in_flight_round"]) if resumes else None
+        charged = {int(r["round"]) for r in state["charged_on_resume"]}
+        if in_flight == server_round and server_round not in charged:
+            state["charged_on_resume"].append({
+                "round": server_round, "noise_multiplier": state["accounted_noise_multiplier"],
+                "reason": "the run stopped in this round and may have released it before; charged again",
+            })
+        return float(state["clip_now"])
 
-    def _add_noise_to_aggregated_arrays(self, aggregated: ArrayRecord) -> ArrayRecord:
-        """Gaussian noise ``z * C / n`` on the mean, n = the updates averaged, from this wrapper's generator."""
+    def release(self, server_round: int, aggregated: ArrayRecord, *, owners: int, noise_multiplier: float,
+                clipping_norm: float, rng: np.random.Generator) -> ArrayRecord:
+        """Gaussian noise ``z * C / n`` on the mean of ``owners`` clipped updates, from ``rng``; recorded."""
+        std = compute_stdv(noise_multiplier, clipping_norm, owners)
         arrays = aggregated.to_numpy_ndarrays()
-        std = compute_stdv(self.noise_multiplier, self.clipping_norm, self.num_sampled_clients)
         for array in arrays:
-            array += self.rng.normal(0.0, std, array.shape).astype(array.dtype)
-        log.info("central DP: noise std %.6g on the mean of %d clipped updates (clip %.6g)", std,
-                 self.num_sampled_clients, self.clipping_norm)
-        return ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(aggregated.keys(), arrays, strict=True)})
-
-    def _release(self, server_round: int, aggregated: ArrayRecord) -> ArrayRecord:
-        """Noise the mean of the updates the round averaged and record the release."""
-        owners = len(self.strategy.aggregated)
-        self.num_sampled_clients = owners
-        noisy = self._add_noise_to_aggregated_arrays(aggregated)
+            array += rng.normal(0.0, std, array.shape).astype(array.dtype)
+        log.info("central DP: noise std %.6g on the mean of %d clipped updates (clip %.6g)", std, owners,
+                 clipping_norm)
+        noisy = ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(aggregated.keys(), arrays, strict=True)})
         state = self.state
         state["releases"].append({
-            "round": server_round, "owners": owners, "clip": self.clipping_norm,
-            "noise_std": compute_stdv(self.noise_multiplier, self.clipping_norm, owners),
+            "round": server_round, "owners": owners, "clip": clipping_norm, "noise_std": std,
             "noise_multiplier": state["accounted_noise_multiplier"],
         })
         return noisy
 
-    def _aggregate(self, server_round: int,
-                   replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None, list[Message]]:
-        self.strategy.aggregated = []
-        aggregated, metrics = self.strategy.aggregate_train(server_round, replies)  # screens, records, equal mean
+
+class CentralFixed(DifferentialPrivacyClientSideFixedClipping):
+    """Flower's client-side fixed clipping: each owner clips to ``central-clip``, noise ``z C / n`` on the mean.
+
+    Parameters
+    ----------
+    strategy : ScreenedStrategy
+        The screened strategy (its checks include :func:`clipped_update_check`).
+    config : RunConfig
+        The run's settings: ``central-noise``, ``central-clip``, ``clients``.
+    rng : numpy.random.Generator or None
+        The noise source; None: one seeded from the OS, never from the run's seed.
+    """
+
+    def __init__(self, strategy: ScreenedStrategy, *, config: RunConfig,
+                 rng: np.random.Generator | None = None) -> None:
+        super().__init__(strategy, noise_multiplier=config.central_noise, clipping_norm=config.central_clip,
+                         num_sampled_clients=config.clients)
+        self.screened = strategy
+        self.releases = Releases(strategy.recorder, config)
+        self.rng = rng if rng is not None else np.random.default_rng()  # OS entropy, never the run's seed
+
+    @property
+    def recorder(self) -> RunRecorder:
+        """The screened strategy's run recorder."""
+        return self.screened.recorder
+
+    @property
+    def min_replies(self) -> int:
+        """The fewest valid replies the screened strategy aggregates."""
+        return self.screened.min_replies
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The run's central-DP record (:attr:`Releases.state`)."""
+        return self.releases.state
+
+    def connected_nodes(self, grid: Grid, server_round: int, what: str | None = None) -> list[int]:
+        """The nodes to sample (:meth:`ScreenedStrategy.connected_nodes`)."""
+        return self.screened.connected_nodes(grid, server_round, what)
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Flower's: the clipping norm into the train config (after a resume, the norm the run had reached)."""
+        norm = self.releases.resumed_norm(server_round)
+        if norm is not None:
+            self.clipping_norm = norm
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The screened, equal-weight mean of the valid replies with noise for their number; nothing if none."""
+        aggregated, metrics = self.screened.aggregate_train(server_round, replies)  # screens, records, averages
         if aggregated is None:
-            return None, metrics, []
-        return self._release(server_round, aggregated), metrics, list(self.strategy.aggregated)
+            return None, metrics
+        owners = len(self.screened.aggregated)
+        self.num_sampled_clients = owners
+        return self.releases.release(server_round, aggregated, owners=owners, noise_multiplier=self.noise_multiplier,
+                                     clipping_norm=self.clipping_norm, rng=self.rng), metrics
 
 
-class CentralFixed(_CentralDP, DifferentialPrivacyClientSideFixedClipping):
-    """Flower's client-side fixed clipping: each owner clips to ``central-clip``, noise ``z C / n`` on the mean."""
+class CentralAdaptive(DifferentialPrivacyClientSideAdaptiveClipping):
+    """Flower's client-side adaptive clipping, the norm tracking ``central-target-quantile`` of update norms.
 
-    def __init__(self, strategy: FedAvg, config: RunConfig, *, rng: np.random.Generator | None = None) -> None:
-        DifferentialPrivacyClientSideFixedClipping.__init__(
-            self, strategy, noise_multiplier=config.central_noise, clipping_norm=config.central_clip,
-            num_sampled_clients=config.clients)
-        self._setup(config, rng)
+    Parameters
+    ----------
+    strategy : ScreenedStrategy
+        The screened strategy (its checks include :func:`clipped_update_check` with the norm bit).
+    config : RunConfig
+        The run's settings: ``central-noise``, ``central-clip``, ``central-target-quantile``,
+        ``central-clip-lr``, ``central-count-stddev``, ``clients``.
+    rng : numpy.random.Generator or None
+        The noise source (the updates' and the clipped count's); None: one seeded from the OS.
+    """
+
+    def __init__(self, strategy: ScreenedStrategy, *, config: RunConfig,
+                 rng: np.random.Generator | None = None) -> None:
+        super().__init__(strategy, noise_multiplier=config.central_noise, num_sampled_clients=config.clients,
+                         initial_clipping_norm=config.central_clip,
+                         target_clipped_quantile=config.central_target_quantile,
+                         clip_norm_lr=config.central_clip_lr, clipped_count_stddev=central.count_stddev(config))
+        self.screened = strategy
+        self.releases = Releases(strategy.recorder, config)
+        self.rng = rng if rng is not None else np.random.default_rng()  # OS entropy, never the run's seed
+
+    @property
+    def recorder(self) -> RunRecorder:
+        """The screened strategy's run recorder."""
+        return self.screened.recorder
+
+    @property
+    def min_replies(self) -> int:
+        """The fewest valid replies the screened strategy aggregates."""
+        return self.screened.min_replies
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The run's central-DP record (:attr:`Releases.state`)."""
+        return self.releases.state
+
+    def connected_nodes(self, grid: Grid, server_round: int, what: str | None = None) -> list[int]:
+        """The nodes to sample (:meth:`ScreenedStrategy.connected_nodes`)."""
+        return self.screened.connected_nodes(grid, server_round, what)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self._before_round(server_round)
+        """Flower's: the clipping norm into the train config (after a resume, the norm the run had reached)."""
+        norm = self.releases.resumed_norm(server_round)
+        if norm is not None:
+            self.clipping_norm = norm
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        aggregated, metrics, _ = self._aggregate(server_round, replies)
-        return aggregated, metrics
-
-
-class CentralAdaptive(_CentralDP, DifferentialPrivacyClientSideAdaptiveClipping):
-    """Flower's client-side adaptive clipping, the norm tracking ``central-target-quantile`` of update norms."""
-
-    def __init__(self, strategy: FedAvg, config: RunConfig, *, rng: np.random.Generator | None = None) -> None:
-        DifferentialPrivacyClientSideAdaptiveClipping.__init__(
-            self, strategy, noise_multiplier=config.central_noise, num_sampled_clients=config.clients,
-            initial_clipping_norm=config.central_clip, target_clipped_quantile=config.central_target_quantile,
-            clip_norm_lr=config.central_clip_lr, clipped_count_stddev=central.count_stddev(config))
-        self._setup(config, rng)
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        self._before_round(server_round)
-        return super().configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        aggregated, metrics, averaged = self._aggregate(server_round, replies)  # noised with this round's norm
+        """As :meth:`CentralFixed.aggregate_train` (noise with this round's norm), then the norm moves."""
+        aggregated, metrics = self.screened.aggregate_train(server_round, replies)  # screens, records, averages
+        if aggregated is None:
+            return None, metrics
+        averaged = list(self.screened.aggregated)
+        self.num_sampled_clients = len(averaged)
+        noisy = self.releases.release(server_round, aggregated, owners=len(averaged),
+                                      noise_multiplier=self.noise_multiplier, clipping_norm=self.clipping_norm,
+                                      rng=self.rng)
         if averaged:
-            self._update_clip_norm_from_replies(averaged)
+            self._move_norm(averaged)
             self.state["clip_now"] = self.clipping_norm
-        return aggregated, metrics
+        return noisy, metrics
 
-    def _noisy_fraction(self, count: int, total: int) -> float:
-        """The noisy share of updates left *unclipped* (``count`` is of clipped ones), as Andrew et al. use it."""
-        return 1.0 - (count + float(self.rng.normal(0.0, self.clipped_count_stddev))) / total
+    def _move_norm(self, averaged: list[Message]) -> None:
+        """The geometric update of Andrew et al. with the noisy share of *unclipped* updates.
+
+        Flower's own update feeds it the clipped share, which drives the norm away from the target
+        (module docstring); the update rule itself is Flower's (``clip_norm_lr``, target quantile).
+        """
+        clipped = 0
+        for msg in averaged:
+            for record in msg.content.metric_records.values():
+                if KEY_NORM_BIT in record:
+                    clipped += int(bool(record[KEY_NORM_BIT]))
+                    break
+        unclipped = 1.0 - (clipped + float(self.rng.normal(0.0, self.clipped_count_stddev))) / len(averaged)
+        self.clipping_norm *= math.exp(-self.clip_norm_lr * (unclipped - self.target_clipped_quantile))
 
 
 def _clip_tolerance(clip: float, reference: dict[str, torch.Tensor]) -> float:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import Strategy
 
 from fedmodel.config import RunConfig
 from fedmodel.errors import CheckpointError
@@ -36,7 +36,7 @@ from server.strategy import restore_strategy_state, strategy_state
 _NOT_COMPARED = ("resume",)
 
 
-def save_round(folder: RunFolder, server_round: int, arrays: ArrayRecord, strategy: FedAvg, recorder: RunRecorder,
+def save_round(folder: RunFolder, server_round: int, arrays: ArrayRecord, strategy: Strategy, recorder: RunRecorder,
                shared: dict[str, Any], config: RunConfig) -> Path:
     """Write the checkpoint after ``server_round`` (0: before round 1) and note it in the progress events."""
     path = write_checkpoint(
@@ -72,7 +72,7 @@ def open_checkpoint(run_dir: Path, config: RunConfig | None = None) -> Checkpoin
     return checkpoint
 
 
-def resume(checkpoint: Checkpoint, strategy: FedAvg, recorder: RunRecorder, folder: RunFolder) -> dict[str, Any]:
+def resume(checkpoint: Checkpoint, strategy: Strategy, recorder: RunRecorder, folder: RunFolder) -> dict[str, Any]:
     """Put the run back as it was after the checkpoint's round; returns the shared train/evaluate config."""
     state = checkpoint.state
     recorder.restore(state["recorder"])

@@ -2,7 +2,7 @@
 
 The query carries public bounds and the noise multiplier; each owner charges the release to its
 privacy state before answering (see ``clients.app.query``). It is sent like a round: to the nodes
-:meth:`server.strategy.RecordingMixin.connected_nodes` chooses (every node, waiting at most
+:meth:`server.screening.ScreenedStrategy.connected_nodes` chooses (every node, waiting at most
 ``round-timeout``), waiting at most ``round-timeout`` for the answers, and it needs ``min-clients``
 of them (1 when not set), else BelowMinimumError names who failed or timed out, and the query is
 tried again or the run stops, by ``below-minimum`` (:func:`server.rounds.with_retries`). Owners
@@ -23,13 +23,13 @@ from fedmodel.errors import BelowMinimumError
 from fedmodel.protocol import FEATURE_SUMS_QUERY
 from server.recorder import owner_of
 from server.rounds import with_retries
-from server.strategy import RecordingMixin
+from server.strategy import RunStrategy
 
 WHAT = "scaling statistics"
 
 
 def collect_feature_stats(grid: Grid, config: RunConfig, bounds: ScalingBounds, schema: Schema,
-                          strategy: RecordingMixin) -> FederatedStats:
+                          strategy: RunStrategy) -> FederatedStats:
     """Send the feature-sums query to every connected owner and combine the noisy sums that come back.
 
     ``strategy`` (one of :func:`server.strategy.build_strategy`'s) chooses the nodes and holds the
@@ -40,7 +40,7 @@ def collect_feature_stats(grid: Grid, config: RunConfig, bounds: ScalingBounds, 
 
 
 def _query(grid: Grid, config: RunConfig, bounds: ScalingBounds, schema: Schema,
-           strategy: RecordingMixin) -> FederatedStats:
+           strategy: RunStrategy) -> FederatedStats:
     nodes = strategy.connected_nodes(grid, 0, WHAT)
     noise = config.scaling_noise if config.dp else 0.0
     record = ConfigRecord({"query": FEATURE_SUMS_QUERY, "scaling-noise": noise, **bounds_to_config(bounds),

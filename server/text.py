@@ -17,11 +17,12 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
 from fedmodel.config import RunConfig
@@ -35,7 +36,7 @@ from fedmodel.llm.lora import unwrap
 from fedmodel.llm.pooling import resolve_pooling
 from fedmodel.report.run_folder import RunFolder
 from server.recorder import RunRecorder, owner_of
-from server.strategy import build_strategy
+from server.strategy import aggregator, build_strategy
 
 log = logging.getLogger("fedmodel.server")
 ADAPTER_FILE = "adapter.safetensors"
@@ -77,7 +78,7 @@ def run_text(grid: Grid, config: RunConfig, folder: RunFolder, recorder: RunReco
 
     shared = {FINGERPRINT_KEY: base_fingerprint, CLASSES_KEY: "\x1f".join(split.classes), POOLING_KEY: pooling}
     strategy = build_strategy(config, recorder)
-    strategy.fraction_evaluate = 0.0  # the coordinator evaluates; owners' forward passes would add a third
+    cast(FedAvg, aggregator(strategy)).fraction_evaluate = 0.0  # the coordinator evaluates; owners' passes add a third
     meter = MeteredGrid(grid)
     log.info("text run: %s, base %s (fingerprint %s), %d test texts", config.task, base_path, base_fingerprint[:12],
              len(test))

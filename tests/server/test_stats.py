@@ -20,7 +20,8 @@ from fedmodel.errors import BelowMinimumError
 from fedmodel.report.run_folder import RunFolder
 from server.recorder import RunRecorder
 from server.stats import collect_feature_stats
-from server.strategy import RecordingMixin, build_strategy
+from server.screening import ScreenedStrategy
+from server.strategy import build_strategy
 
 OWNERS = 4
 
@@ -67,18 +68,18 @@ class Owners:
         return replies
 
 
-def setup(tmp_path: Path, **settings: object) -> tuple[RecordingMixin, RunRecorder, RunConfig]:
+def setup(tmp_path: Path, **settings: object) -> tuple[ScreenedStrategy, RunRecorder, RunConfig]:
     config = RunConfig.from_mapping({"dataset": "breast-cancer", "clients": OWNERS, "dp": False,
                                      "out": str(tmp_path), **settings})
     folder = RunFolder(tmp_path)
     folder.create(config.to_mapping())
     recorder = RunRecorder(config, folder)
     strategy = build_strategy(config, recorder)
-    assert isinstance(strategy, RecordingMixin)
+    assert isinstance(strategy, ScreenedStrategy)
     return strategy, recorder, config
 
 
-def collect(owners: Owners, config: RunConfig, strategy: RecordingMixin) -> object:
+def collect(owners: Owners, config: RunConfig, strategy: ScreenedStrategy) -> object:
     return collect_feature_stats(owners, config, owners.bounds, owners.split.schema, strategy)  # type: ignore[arg-type]
 
 

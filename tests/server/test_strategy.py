@@ -19,7 +19,7 @@ from fedmodel.config import AggregationSpec, RunConfig
 from fedmodel.errors import AllClientsFailedError, ConfigError
 from fedmodel.report.run_folder import RunFolder
 from server.recorder import RunRecorder
-from server.strategy import build_strategy, restore_strategy_state, strategy_state
+from server.strategy import aggregator, build_strategy, restore_strategy_state, strategy_state
 
 Tensors = dict[str, torch.Tensor]
 TEST_METRICS = {"loss": 1.0, "accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5}
@@ -110,7 +110,8 @@ def honest_mean(owners: range) -> Tensors:
      ("multikrum:1", MultiKrum)],
 )
 def test_build_strategy_uses_flowers_aggregator(tmp_path: Path, aggregation: str, flower_class: type) -> None:
-    strategy, _ = strategy_for(tmp_path, 5, aggregation)
+    built, _ = strategy_for(tmp_path, 5, aggregation)
+    strategy = aggregator(built)  # the Flower strategy inside the screening wrapper
     assert isinstance(strategy, flower_class)
     if aggregation == "trimmed-mean:0.2":
         assert strategy.beta == 0.2  # type: ignore[attr-defined]
@@ -194,7 +195,7 @@ def test_a_round_where_every_update_is_rejected_stops_the_run(tmp_path: Path) ->
 def test_multikrum_averages_the_n_minus_f_best(tmp_path: Path) -> None:
     strategy, _ = strategy_for(tmp_path, 5, "multikrum:1")
     got = aggregate(strategy, [reply(o, honest(o)) for o in range(4)] + [reply(4, sign_flipped_x10())])
-    assert strategy.num_nodes_to_select == 4  # type: ignore[attr-defined]
+    assert aggregator(strategy).num_nodes_to_select == 4  # type: ignore[attr-defined]
     assert distance(got, honest_mean(range(4))) < 1e-5
 
 
