@@ -17,18 +17,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("fedmodel", "server", "clients", "simulations")
 
-CYCLES_FIXED_ELSEWHERE: dict[frozenset[str], str] = {
-    frozenset({"fedmodel.data.bundled", "fedmodel.data.cleaning", "fedmodel.data.dataset", "fedmodel.data.files",
-               "fedmodel.data.quality"}): "issue 21, the fedmodel/data engineer",
-    frozenset({"fedmodel.config", "fedmodel.privacy.policy"}): "issue 21, the fedmodel/config.py engineer "
-    "(NodeSettings.policy imports PrivacyPolicy; policy imports config.refused_run_keys)",
-}
-"""Cycles being removed on other branches of issue 21: allowed exactly as they are today, nothing else.
-
-Shrinking only: the lead deletes an entry once its fix is merged (:func:`test_allowed_cycles_still_exist`
-fails until then), and the dict with its last entry.
-"""
-
 
 def module_files(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
     """Dotted module name -> source file, for every module of ``packages``."""
@@ -148,17 +136,10 @@ def one_cycle(graph: dict[str, set[str]], component: frozenset[str]) -> list[str
     raise AssertionError(f"no cycle through {start} in {sorted(component)}")  # pragma: no cover
 
 
-def test_no_import_cycles_but_the_ones_fixed_elsewhere() -> None:
+def test_no_import_cycles() -> None:
     graph = import_graph()
-    new = [c for c in cycles(graph) if c not in CYCLES_FIXED_ELSEWHERE]
-    assert not new, "import cycles: " + "; ".join(" -> ".join(one_cycle(graph, c)) for c in new)
-
-
-def test_allowed_cycles_still_exist() -> None:
-    """An allow-list entry whose cycle is gone (or changed) must go: the list only shrinks."""
-    found = set(cycles(import_graph()))
-    stale = [f"{sorted(c)} ({who})" for c, who in CYCLES_FIXED_ELSEWHERE.items() if c not in found]
-    assert not stale, f"remove from CYCLES_FIXED_ELSEWHERE (fixed, or changed): {stale}"
+    found = cycles(graph)
+    assert not found, "import cycles: " + "; ".join(" -> ".join(one_cycle(graph, c)) for c in found)
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fedmodel.config import refused_run_keys
+from fedmodel.config.run import refused_run_keys  # the module, not the package (whose NodeSettings uses this one)
 from fedmodel.errors import PolicyViolation
 
 RULE_DP_REQUIRED = "dp-required"
@@ -124,7 +124,7 @@ def check_run_config(owner: int | str, values: Mapping[str, Any]) -> None:
     """Refuse a run whose config a deployed node may not take (PolicyViolation naming every refused key).
 
     Checked on the raw run config before it is parsed or any data is read; see
-    :func:`fedmodel.config.refused_run_keys` for the allow-list and why each key is refused.
+    :func:`fedmodel.config.run.refused_run_keys` for the allow-list and why each key is refused.
     """
     refused = refused_run_keys(values)
     if refused:
