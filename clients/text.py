@@ -5,7 +5,7 @@
 coordinator sent (a mismatch is a refusal, before any data is touched or any privacy spent), then
 loads the global adapter into its model, trains it on its texts (tokenised here, never sent) with
 Opacus DP-SGD and replies with the adapter alone. Privacy is handled exactly as for tables
-(:mod:`clients.carry`, :mod:`clients.privacy_account`): the owner's state in ``context.state``, its
+(:mod:`clients.run_privacy`, :mod:`clients.privacy_account`): the owner's state in ``context.state``, its
 budget, the noise calibrated once; replies go out through :mod:`clients.replies`.
 
 Where the texts come from: in simulation, the owner's partition of the run's data set; on a
@@ -38,7 +38,7 @@ from fedmodel.llm.federated import CLASSES_KEY, FINGERPRINT_KEY, POOLING_KEY, te
 from fedmodel.llm.pooling import POOLINGS
 from fedmodel.llm.train import HEAD_LR_FACTOR
 from fedmodel.privacy.randomness import owner_seed
-from clients.carry import REPLY_KEY, keep_privacy, privacy_record, restore_privacy
+from clients.run_privacy import REPLY_KEY, keep_privacy, privacy_record, restore_privacy
 from clients.privacy_account import owner_account
 from clients.replies import error_reply, reply, run_config
 

@@ -33,7 +33,7 @@ from fedmodel.privacy.owner_ledger import AUDIT_LOG_NAME
 from fedmodel.report.run_folder import RunFolder
 from fedmodel.security.audit_log import AuditLog
 from fedmodel.training import evaluate
-from server.audit import UpdateAudit, audit_run
+from server.canaries import UpdateAudit, audit_run
 from server.identity import IdentifiedGrid, NodeNames
 from server.recorder import RunRecorder
 from server.resume import handbacks, open_checkpoint, resume, save_round, train_config
@@ -113,7 +113,7 @@ def main(grid: Grid, context: Context) -> None:
             evaluate_config=ConfigRecord(shared), evaluate_fn=central_eval,
             after_round=lambda r, a: save_round(folder, r, a, strategy, recorder, shared, config),
         )
-        if config.audit:  # --audit: the canaries scored with the final model (server.audit)
+        if config.audit:  # --audit: the canaries scored with the final model (server.canaries)
             recorder.privacy_audit = audit_run(config, split, final.to_torch_state_dict(),
                                                num_features=test.num_features, num_classes=test.num_classes,
                                                owner_privacy=recorder.owner_privacy, updates=recorder.update_audit)

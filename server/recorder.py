@@ -81,8 +81,8 @@ class RunRecorder:
         self.owner_state: dict[OwnerId, tuple[int, dict[str, Any]]] = {}  # owner -> (round, privacy state) reported
         self.node_owner: dict[int, OwnerId] = {}
         self.resumes: list[dict[str, Any]] = []
-        self.privacy_audit: dict[str, Any] | None = None  # --audit's outcome (server.audit), set after the last round
-        self.update_audit: Any = None  # --audit: server.audit.UpdateAudit, shown every round's train replies
+        self.privacy_audit: dict[str, Any] | None = None  # --audit's outcome (server.canaries), set after the last round
+        self.update_audit: Any = None  # --audit: server.canaries.UpdateAudit, shown every round's train replies
         self.central: dict[str, Any] | None = None  # central DP's releases (server.central_dp)
         self._seconds_before = 0.0  # ServerApp time spent before the latest resume
         self._round: _Round | None = None

@@ -8,9 +8,9 @@ owner last reported). A resumed run reads the newest checkpoint, verifies it com
 continues with round N + 1.
 
 Privacy across the crash: the round in flight (N + 1) may have been trained by every owner. A
-deployed node keeps its own record on disk (:mod:`clients.carry`); a simulated owner's state died
+deployed node keeps its own record on disk (:mod:`clients.run_privacy`); a simulated owner's state died
 with the run, so the coordinator hands each one back the state it last reported plus every round
-since, the in-flight round included (:class:`~fedmodel.privacy.carry.HandBack`). Re-running the
+since, the in-flight round included (:class:`~fedmodel.privacy.run_privacy.HandBack`). Re-running the
 in-flight round with the same inputs replays it and does not charge it again.
 """
 
@@ -26,7 +26,7 @@ from flwr.serverapp.strategy import Strategy
 from fedmodel.config import RunConfig
 from fedmodel.errors import CheckpointError
 from fedmodel.privacy import OwnerPrivacyState
-from fedmodel.privacy.carry import HandBack
+from fedmodel.privacy.run_privacy import HandBack
 from fedmodel.protocol import HANDBACK_PREFIX
 from fedmodel.report.run_folder import RunFolder
 from server.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, write_checkpoint

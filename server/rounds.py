@@ -21,7 +21,7 @@ from fedmodel.config import RETRY_ATTEMPTS, RunConfig
 from fedmodel.errors import AllClientsFailedError, BelowMinimumError
 from fedmodel.report.run_folder import RunFolder
 from server.cohorts import owner_replies, round_config
-from server.secure import secure_train
+from server.secagg import secure_train
 
 log = logging.getLogger("fedmodel.server")
 
@@ -57,7 +57,7 @@ def _train(strategy: object, grid: Grid, config: RunConfig, server_round: int, a
     recorder = strategy.recorder  # type: ignore[attr-defined]
 
     def attempt() -> ArrayRecord:
-        if config.secure_aggregation:  # Flower's SecAgg+ for the train stage (server.secure)
+        if config.secure_aggregation:  # Flower's SecAgg+ for the train stage (server.secagg)
             return secure_train(strategy, grid, config, server_round, arrays, train_config, timeout)
         sent = round_config(config, train_config, server_round)
         messages = list(strategy.configure_train(server_round, arrays, sent, grid))  # type: ignore[attr-defined]

@@ -102,7 +102,7 @@ def check_inputs(config: RunConfig) -> None:
             f"(owners {', '.join(map(str, empty[:10]))}); use fewer owners or another partition"
         )
     if config.audit:  # enough features and classes for the canaries
-        from fedmodel.privacy.audit import run_canaries
+        from fedmodel.privacy.canaries import run_canaries
 
         run_canaries(config, split)
 

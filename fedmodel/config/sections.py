@@ -249,7 +249,7 @@ class ReliabilitySettings:
 
 @dataclass(frozen=True)
 class SecureAggregationSettings:
-    """Flower's SecAgg+ for the train stage (:mod:`server.secure`, :mod:`clients.secure`)."""
+    """Flower's SecAgg+ for the train stage (:mod:`server.secagg`, :mod:`clients.secagg`)."""
 
     secure_aggregation: bool = option(
         False, help="Flower's SecAgg+ for training: the coordinator sees only the weighted mean of the owners' "
@@ -337,7 +337,7 @@ class SimulationSettings:
 
 @dataclass(frozen=True)
 class AuditSettings:
-    """The empirical privacy audit (:mod:`fedmodel.privacy.audit`): a testing aid, simulation only."""
+    """The empirical privacy audit (:mod:`fedmodel.privacy.canaries`): a testing aid, simulation only."""
 
     audit: bool = option(
         False, help="Empirical privacy audit (testing aid): train on canaries and report a lower bound on epsilon "

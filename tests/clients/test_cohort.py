@@ -165,7 +165,7 @@ def test_a_sampled_owner_pays_only_for_the_rounds_it_trains_opacus_oracle() -> N
 
 
 def test_a_resumed_cohort_hands_each_owner_its_own_privacy_state_back() -> None:
-    from fedmodel.privacy.carry import HandBack
+    from fedmodel.privacy.run_privacy import HandBack
     from fedmodel.protocol import HANDBACK_PREFIX
 
     config = RunConfig(clients=4, rounds=3, nodes=2)

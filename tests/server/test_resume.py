@@ -156,7 +156,7 @@ def test_an_owner_that_trained_the_in_flight_round_and_is_not_asked_again_keeps_
     recorder = RunRecorder(config, RunFolder(tmp_path))
     recorder.restore(open_checkpoint(tmp_path).state["recorder"])
     back = handbacks(recorder, config, in_flight_round=2)
-    from fedmodel.privacy.carry import HandBack
+    from fedmodel.privacy.run_privacy import HandBack
 
     for owner in range(OWNERS):
         handback = HandBack.from_json(back[f"fedmodel-resume:{owner}"])

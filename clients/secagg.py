@@ -24,7 +24,7 @@ stage, before training, a deployed node records (run, ``server-round``) in
 ``<state-dir>/secagg-masked-rounds.json`` (written durably, owner-only) and refuses a round already
 recorded there (:data:`RULE_SECURE_AGGREGATION_REPLAY`, in the owner's audit log). The run is
 fedmodel's ``run-id`` (``flower-<Flower run id>`` without one), the run under which the node's
-privacy state recognises a repeated round (:mod:`clients.carry`); a new run id is a new run, whose
+privacy state recognises a repeated round (:mod:`clients.run_privacy`); a new run id is a new run, whose
 training the ledger charges again. A training attempt that fails (an error reply, no update
 released) gives its round back. Simulation (one trusted process tree) keeps no such record.
 """
@@ -159,7 +159,7 @@ def _claim_masked_round(msg: Message, context: Context) -> _MaskedRound | None:
 
 
 def masked_run_id(context: Context) -> str:
-    """The run a masked round belongs to: fedmodel's ``run-id``, else ``flower-<Flower run id>`` (as clients.carry)."""
+    """The run a masked round belongs to: fedmodel's ``run-id``, else ``flower-<Flower run id>`` (as clients.run_privacy)."""
     return str(context.run_config.get("run-id") or "") or f"flower-{context.run_id}"
 
 

@@ -11,7 +11,7 @@ Two readings, each at half the significance level (Bonferroni), the larger bound
   coordinator sees only the sum) nor when no update was seen.
 
 Simulation only: the coordinator derives the canaries and the secret inclusion bits from the run's
-data and seed, as the simulated owners do (:mod:`fedmodel.privacy.audit`).
+data and seed, as the simulated owners do (:mod:`fedmodel.privacy.canaries`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from flwr.app import Message
 from fedmodel.config import RunConfig
 from fedmodel.data import FederatedSplit
 from fedmodel.models import build_model
-from fedmodel.privacy.audit import BETA, Canaries, audit_report, audit_scores, canary_scores, run_canaries
+from fedmodel.privacy.canaries import BETA, Canaries, audit_report, audit_scores, canary_scores, run_canaries
 
 log = logging.getLogger("fedmodel.server")
 

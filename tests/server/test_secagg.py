@@ -23,13 +23,13 @@ from flwr.supercore.task_identity import TaskIdentity
 
 import clients.app as client_app
 from clients.central_dp import central_dp_mod
-from clients.secure import require_masked_train, secure_aggregation_mod
+from clients.secagg import require_masked_train, secure_aggregation_mod
 from fedmodel.config import RunConfig
 from fedmodel.errors import BelowMinimumError, ConfigError, PolicyViolation
 from fedmodel.privacy.policy import RULE_SECURE_AGGREGATION, PrivacyPolicy
 from fedmodel.report.run_folder import RunFolder
 from server.recorder import RunRecorder
-from server.secure import DEFAULT_MAX_WEIGHT, SecureAggregateRejected, quantisation_bound, quantisation_range, \
+from server.secagg import DEFAULT_MAX_WEIGHT, SecureAggregateRejected, quantisation_bound, quantisation_range, \
     secure_train
 from server.strategy import build_strategy
 
