@@ -24,8 +24,8 @@ from fedmodel.protocol import HANDBACK_PREFIX
 from fedmodel.protocol import PRIVACY_REPLY_KEY as REPLY_KEY
 from fedmodel.privacy import OwnerPrivacyState
 from fedmodel.privacy.run_privacy import CarriedPrivacy, HandBack, RoundPrivacy, load_file, round_digest, save_file
-from clients.cohort import PerMessage
-from clients.replies import OwnerIdentity
+from fedmodel.clients.cohort import PerMessage
+from fedmodel.clients.replies import OwnerIdentity
 
 CARRY_KEY = "fedmodel-privacy-carry"
 """``context.state`` record: the owner's :class:`CarriedPrivacy` as JSON, its privacy state within the run."""

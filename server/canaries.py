@@ -44,8 +44,8 @@ class UpdateAudit:
         self._after = build_model(config.model, num_features, num_classes)
 
     def observe(self, messages: list[Message], replies: list[Message]) -> None:
-        """Add the gains of one round's replies (``server.recorder.RunRecorder.train_sent`` calls it)."""
-        from server.recorder import owner_of
+        """Add the gains of one round's replies (``fedmodel.server.recorder.RunRecorder.train_sent`` calls it)."""
+        from fedmodel.server.recorder import owner_of
 
         sent = {m.metadata.message_id: m for m in messages}
         for reply in replies:

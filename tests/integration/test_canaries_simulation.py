@@ -11,7 +11,7 @@ import pytest
 from fedmodel.config import RunConfig
 from fedmodel.data import federated_split
 from fedmodel.privacy.canaries import run_canaries
-from simulations.runner import run_simulation
+from fedmodel.simulations.runner import run_simulation
 
 pytestmark = pytest.mark.integration
 

@@ -81,8 +81,8 @@ def _federate_through_the_client_app(config: RunConfig) -> dict[str, object]:
     from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, Metadata, RecordDict
     from flwr.app.message.message import make_message
 
-    import clients.app as client_app
-    from server.canaries import UpdateAudit, audit_run
+    import fedmodel.clients.app as client_app
+    from fedmodel.server.canaries import UpdateAudit, audit_run
 
     split = federated_split(config)
     test = split.test()
