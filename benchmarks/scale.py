@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fedmodel.config import RunConfig
 from fedmodel.report.model import Report
-from simulations.runner import run_simulation
+from fedmodel.simulations.runner import run_simulation
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 

@@ -45,17 +45,17 @@ from fedmodel.privacy import OwnerPrivacyState
 from fedmodel.privacy.accounting import epsilon_spent, gaussian_sum_epsilon
 from fedmodel.privacy.release import (EVALUATION_EPSILON, EVALUATION_FLAG, EXACT_REPLIES_FLAG, coarse_quality,
                                       coarse_train_metrics, release_evaluation)
-from fedmodel.privacy.audit import shard_with_canaries
+from fedmodel.privacy.canaries import shard_with_canaries
 from fedmodel.privacy.randomness import gaussian_source, owner_seed
 from fedmodel.protocol import FEATURE_SUMS_QUERY
 from fedmodel.protocol import PLACEMENT_RECORD_KEY as PLACEMENT_RECORD_KEY  # where a reply names its Ray node
-from clients.privacy_account import attach_audit_head, owner_account, record_local_statistics
-from clients.carry import REPLY_KEY, current_privacy, keep_privacy, privacy_record, restore_privacy
-from clients.central_dp import central_dp_mod
-from clients.cohort import CellCache, PerMessage, is_cohort_message, serve_cohort
-from clients.replies import error_reply, owner_label, reply, run_config
-from clients.masked_stage import secure_aggregation_in_effect
-from clients.secure import require_masked_train, secure_aggregation_mod
+from fedmodel.clients.privacy_account import attach_audit_head, owner_account, record_local_statistics
+from fedmodel.clients.run_privacy import REPLY_KEY, current_privacy, keep_privacy, privacy_record, restore_privacy
+from fedmodel.clients.central_dp import central_dp_mod
+from fedmodel.clients.cohort import CellCache, PerMessage, is_cohort_message, serve_cohort
+from fedmodel.clients.replies import error_reply, owner_label, reply, run_config
+from fedmodel.clients.masked_stage import secure_aggregation_in_effect
+from fedmodel.clients.secagg import require_masked_train, secure_aggregation_mod
 
 app = ClientApp()
 MAX_CACHED_CELLS = 20_000_000
@@ -164,15 +164,15 @@ def load_privacy(context: Context) -> OwnerPrivacyState:
     return current_privacy(context)
 
 
-@app.train(mods=[secure_aggregation_mod, central_dp_mod])  # SecAgg+ masks what central DP clipped (clients.secure)
+@app.train(mods=[secure_aggregation_mod, central_dp_mod])  # SecAgg+ masks what central DP clipped (fedmodel.clients.secagg)
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this owner's shard with DP-SGD (or without, if --no-dp)."""
-    if context.run_config.get("task", "tabular") != "tabular":  # a language model: LoRA adapters (clients.text)
-        from clients import text
+    if context.run_config.get("task", "tabular") != "tabular":  # a language model: LoRA adapters (fedmodel.clients.text)
+        from fedmodel.clients import text
 
         return text.train(msg, context)
     torch.set_num_threads(1)
-    if is_cohort_message(msg):  # a simulated node hosting many owners: each in turn (clients.cohort)
+    if is_cohort_message(msg):  # a simulated node hosting many owners: each in turn (fedmodel.clients.cohort)
         return serve_cohort(msg, context, train_owner)
     return train_owner(msg, context)
 
@@ -218,8 +218,8 @@ def train_owner(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on this owner's shard; only aggregate numbers leave."""
-    if context.run_config.get("task", "tabular") != "tabular":  # a language model (clients.text)
-        from clients import text
+    if context.run_config.get("task", "tabular") != "tabular":  # a language model (fedmodel.clients.text)
+        from fedmodel.clients import text
 
         refusal = evaluation_refusal(context, tabular=False)
         return error_reply(msg, context, refusal) if refusal is not None else text.evaluate(msg, context)

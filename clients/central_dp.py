@@ -7,7 +7,7 @@ model received) is scaled down to the clipping norm the coordinator's wrapper pu
 the run config the owner parsed, not by what the message carries: a train message of a central-DP
 run without a clipping norm is refused (an error reply), never answered unclipped. Clipping works on
 the result of DP-SGD, so the owner's sample-level guarantee is unchanged. Clipping draws nothing
-random at the owner (central DP's noise is the coordinator's, :mod:`server.central_dp`), so there is
+random at the owner (central DP's noise is the coordinator's, :mod:`fedmodel.server.central_dp`), so there is
 no owner-side draw here to take from the OS (:mod:`fedmodel.privacy.randomness`).
 """
 

@@ -1,7 +1,7 @@
 """A simulated Flower node hosting a cohort of owners: train (or evaluate) those asked, one after another.
 
 The coordinator's message names the owners it asks this round (:data:`~fedmodel.protocol.COHORT_KEY`,
-see :mod:`server.cohorts`); this node hosts the owners ``o`` with ``o % nodes == partition-id``. Each
+see :mod:`fedmodel.server.cohorts`); this node hosts the owners ``o`` with ``o % nodes == partition-id``. Each
 one is served by the very handler a node of its own would run, with a Context of its own: its
 ``partition-id`` is the owner's number and its ``state`` holds only that owner's records, kept in the
 node's state under ``<record>@<owner>`` between rounds. So every owner keeps its own privacy state and

@@ -1,8 +1,8 @@
 """Whether this train call runs inside the SecAgg+ masked-vector stage on this node.
 
-Only Flower's SecAgg+ mod, run by this node (:func:`clients.secure.secure_aggregation_mod`), enters
+Only Flower's SecAgg+ mod, run by this node (:func:`fedmodel.clients.secagg.secure_aggregation_mod`), enters
 the stage (:func:`masked_stage`), after the setup and share-keys stages and just before the reply is
-masked. Nothing in a message can set it: the owner's policy (:mod:`clients.privacy_account`) reads
+masked. Nothing in a message can set it: the owner's policy (:mod:`fedmodel.clients.privacy_account`) reads
 the protocol observed, not what the coordinator declares.
 """
 
@@ -26,7 +26,7 @@ def secure_aggregation_in_effect(config: RunConfig) -> bool:
     """What the owner's policy checks: the protocol observed (train), else what the run declares (other messages).
 
     A train message of a run that declares secure aggregation is checked again by
-    :func:`clients.secure.require_masked_train`, so a coordinator that declares it but sends a plain
+    :func:`fedmodel.clients.secagg.require_masked_train`, so a coordinator that declares it but sends a plain
     train message gets a refusal, not an update.
     """
     return masked_stage_active() or config.secure_aggregation

@@ -35,7 +35,7 @@ from fedmodel.privacy.owner_ledger import (
     open_ledger,
 )
 from fedmodel.privacy.policy import PrivacyPolicy
-from clients.masked_stage import secure_aggregation_in_effect
+from fedmodel.clients.masked_stage import secure_aggregation_in_effect
 
 log = logging.getLogger("fedmodel.client")
 RUN_STARTED_KEY = "fedmodel-run-audit"

@@ -3,7 +3,7 @@
 :func:`run_config` parses the run's config once per process, after a deployed node has refused
 every key off its allow-list. :func:`reply` packs an owner's numbers with the owner's identity;
 :func:`error_reply` turns a failure into an error reply that names the owner and, at a deployed
-node, never carries a data value. :mod:`clients.app` (tables) and :mod:`clients.text` (language
+node, never carries a data value. :mod:`fedmodel.clients.app` (tables) and :mod:`fedmodel.clients.text` (language
 models) both answer through here.
 """
 
@@ -21,7 +21,7 @@ from fedmodel.config import RunConfig
 from fedmodel.errors import DataValidationError, FedModelError
 from fedmodel.privacy.policy import check_run_config
 from fedmodel.protocol import OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, QUALITY_RECORD_KEY
-from clients.privacy_account import record_refusal
+from fedmodel.clients.privacy_account import record_refusal
 
 log = logging.getLogger("fedmodel.client")
 
@@ -62,7 +62,7 @@ def reply(msg: Message, owner: OwnerIdentity, metrics: dict[str, float], arrays:
         content["arrays"] = arrays
     if quality is not None:
         content[QUALITY_RECORD_KEY] = ConfigRecord(quality)  # type: ignore[arg-type]
-    local = getattr(owner, "local_statistics", ())  # a text owner (clients.text) cleans nothing
+    local = getattr(owner, "local_statistics", ())  # a text owner (fedmodel.clients.text) cleans nothing
     if arrays is not None and local:  # a train reply, cleaned with the owner's own statistics
         metrics = {**metrics, "local-statistics": 1.0}
     if owner.simulated:

@@ -1,12 +1,12 @@
 """The ClientApp's path for language models: LoRA fine-tuning of the owner's local base model.
 
-:mod:`clients.app` hands a message here when the run's ``task`` is ``classification`` or
+:mod:`fedmodel.clients.app` hands a message here when the run's ``task`` is ``classification`` or
 ``causal-lm``. The owner first checks its own copy of the base model against the fingerprint the
 coordinator sent (a mismatch is a refusal, before any data is touched or any privacy spent), then
 loads the global adapter into its model, trains it on its texts (tokenised here, never sent) with
 Opacus DP-SGD and replies with the adapter alone. Privacy is handled exactly as for tables
-(:mod:`clients.carry`, :mod:`clients.privacy_account`): the owner's state in ``context.state``, its
-budget, the noise calibrated once; replies go out through :mod:`clients.replies`.
+(:mod:`fedmodel.clients.run_privacy`, :mod:`fedmodel.clients.privacy_account`): the owner's state in ``context.state``, its
+budget, the noise calibrated once; replies go out through :mod:`fedmodel.clients.replies`.
 
 Where the texts come from: in simulation, the owner's partition of the run's data set; on a
 deployed node, its own file (``data-path``: CSV, Parquet or JSON Lines with the run's
@@ -38,14 +38,14 @@ from fedmodel.llm.federated import CLASSES_KEY, FINGERPRINT_KEY, POOLING_KEY, te
 from fedmodel.llm.pooling import POOLINGS
 from fedmodel.llm.train import HEAD_LR_FACTOR
 from fedmodel.privacy.randomness import owner_seed
-from clients.carry import REPLY_KEY, keep_privacy, privacy_record, restore_privacy
-from clients.privacy_account import owner_account
-from clients.replies import error_reply, reply, run_config
+from fedmodel.clients.run_privacy import REPLY_KEY, keep_privacy, privacy_record, restore_privacy
+from fedmodel.clients.privacy_account import owner_account
+from fedmodel.clients.replies import error_reply, reply, run_config
 
 
 @dataclass(frozen=True)
 class TextOwner:
-    """Who this node trains for (a :class:`~clients.replies.OwnerIdentity`), its texts and its base model."""
+    """Who this node trains for (a :class:`~fedmodel.clients.replies.OwnerIdentity`), its texts and its base model."""
 
     name: str
     seed_id: int

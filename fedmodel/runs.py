@@ -61,7 +61,7 @@ def app_pyproject(config: RunConfig) -> dict[str, Any]:
         },
         "tool": {"flwr": {"app": {
             "publisher": "fedmodel",
-            "components": {"serverapp": "server.app:app", "clientapp": "clients.app:app"},
+            "components": {"serverapp": "fedmodel.server.app:app", "clientapp": "fedmodel.clients.app:app"},
             "config": config.to_mapping(),
         }}},
     }

@@ -33,13 +33,13 @@ from fedmodel.privacy.owner_ledger import AUDIT_LOG_NAME
 from fedmodel.report.run_folder import RunFolder
 from fedmodel.security.audit_log import AuditLog
 from fedmodel.training import evaluate
-from server.audit import UpdateAudit, audit_run
-from server.identity import IdentifiedGrid, NodeNames
-from server.recorder import RunRecorder
-from server.resume import handbacks, open_checkpoint, resume, save_round, train_config
-from server.rounds import run_rounds
-from server.stats import collect_feature_stats
-from server.strategy import RunStrategy, build_strategy
+from fedmodel.server.canaries import UpdateAudit, audit_run
+from fedmodel.server.identity import IdentifiedGrid, NodeNames
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.resume import handbacks, open_checkpoint, resume, save_round, train_config
+from fedmodel.server.rounds import run_rounds
+from fedmodel.server.stats import collect_feature_stats
+from fedmodel.server.strategy import RunStrategy, build_strategy
 
 app = ServerApp()
 log = logging.getLogger("fedmodel.server")
@@ -70,8 +70,8 @@ def main(grid: Grid, context: Context) -> None:
         if names is not None:
             grid = IdentifiedGrid(grid, names, recorder.identity_claim)  # type: ignore[assignment]
             recorder.identity_source = f"the coordinator's node registry {names.path} (Flower node id of the reply)"
-        if config.task != "tabular":  # a language model: only LoRA adapters travel (server.text)
-            from server.text import run_text
+        if config.task != "tabular":  # a language model: only LoRA adapters travel (fedmodel.server.text)
+            from fedmodel.server.text import run_text
 
             folder.write_report(run_text(grid, config, folder, recorder))
             audit.append("run-end", run_id=str(context.run_id), status="completed")
@@ -113,7 +113,7 @@ def main(grid: Grid, context: Context) -> None:
             evaluate_config=ConfigRecord(shared), evaluate_fn=central_eval,
             after_round=lambda r, a: save_round(folder, r, a, strategy, recorder, shared, config),
         )
-        if config.audit:  # --audit: the canaries scored with the final model (server.audit)
+        if config.audit:  # --audit: the canaries scored with the final model (fedmodel.server.canaries)
             recorder.privacy_audit = audit_run(config, split, final.to_torch_state_dict(),
                                                num_features=test.num_features, num_classes=test.num_classes,
                                                owner_privacy=recorder.owner_privacy, updates=recorder.update_audit)

@@ -3,7 +3,7 @@
 ``central-dp = fixed`` wraps the strategy in Flower's ``DifferentialPrivacyClientSideFixedClipping``,
 ``adaptive`` in ``DifferentialPrivacyClientSideAdaptiveClipping``. Their ``configure_train`` puts the
 clipping norm into every train message, and each owner's ClientApp clips its update to it with
-Flower's mod (:mod:`clients.central_dp`) before the update leaves, so the coordinator never holds an
+Flower's mod (:mod:`fedmodel.clients.central_dp`) before the update leaves, so the coordinator never holds an
 unclipped update; the Opacus DP-SGD at each owner runs unchanged inside (both guarantees hold).
 
 What fedmodel changes around the wrappers, and why:
@@ -28,7 +28,7 @@ What fedmodel changes around the wrappers, and why:
   adds it after moving the norm).
 
 The layers, outside in: :class:`CentralFixed` or :class:`CentralAdaptive` (Flower's wrapper, noise
-and the record of releases) holds the :class:`~server.screening.ScreenedStrategy` (screening with
+and the record of releases) holds the :class:`~fedmodel.server.screening.ScreenedStrategy` (screening with
 :func:`clipped_update_check`, recording), which holds :class:`EqualWeightFedAvg` or
 :class:`EqualWeightFedProx` (the equal-weight mean).
 
@@ -58,9 +58,9 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT,
 
 from fedmodel.config import RunConfig
 from fedmodel.privacy import central
-from server.recorder import RunRecorder
-from server.screening import Reference, ReplyCheck, ScreenedStrategy
-from server.validation import update_norm
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.screening import Reference, ReplyCheck, ScreenedStrategy
+from fedmodel.server.validation import update_norm
 
 log = logging.getLogger("fedmodel.server")
 

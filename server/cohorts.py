@@ -4,7 +4,7 @@ With ``0 < nodes < clients`` the ``clients`` owners live on ``nodes`` Flower nod
 node whose ``partition-id`` is ``o % nodes``. Each round the coordinator chooses the owners (every one,
 or ``owners-per-round`` of them drawn uniformly without replacement from a seed of the run and the
 round) and puts the list in the config every node receives; each node trains those of its owners one
-after another in its process (:mod:`clients.cohort`) and replies with one ArrayRecord and MetricRecord
+after another in its process (:mod:`fedmodel.clients.cohort`) and replies with one ArrayRecord and MetricRecord
 per owner. :func:`split_replies` turns such a reply back into one reply per owner, so screening,
 recording and aggregation see owners exactly as when each owner has a node of its own: the owner, not
 the Flower node, is the unit of sampling, privacy accounting and reporting.

@@ -6,7 +6,7 @@ coordinator gave), that were sent the round but did not answer before ``round-ti
 (``not_connected``). A node is named by the owner it last answered for; one never heard from is
 ``node <id>``. :meth:`RunRecorder.state` and :meth:`RunRecorder.restore` carry all of it through a
 checkpoint. In a deployment the owner is the coordinator's registry name of the replying node
-(:mod:`server.identity`); a reply that claimed another name is listed in ``identity.claims`` and
+(:mod:`fedmodel.server.identity`); a reply that claimed another name is listed in ``identity.claims`` and
 flagged with ``claimed_name`` on the owner's entries.
 """
 
@@ -81,9 +81,9 @@ class RunRecorder:
         self.owner_state: dict[OwnerId, tuple[int, dict[str, Any]]] = {}  # owner -> (round, privacy state) reported
         self.node_owner: dict[int, OwnerId] = {}
         self.resumes: list[dict[str, Any]] = []
-        self.privacy_audit: dict[str, Any] | None = None  # --audit's outcome (server.audit), set after the last round
-        self.update_audit: Any = None  # --audit: server.audit.UpdateAudit, shown every round's train replies
-        self.central: dict[str, Any] | None = None  # central DP's releases (server.central_dp)
+        self.privacy_audit: dict[str, Any] | None = None  # --audit's outcome (fedmodel.server.canaries), set after the last round
+        self.update_audit: Any = None  # --audit: fedmodel.server.canaries.UpdateAudit, shown every round's train replies
+        self.central: dict[str, Any] | None = None  # central DP's releases (fedmodel.server.central_dp)
         self._seconds_before = 0.0  # ServerApp time spent before the latest resume
         self._round: _Round | None = None
         self.identity_source: str | None = None  # where owners' names come from, when not from the replies

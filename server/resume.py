@@ -1,16 +1,16 @@
 """Checkpoints after every round and what a resumed run needs from them.
 
 After round N (and as round 0, once the scaling statistics are in) the coordinator writes
-``<run folder>/checkpoint/round-N/`` (:mod:`server.checkpoint`): the global model, the strategy's
+``<run folder>/checkpoint/round-N/`` (:mod:`fedmodel.server.checkpoint`): the global model, the strategy's
 state, and as JSON the config, the statistics every owner scales with, the seed and Python's RNG
 state, and the recorder's state (metrics rows so far, per-owner metrics and the privacy state each
 owner last reported). A resumed run reads the newest checkpoint, verifies it completely and
 continues with round N + 1.
 
 Privacy across the crash: the round in flight (N + 1) may have been trained by every owner. A
-deployed node keeps its own record on disk (:mod:`clients.carry`); a simulated owner's state died
+deployed node keeps its own record on disk (:mod:`fedmodel.clients.run_privacy`); a simulated owner's state died
 with the run, so the coordinator hands each one back the state it last reported plus every round
-since, the in-flight round included (:class:`~fedmodel.privacy.carry.HandBack`). Re-running the
+since, the in-flight round included (:class:`~fedmodel.privacy.run_privacy.HandBack`). Re-running the
 in-flight round with the same inputs replays it and does not charge it again.
 """
 
@@ -26,12 +26,12 @@ from flwr.serverapp.strategy import Strategy
 from fedmodel.config import RunConfig
 from fedmodel.errors import CheckpointError
 from fedmodel.privacy import OwnerPrivacyState
-from fedmodel.privacy.carry import HandBack
+from fedmodel.privacy.run_privacy import HandBack
 from fedmodel.protocol import HANDBACK_PREFIX
 from fedmodel.report.run_folder import RunFolder
-from server.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, write_checkpoint
-from server.recorder import RunRecorder
-from server.strategy import restore_strategy_state, strategy_state
+from fedmodel.server.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, write_checkpoint
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.strategy import restore_strategy_state, strategy_state
 
 _NOT_COMPARED = ("resume",)
 

@@ -5,7 +5,7 @@ loop is the same sequence of strategy calls (configure and aggregate train, conf
 evaluate, central evaluation), starting at ``first_round``, telling the recorder which nodes did not
 answer within ``round-timeout``, retrying a round that fell below ``min-clients`` when
 ``below-minimum = retry``, and calling ``after_round`` (the checkpoint) when a round is complete.
-The scaling-statistics query before round 1 (``server.stats``) retries the same way.
+The scaling-statistics query before round 1 (``fedmodel.server.stats``) retries the same way.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from flwr.serverapp import Grid
 from fedmodel.config import RETRY_ATTEMPTS, RunConfig
 from fedmodel.errors import AllClientsFailedError, BelowMinimumError
 from fedmodel.report.run_folder import RunFolder
-from server.cohorts import owner_replies, round_config
-from server.secure import secure_train
+from fedmodel.server.cohorts import owner_replies, round_config
+from fedmodel.server.secagg import secure_train
 
 log = logging.getLogger("fedmodel.server")
 
@@ -35,7 +35,7 @@ def run_rounds(strategy: object, grid: Grid, config: RunConfig, *, arrays: Array
                after_round: AfterRound) -> ArrayRecord:
     """Rounds ``first_round`` .. ``config.rounds``; the final global arrays.
 
-    ``strategy`` is one of :func:`server.strategy.build_strategy`'s (it has a ``recorder``).
+    ``strategy`` is one of :func:`fedmodel.server.strategy.build_strategy`'s (it has a ``recorder``).
     Raises BelowMinimumError or AllClientsFailedError when a round cannot be completed.
     """
     timeout = config.round_timeout or None
@@ -57,7 +57,7 @@ def _train(strategy: object, grid: Grid, config: RunConfig, server_round: int, a
     recorder = strategy.recorder  # type: ignore[attr-defined]
 
     def attempt() -> ArrayRecord:
-        if config.secure_aggregation:  # Flower's SecAgg+ for the train stage (server.secure)
+        if config.secure_aggregation:  # Flower's SecAgg+ for the train stage (fedmodel.server.secagg)
             return secure_train(strategy, grid, config, server_round, arrays, train_config, timeout)
         sent = round_config(config, train_config, server_round)
         messages = list(strategy.configure_train(server_round, arrays, sent, grid))  # type: ignore[attr-defined]

@@ -5,13 +5,13 @@ it) and delegates to it, as Flower's own ``DifferentialPrivacy*`` wrappers do. A
 calls it adds what fedmodel needs in every run:
 
 * **node choice**: each round samples the nodes :meth:`ScreenedStrategy.connected_nodes` chose
-  (see :mod:`server.strategy` for the waiting rules), so Flower's own sampling never waits for a
+  (see :mod:`fedmodel.server.strategy` for the waiting rules), so Flower's own sampling never waits for a
   node that died;
 * **screening**: every train reply is checked against the arrays sent that round
-  (:func:`server.validation.validate_update`, then any extra ``checks``); a rejected reply becomes
+  (:func:`fedmodel.server.validation.validate_update`, then any extra ``checks``); a rejected reply becomes
   an error reply saying why, so it never reaches the global model and the recorder reports it as
   that owner's failure;
-* **recording**: the round's replies go to the :class:`~server.recorder.RunRecorder`; a round with
+* **recording**: the round's replies go to the :class:`~fedmodel.server.recorder.RunRecorder`; a round with
   fewer than ``min_replies`` valid replies raises :class:`~fedmodel.errors.BelowMinimumError` before
   anything is aggregated; the valid replies reach the strategy in owner order, so the aggregate
   never depends on the order they arrived in.
@@ -33,8 +33,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedmodel.errors import BelowMinimumError
-from server.recorder import RunRecorder, owner_of, records
-from server.validation import validate_update
+from fedmodel.server.recorder import RunRecorder, owner_of, records
+from fedmodel.server.validation import validate_update
 
 log = logging.getLogger("fedmodel.server")
 

@@ -1,11 +1,11 @@
 """Federated scaling statistics before round 1: ask every owner for DP sums, combine them.
 
 The query carries public bounds and the noise multiplier; each owner charges the release to its
-privacy state before answering (see ``clients.app.query``). It is sent like a round: to the nodes
-:meth:`server.screening.ScreenedStrategy.connected_nodes` chooses (every node, waiting at most
+privacy state before answering (see ``fedmodel.clients.app.query``). It is sent like a round: to the nodes
+:meth:`fedmodel.server.screening.ScreenedStrategy.connected_nodes` chooses (every node, waiting at most
 ``round-timeout``), waiting at most ``round-timeout`` for the answers, and it needs ``min-clients``
 of them (1 when not set), else BelowMinimumError names who failed or timed out, and the query is
-tried again or the run stops, by ``below-minimum`` (:func:`server.rounds.with_retries`). Owners
+tried again or the run stops, by ``below-minimum`` (:func:`fedmodel.server.rounds.with_retries`). Owners
 that fail or time out are recorded and left out; the statistics come from the rest.
 """
 
@@ -21,9 +21,9 @@ from fedmodel.data.scaling import FederatedStats, ScalingBounds, combine
 from fedmodel.data.schema import Schema
 from fedmodel.errors import BelowMinimumError
 from fedmodel.protocol import FEATURE_SUMS_QUERY
-from server.recorder import owner_of
-from server.rounds import with_retries
-from server.strategy import RunStrategy
+from fedmodel.server.recorder import owner_of
+from fedmodel.server.rounds import with_retries
+from fedmodel.server.strategy import RunStrategy
 
 WHAT = "scaling statistics"
 
@@ -32,7 +32,7 @@ def collect_feature_stats(grid: Grid, config: RunConfig, bounds: ScalingBounds, 
                           strategy: RunStrategy) -> FederatedStats:
     """Send the feature-sums query to every connected owner and combine the noisy sums that come back.
 
-    ``strategy`` (one of :func:`server.strategy.build_strategy`'s) chooses the nodes and holds the
+    ``strategy`` (one of :func:`fedmodel.server.strategy.build_strategy`'s) chooses the nodes and holds the
     recorder. Raises BelowMinimumError when fewer than ``min-clients`` owners answer.
     """
     return with_retries(config, strategy.recorder.folder, WHAT,

@@ -2,14 +2,14 @@
 
 ``strategy`` picks FedAvg, FedProx or FedAdam; with FedAvg, ``aggregation`` may swap the weighted
 mean for one of Flower's robust aggregators (FedMedian, FedTrimmedAvg, Krum, MultiKrum). Whatever
-aggregates, it sits inside :class:`~server.screening.ScreenedStrategy`: every train reply is
-screened first (:func:`server.validation.validate_update` against the arrays sent that round); a
+aggregates, it sits inside :class:`~fedmodel.server.screening.ScreenedStrategy`: every train reply is
+screened first (:func:`fedmodel.server.validation.validate_update` against the arrays sent that round); a
 rejected reply becomes an error reply, so the recorder reports it as that owner's failure with the
 reason and it never reaches the global model. With ``central-dp`` the screened strategy sits inside
-Flower's DP wrapper (:mod:`server.central_dp`).
+Flower's DP wrapper (:mod:`fedmodel.server.central_dp`).
 
 Dropouts: each round samples every connected node. The first round of a run (or the
-scaling-statistics query before it, ``server.stats``) waits for all ``clients`` nodes, at most
+scaling-statistics query before it, ``fedmodel.server.stats``) waits for all ``clients`` nodes, at most
 ``round-timeout`` seconds; later rounds take the nodes connected then (a node that dropped out
 joins the next round after it is back), waiting only while fewer than ``min-clients`` are
 connected (without a time-out, and when ``min-clients`` is not set: for all of them, as Flower
@@ -31,10 +31,10 @@ from flwr.serverapp.strategy.fedopt import FedOpt
 
 from fedmodel.config import RunConfig
 from fedmodel.owners import owner_order as _owner_order  # the one owner ordering, as the recorder's
-from server import central_dp
-from server.central_dp import CentralAdaptive, CentralFixed
-from server.recorder import RunRecorder
-from server.screening import DEFAULT_MAX_EXAMPLES, ScreenedStrategy
+from fedmodel.server import central_dp
+from fedmodel.server.central_dp import CentralAdaptive, CentralFixed
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.screening import DEFAULT_MAX_EXAMPLES, ScreenedStrategy
 
 RunStrategy = ScreenedStrategy | CentralFixed | CentralAdaptive
 """What :func:`build_strategy` returns: the screened strategy, possibly inside a central-DP wrapper."""

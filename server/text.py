@@ -1,6 +1,6 @@
 """The coordinator's path for language models: federated LoRA fine-tuning of a local base model.
 
-:func:`server.app.main` calls :func:`run_text` when ``task`` is ``classification`` or ``causal-lm``.
+:func:`fedmodel.server.app.main` calls :func:`run_text` when ``task`` is ``classification`` or ``causal-lm``.
 The base weights never travel. The coordinator fingerprints its own copy, and every message carries
 that fingerprint (each owner refuses a base that differs) and the global adapter: the LoRA matrices
 and, for classification, the head, seeded so every party starts from the same one. Flower's
@@ -35,8 +35,8 @@ from fedmodel.llm.federated import CLASSES_KEY, FINGERPRINT_KEY, POOLING_KEY, te
 from fedmodel.llm.lora import unwrap
 from fedmodel.llm.pooling import resolve_pooling
 from fedmodel.report.run_folder import RunFolder
-from server.recorder import RunRecorder, owner_of
-from server.strategy import aggregator, build_strategy
+from fedmodel.server.recorder import RunRecorder, owner_of
+from fedmodel.server.strategy import aggregator, build_strategy
 
 log = logging.getLogger("fedmodel.server")
 ADAPTER_FILE = "adapter.safetensors"

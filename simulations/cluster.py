@@ -5,7 +5,7 @@ machine can host one worker. With ``ray-address`` it checks the existing cluster
 time (30 s by default) and fails with one message saying what to fix:
 
 1. a TCP connection to the address (refused or silent: unreachable);
-2. a short-lived Ray driver in a subprocess (``simulations.ray_probe``), killed when time is up,
+2. a short-lived Ray driver in a subprocess (``fedmodel.simulations.ray_probe``), killed when time is up,
    that lists the alive nodes and runs one tiny task pinned to each, returning the fedmodel version
    its workers import;
 3. :func:`assess`: a node must fit one worker (Flower's pool is
@@ -137,9 +137,9 @@ def _host_port(address: str) -> tuple[str, int]:
 
 
 def _run_probe(address: str, deadline: float, timeout_s: float) -> dict[str, Any]:
-    """Run ``simulations.ray_probe`` and parse its JSON line; its whole process group dies at the deadline."""
+    """Run ``fedmodel.simulations.ray_probe`` and parse its JSON line; its whole process group dies at the deadline."""
     budget = deadline - time.monotonic()
-    cmd = [sys.executable, "-m", "simulations.ray_probe", address, f"{max(budget - 8.0, 2.0):.1f}"]
+    cmd = [sys.executable, "-m", "fedmodel.simulations.ray_probe", address, f"{max(budget - 8.0, 2.0):.1f}"]
     env = {**os.environ, "RAY_ADDRESS": address, "RAY_USAGE_STATS_ENABLED": "0"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                             text=True, start_new_session=True)

@@ -2,10 +2,10 @@
 
 Flower's Ray backend calls ``ray.init(runtime_env={"env_vars": {"PYTHONPATH": <the driver's
 sys.path>}})`` so that workers on other machines find the app's code. On the run's private Ray
-(this machine, started from this environment by :mod:`simulations.runner`) every worker already
+(this machine, started from this environment by :mod:`fedmodel.simulations.runner`) every worker already
 has that path: the workers inherit the environment the head (or Flower's driver) was started with,
 and the Flower App fedmodel submits is a ``pyproject.toml`` only (its code is the installed
-``server`` / ``clients`` packages). That runtime env costs each worker a second Python start
+``fedmodel.server`` / ``fedmodel.clients`` packages). That runtime env costs each worker a second Python start
 (``setup_worker.py`` imports Ray, asks the runtime-env agent, then execs the real worker: ~1.3 CPU
 s each) and keeps Ray's prestarted workers (an empty runtime env) from ever serving Flower's
 actors. The runner sets ``RAY_RUNTIME_ENV_HOOK`` to :func:`drop_pythonpath` for a private Ray only;

@@ -1,6 +1,6 @@
-"""A short-lived Ray driver that looks at a cluster: ``python -m simulations.ray_probe ADDRESS TIMEOUT_S``.
+"""A short-lived Ray driver that looks at a cluster: ``python -m fedmodel.simulations.ray_probe ADDRESS TIMEOUT_S``.
 
-Run in its own process by :func:`simulations.cluster.check_cluster`, which kills it when its time is
+Run in its own process by :func:`fedmodel.simulations.cluster.check_cluster`, which kills it when its time is
 up (``ray.init`` on an address that accepts connections but is no Ray GCS can retry for minutes).
 It prints one JSON line: ``{"nodes": [{"id", "ip", "cpus", "gpus", "version" | "error"}]}`` with the
 fedmodel version that a task pinned to each alive node imports there, or ``{"error": ...}``.

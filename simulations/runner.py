@@ -17,7 +17,7 @@ asked for them (about 6 s later on 2 cores); ``ray.init`` waits for a head still
 is stopped with the SuperLink. Its files go under the run's home, or under a short directory of its
 own where the home's path (in a long ``TMPDIR``) is too long for Ray's sockets; only where neither
 works does ``RAY_ADDRESS=local`` let Flower start Ray itself. With ``ray-address`` the cluster is checked first
-(:mod:`simulations.cluster`) and Flower's actors run there. ``init-args-*`` are never set: they break
+(:mod:`fedmodel.simulations.cluster`) and Flower's actors run there. ``init-args-*`` are never set: they break
 attaching to a cluster.
 """
 
@@ -56,8 +56,8 @@ from fedmodel.runs import (
     tool,
     write_app,
 )
-from simulations import ray_env
-from simulations.cluster import check_cluster, check_local
+from fedmodel.simulations import ray_env
+from fedmodel.simulations.cluster import check_cluster, check_local
 
 LOCAL = "local"
 SUPERLINK_START_TIMEOUT_S = 60.0

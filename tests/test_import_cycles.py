@@ -16,6 +16,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("fedmodel", "server", "clients", "simulations")
+ROLES = ("server", "clients", "simulations")
+"""Top-level folders whose modules are installed and imported as ``fedmodel.<role>`` (fedmodel/roles.py)."""
 
 
 def module_files(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
@@ -26,6 +28,8 @@ def module_files(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> dic
             parts = list(path.relative_to(root).with_suffix("").parts)
             if parts[-1] == "__init__":
                 parts.pop()
+            if parts[0] in ROLES:
+                parts.insert(0, "fedmodel")
             found[".".join(parts)] = path
     return found
 
@@ -134,6 +138,12 @@ def one_cycle(graph: dict[str, set[str]], component: frozenset[str]) -> list[str
                     nxt.append(target)
         frontier = nxt
     raise AssertionError(f"no cycle through {start} in {sorted(component)}")  # pragma: no cover
+
+
+def test_the_role_folders_are_modules_of_fedmodel() -> None:
+    graph = import_graph()
+    assert "fedmodel.server.app" in graph and "fedmodel.clients.app" in graph
+    assert "fedmodel.server.recorder" in graph["fedmodel.server.app"]
 
 
 def test_no_import_cycles() -> None:

@@ -1,6 +1,6 @@
 """Run the reference app (benchmarks/reference_app) on Flower's simulation engine with a private SuperLink.
 
-As :mod:`simulations.runner` does for fedmodel (its SuperLink launch and :func:`fedmodel.runs.follow`):
+As :mod:`fedmodel.simulations.runner` does for fedmodel (its SuperLink launch and :func:`fedmodel.runs.follow`):
 a private Flower home, no per-run dependency installation, a simulation SuperLink on free loopback
 ports that is always stopped, and the run's real final status from ``flwr list`` (``flwr run``
 exits 0 on failure). Ray is plain Flower's: ``RAY_ADDRESS=local`` lets Flower's ``ray.init`` start
@@ -24,7 +24,7 @@ import tomli_w
 from fedmodel.errors import SimulationError
 from fedmodel.report.run_folder import RunFolder
 from fedmodel.runs import flower_env, follow, free_port, stop_process, stream_log, submit
-from simulations.runner import launch_superlink, wait_until_up
+from fedmodel.simulations.runner import launch_superlink, wait_until_up
 
 APP_SOURCE = Path(__file__).resolve().parent.parent / "reference_app"
 CONNECTION = "local"

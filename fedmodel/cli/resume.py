@@ -23,7 +23,7 @@ def resume_config(run_dir: Path, given: dict[str, Any]) -> RunConfig:
     a run folder or its run completed, and CheckpointError (naming the file) when the checkpoint is
     missing, incomplete, truncated or edited: it is never loaded then.
     """
-    from server.resume import open_checkpoint
+    from fedmodel.server.resume import open_checkpoint
 
     if given:
         raise ConfigError([f"--resume continues the run with its own config.toml; these options would change it: "

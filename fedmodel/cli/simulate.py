@@ -20,7 +20,7 @@ from fedmodel.report.model import Metrics, Report
 from fedmodel.runs import ProgressFn
 
 if TYPE_CHECKING:
-    from simulations.runner import LocalSuperLink
+    from fedmodel.simulations.runner import LocalSuperLink
 
 
 @opt.run_options("simulate")
@@ -81,7 +81,7 @@ def check_inputs(config: RunConfig) -> None:
     """Fail before Flower starts: the data file, the label, the partition and the device must work.
 
     On a Ray cluster the device is the worker hosts', not this machine's; the cluster itself is
-    checked when the simulation starts (:func:`simulations.runner.check_workers`).
+    checked when the simulation starts (:func:`fedmodel.simulations.runner.check_workers`).
     """
     from fedmodel.data import federated_split
 
@@ -102,7 +102,7 @@ def check_inputs(config: RunConfig) -> None:
             f"(owners {', '.join(map(str, empty[:10]))}); use fewer owners or another partition"
         )
     if config.audit:  # enough features and classes for the canaries
-        from fedmodel.privacy.audit import run_canaries
+        from fedmodel.privacy.canaries import run_canaries
 
         run_canaries(config, split)
 
@@ -115,13 +115,13 @@ def _check_and_run(config: RunConfig, *, show_progress: bool) -> Any:
 
 
 def _superlink(config: RunConfig) -> AbstractContextManager[LocalSuperLink | None]:
-    from simulations.runner import local_superlink
+    from fedmodel.simulations.runner import local_superlink
 
     return local_superlink(config)
 
 
 def _run(config: RunConfig, *, show_progress: bool, superlink: LocalSuperLink | None = None) -> Any:
-    from simulations.runner import run_simulation
+    from fedmodel.simulations.runner import run_simulation
 
     if not show_progress:
         return run_simulation(config, superlink=superlink)
@@ -198,7 +198,7 @@ def print_summary(report: Report | dict[str, Any], run_dir: Path) -> None:
             table.add_row("epsilon per owner", f"max {max(eps):.3f}, min {min(eps):.3f} "
                                                f"(budget {privacy.budget_epsilon:g})")
     client_level = privacy.client_level
-    if client_level:  # central DP (server.central_dp)
+    if client_level:  # central DP (fedmodel.server.central_dp)
         table.add_row("client-level epsilon", f"{client_level['epsilon']:.3f} at delta {client_level['delta']:g} "
                                               f"(central DP, {client_level['rounds']} rounds, noise multiplier "
                                               f"{client_level['noise_multiplier']:g})")

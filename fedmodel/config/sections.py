@@ -223,7 +223,7 @@ class TextSettings:
 
 @dataclass(frozen=True)
 class ReliabilitySettings:
-    """Dropouts, timeouts and resume (:mod:`server.rounds`)."""
+    """Dropouts, timeouts and resume (:mod:`fedmodel.server.rounds`)."""
 
     min_clients: str = option(
         "", help="Owners a round needs: a count N, a fraction such as 0.8, or all. The first round waits up to "
@@ -249,7 +249,7 @@ class ReliabilitySettings:
 
 @dataclass(frozen=True)
 class SecureAggregationSettings:
-    """Flower's SecAgg+ for the train stage (:mod:`server.secure`, :mod:`clients.secure`)."""
+    """Flower's SecAgg+ for the train stage (:mod:`fedmodel.server.secagg`, :mod:`fedmodel.clients.secagg`)."""
 
     secure_aggregation: bool = option(
         False, help="Flower's SecAgg+ for training: the coordinator sees only the weighted mean of the owners' "
@@ -268,7 +268,7 @@ class SecureAggregationSettings:
 
 @dataclass(frozen=True)
 class CentralDPSettings:
-    """Central (client-level) DP: Flower's client-side clipping wrappers and mods (:mod:`server.central_dp`)."""
+    """Central (client-level) DP: Flower's client-side clipping wrappers and mods (:mod:`fedmodel.server.central_dp`)."""
 
     central_dp: str = option(
         "none", help="Central (client-level) DP on top of DP-SGD: none | fixed | adaptive. Owners clip their update "
@@ -337,7 +337,7 @@ class SimulationSettings:
 
 @dataclass(frozen=True)
 class AuditSettings:
-    """The empirical privacy audit (:mod:`fedmodel.privacy.audit`): a testing aid, simulation only."""
+    """The empirical privacy audit (:mod:`fedmodel.privacy.canaries`): a testing aid, simulation only."""
 
     audit: bool = option(
         False, help="Empirical privacy audit (testing aid): train on canaries and report a lower bound on epsilon "

@@ -10,7 +10,7 @@ coordinator uses its own Flower home, ``STATE/flwr_home``, whose ``config.toml``
 
 The registry is also what the coordinator's ServerApp names owners by: ``coordinator start`` puts its
 path in :data:`REGISTRY_ENV` on the SuperLink, whose SuperExec and ``flwr-serverapp`` processes
-inherit it (``server.identity`` maps a reply's Flower node id, bound to the admitted key, to a name).
+inherit it (``fedmodel.server.identity`` maps a reply's Flower node id, bound to the admitted key, to a name).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from typing import Any
 from fedmodel.errors import PolicyViolation
 
 RULE_INSTALLED_CODE = "installed-code"
-COMPONENTS: Mapping[str, str] = {"serverapp": "server.app:app", "clientapp": "clients.app:app"}
+COMPONENTS: Mapping[str, str] = {"serverapp": "fedmodel.server.app:app", "clientapp": "fedmodel.clients.app:app"}
 """fedmodel's Flower components, as its runs' ``pyproject.toml`` names them."""
 FAB_FILES = frozenset({"pyproject.toml", ".info/CONTENT"})
 """What a FAB of fedmodel's holds: its pyproject and Flower's manifest of it."""
@@ -118,7 +118,7 @@ def _owner_of(context: Any) -> str:
 
 
 def _record(owner: str, context: Any, exc: PolicyViolation) -> None:
-    from clients.privacy_account import record_refusal  # the node's audit log, as every refusal
+    from fedmodel.clients.privacy_account import record_refusal  # the node's audit log, as every refusal
 
     record_refusal(owner, context, exc)
 

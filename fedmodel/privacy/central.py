@@ -3,7 +3,7 @@
 With ``central-dp`` every owner clips its whole model update to an L2 norm C before it leaves
 (Flower's ``fixedclipping_mod`` / ``adaptiveclipping_mod``), and the coordinator adds Gaussian noise
 to the equal-weight mean of the n updates it averages: std ``z * C / n``, i.e. ``z * C`` on their sum
-(Flower's ``DifferentialPrivacyClientSide*Clipping`` wrappers; :mod:`server.central_dp`).
+(Flower's ``DifferentialPrivacyClientSide*Clipping`` wrappers; :mod:`fedmodel.server.central_dp`).
 
 Accounting (the client-level epsilon):
 

@@ -204,7 +204,7 @@ class OwnerAccount:
         """Before training: the run's own check, then the round's planned steps reserved in the ledger.
 
         A replay (a simulated owner's seeded round with the same inputs, recognised by the carried
-        state, see :mod:`fedmodel.privacy.carry`) releases nothing new: its first attempt's
+        state, see :mod:`fedmodel.privacy.run_privacy`) releases nothing new: its first attempt's
         reservation stands, and nothing is reserved again. A deployed node's round sent again has
         fresh noise: it is reserved as a new release (``what`` says it is a repeat). Raises
         PrivacyBudgetExceeded (nothing reserved) if the owner's total would pass its budget.

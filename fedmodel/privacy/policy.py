@@ -47,7 +47,7 @@ class PrivacyPolicy:
         Refuse a run whose plan would spend more epsilon on this owner (None = no limit).
     require_secure_aggregation
         Refuse runs that do not declare secure aggregation; train only inside Flower's SecAgg+
-        protocol (the ClientApp passes what it observed, :mod:`clients.secure`).
+        protocol (the ClientApp passes what it observed, :mod:`fedmodel.clients.secagg`).
     allow_local_statistics
         Accept cleaning and scaling computed from the owner's own rows (local quartiles, means,
         medians, modes, z-score or min-max statistics); refused by default (``--allow-local-statistics``).

@@ -7,7 +7,7 @@ of the wrong shape becomes its empty default, so an older or partial report stil
 module does not know (the language-model sections of a text run, for example) are kept in ``extra``
 and written back unchanged.
 
-Sections produced elsewhere and shown as they are (``privacy.audit`` from :mod:`server.audit`,
+Sections produced elsewhere and shown as they are (``privacy.audit`` from :mod:`fedmodel.server.canaries`,
 ``privacy.client_level`` from :mod:`fedmodel.privacy.central`, ``scaling``, ``resumed``, ``config``,
 ``versions``) stay mappings.
 """
@@ -325,7 +325,7 @@ class Privacy:
     ledger: str | None = None
     refusals: list[Refusal] = field(default_factory=list)
     owners: list[OwnerPrivacy] = field(default_factory=list)
-    audit: Json | None = None  # optional: --audit's outcome (server.audit)
+    audit: Json | None = None  # optional: --audit's outcome (fedmodel.server.canaries)
     client_level: Json | None = None  # central DP's guarantee (fedmodel.privacy.central.summary), or None
     extra: Json = field(default_factory=dict)
 

@@ -9,10 +9,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.app.message.message import make_message
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT
 
-import clients.app as client_app
+import fedmodel.clients.app as client_app
 from fedmodel.config import RunConfig
 from fedmodel.models import build_model
-from server.validation import update_norm
+from fedmodel.server.validation import update_norm
 
 
 def train_message(config: ConfigRecord) -> tuple[Message, dict[str, torch.Tensor]]:

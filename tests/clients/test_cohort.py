@@ -9,13 +9,13 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
 from flwr.app.message.message import make_message
 
-import clients.app as client_app
-from clients.cohort import STATE_INDEX_KEY, CellCache, owner_context
+import fedmodel.clients.app as client_app
+from fedmodel.clients.cohort import STATE_INDEX_KEY, CellCache, owner_context
 from fedmodel.config import PartitionSpec, RunConfig
 from fedmodel.models import build_model
 from fedmodel.privacy import OwnerPrivacyState, epsilon_spent
 from fedmodel.protocol import COHORT_ERRORS_KEY, COHORT_KEY
-from server.cohorts import round_owners, split_replies
+from fedmodel.server.cohorts import round_owners, split_replies
 
 
 def message(server_round: int, cohort: list[int] | None, message_type: str = MessageType.TRAIN) -> Message:
@@ -165,7 +165,7 @@ def test_a_sampled_owner_pays_only_for_the_rounds_it_trains_opacus_oracle() -> N
 
 
 def test_a_resumed_cohort_hands_each_owner_its_own_privacy_state_back() -> None:
-    from fedmodel.privacy.carry import HandBack
+    from fedmodel.privacy.run_privacy import HandBack
     from fedmodel.protocol import HANDBACK_PREFIX
 
     config = RunConfig(clients=4, rounds=3, nodes=2)

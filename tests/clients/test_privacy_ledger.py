@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, M
 from flwr.app.message.message import make_message
 from typer.testing import CliRunner
 
-import clients.app as client_app
+import fedmodel.clients.app as client_app
 from fedmodel.cli import app as cli
 from fedmodel.config import RunConfig
 from fedmodel.models import build_model

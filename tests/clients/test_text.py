@@ -15,8 +15,8 @@ from flwr.app.message.message import make_message
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.rdp import RDPAccountant
 
-import clients.app as client_app
-from clients.carry import CARRY_KEY
+import fedmodel.clients.app as client_app
+from fedmodel.clients.run_privacy import CARRY_KEY
 from fedmodel.config import RunConfig
 from fedmodel.llm import LoraSettings, adapter_state, add_lora, fingerprint, load_base
 from fedmodel.llm.federated import CLASSES_KEY, FINGERPRINT_KEY, text_split

@@ -22,7 +22,7 @@ from fedmodel.config import RunConfig
 from fedmodel.errors import SimulationError
 from fedmodel.local_control import LocalControl
 from fedmodel.runs import write_app
-from simulations import runner
+from fedmodel.simulations import runner
 
 
 class FakeClient:
@@ -74,7 +74,7 @@ def test_submit_sends_the_app_built_as_flower_builds_it_and_the_federation_setti
     assert request.fab.hash_str == hashlib.sha256(request.fab.content).hexdigest()
     with zipfile.ZipFile(io.BytesIO(request.fab.content)) as fab:
         assert "pyproject.toml" in fab.namelist()
-        assert b"server.app:app" in fab.read("pyproject.toml")
+        assert b"fedmodel.server.app:app" in fab.read("pyproject.toml")
     federation = request.override_federation_config
     assert (federation.num_supernodes, federation.client_resources_num_cpus) == (3, 1)
     assert request.federation == "" and len(request.override_config) == 0

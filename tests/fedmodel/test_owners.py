@@ -12,7 +12,7 @@ def test_numbers_sort_numerically_then_names_alphabetically() -> None:
 
 
 def test_the_strategy_aggregates_in_the_recorders_order() -> None:
-    from server import strategy
+    from fedmodel.server import strategy
 
     assert strategy._owner_order is owner_order
 

@@ -22,8 +22,8 @@ import pytest
 
 from fedmodel.config import RunConfig
 from fedmodel.runs import free_port
-from simulations.cluster import RayClusterError, check_cluster
-from simulations.runner import run_simulation
+from fedmodel.simulations.cluster import RayClusterError, check_cluster
+from fedmodel.simulations.runner import run_simulation
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # real Ray clusters and simulations: 2-3 min each
 

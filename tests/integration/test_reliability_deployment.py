@@ -33,7 +33,7 @@ import pytest
 from fedmodel.config import RunConfig
 from fedmodel.data import federated_split
 from fedmodel.runs import free_port
-from server.resume import open_checkpoint
+from fedmodel.server.resume import open_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2700)]
 SITES = tuple(f"site-{i}" for i in range(5))

@@ -18,7 +18,7 @@ from opacus.accountants.rdp import RDPAccountant
 from safetensors.torch import load_file
 
 from fedmodel.config import RunConfig
-from simulations.runner import run_simulation
+from fedmodel.simulations.runner import run_simulation
 
 pytestmark = pytest.mark.integration
 

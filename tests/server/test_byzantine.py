@@ -2,7 +2,7 @@
 
 Ten owners train with DP-SGD through the real ClientApp ``train`` handler (real Flower Messages and
 Contexts); two of them attack (``inject-faults``, the testing aid). The coordinator's part is the
-real one: :func:`server.rounds.run_rounds` with the strategy :func:`server.strategy.build_strategy`
+real one: :func:`fedmodel.server.rounds.run_rounds` with the strategy :func:`fedmodel.server.strategy.build_strategy`
 makes (reply screening, then Flower's aggregator). Two readings of "sign-flipped, scaled x10":
 
 * owner 8 sign-flipped, owner 9 scaled x10: the coordinate-wise rules hold;
@@ -30,16 +30,16 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-import clients.app as client_app
+import fedmodel.clients.app as client_app
 from fedmodel.config import RunConfig
 from fedmodel.data import federated_split
 from fedmodel.data.prepare import as_raw, cleaning_spec, coordinator_spec, prepare_shard
 from fedmodel.models import build_model
 from fedmodel.report.run_folder import RunFolder
 from fedmodel.training import evaluate
-from server.recorder import RunRecorder
-from server.rounds import run_rounds
-from server.strategy import build_strategy
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.rounds import run_rounds
+from fedmodel.server.strategy import build_strategy
 
 SIGNFLIP_AND_X10 = "8:signflip,9:scale10"
 BOTH_SIGNFLIP_X10 = "8:scale-10,9:scale-10"

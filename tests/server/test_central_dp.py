@@ -22,8 +22,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedmodel.config import RunConfig
 from fedmodel.errors import AllClientsFailedError
 from fedmodel.report.run_folder import RunFolder
-from server.recorder import RunRecorder
-from server.strategy import build_strategy
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.strategy import build_strategy
 
 SIZE = 20_000  # parameters: the empirical noise std is then within about 1% of the true one
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-import server.checkpoint as checkpoint
+import fedmodel.server.checkpoint as checkpoint
 from fedmodel.errors import CheckpointError
-from server.checkpoint import latest_checkpoint, load_checkpoint, write_checkpoint
+from fedmodel.server.checkpoint import latest_checkpoint, load_checkpoint, write_checkpoint
 
 
 def arrays(seed: int) -> dict[str, torch.Tensor]:

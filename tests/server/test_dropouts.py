@@ -17,9 +17,9 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedmodel.config import RunConfig
 from fedmodel.errors import BelowMinimumError
 from fedmodel.report.run_folder import RunFolder
-from server.recorder import RunRecorder
-from server.rounds import run_rounds
-from server.strategy import build_strategy
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.rounds import run_rounds
+from fedmodel.server.strategy import build_strategy
 
 TEST_METRICS = {"loss": 1.0, "accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5}
 

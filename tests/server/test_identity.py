@@ -9,7 +9,7 @@ import pytest
 
 from fedmodel.deployment.coordinator import REGISTRY_ENV, NodeEntry
 from fedmodel.errors import DeploymentError
-from server.identity import NodeNames
+from fedmodel.server.identity import NodeNames
 
 
 def test_the_registry_comes_from_the_environment_and_is_read_again_for_a_new_node(

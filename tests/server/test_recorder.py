@@ -12,13 +12,13 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
 
-import clients.app as client_app
+import fedmodel.clients.app as client_app
 from fedmodel.config import RunConfig
 from fedmodel.errors import AllClientsFailedError
 from fedmodel.models import build_model
 from fedmodel.protocol import OWNER_RECORD_KEY
 from fedmodel.report.run_folder import RunFolder
-from server.recorder import RunRecorder
+from fedmodel.server.recorder import RunRecorder
 
 
 def replies(config: RunConfig, server_round: int) -> list[Message]:
@@ -103,7 +103,7 @@ def test_totals_across_runs_and_refusals_reach_the_report_and_the_coordinators_a
 
 # ---------------------------------------------------------------- owners named by their admitted key (deployment)
 def deployed_reply(msg: Message, claimed: str, epsilon: float) -> Message:
-    """A deployed owner's train reply as clients.app writes it: the name is whatever the node puts there."""
+    """A deployed owner's train reply as fedmodel.clients.app writes it: the name is whatever the node puts there."""
     metrics = {"num-examples": 50.0, "train-loss": 0.5, "epsilon": epsilon, "budget-epsilon": 3.0,
                "noise-multiplier": 1.1, "sample-rate": 0.3, "steps": 4.0, "max-grad-norm": 1.0, "delta": 1e-5}
     return Message(RecordDict({"metrics": MetricRecord(metrics),  # type: ignore[arg-type]
@@ -123,7 +123,7 @@ class SitesGrid:
 def test_a_node_claiming_another_sites_name_is_reported_under_its_registry_name(tmp_path: Path) -> None:
     from fedmodel.deployment.coordinator import NodeEntry
     from fedmodel.security.audit_log import AuditLog, read_entries
-    from server.identity import IdentifiedGrid, NodeNames
+    from fedmodel.server.identity import IdentifiedGrid, NodeNames
 
     registry = tmp_path / "coordinator" / "nodes.json"
     registry.parent.mkdir()
@@ -200,7 +200,7 @@ def client_app_reply(folder: Path, name: str, node_id: int, message_type: str, *
 
 def test_dp_evaluations_and_refusals_of_deployed_owners_reach_the_report(tmp_path: Path) -> None:
     """Mixed owner settings aggregate (one metric layout), and the report says which numbers are DP releases."""
-    from server.strategy import build_strategy
+    from fedmodel.server.strategy import build_strategy
 
     config = RunConfig(clients=3, rounds=1, out=str(tmp_path / "run"))
     recorder = RunRecorder(config, RunFolder(tmp_path / "run"))

@@ -13,7 +13,7 @@ from fedmodel.config import RunConfig
 from fedmodel.protocol import AUDIT_HEAD_RECORD_KEY, OWNER_RECORD_KEY
 from fedmodel.report.run_folder import RunFolder
 from fedmodel.security.audit_log import AuditLog
-from server.recorder import RunRecorder
+from fedmodel.server.recorder import RunRecorder
 
 
 def reply(count: int, kind: str = MessageType.EVALUATE) -> Message:

@@ -1,7 +1,7 @@
 """Coordinator crash and resume, in process: the real ServerApp pieces and the real ClientApp handlers.
 
-The coordinator's loop (:func:`server.rounds.run_rounds`), its checkpoints and the resume
-(:mod:`server.resume`) run as in the ServerApp; the grid delivers each message to the real ClientApp
+The coordinator's loop (:func:`fedmodel.server.rounds.run_rounds`), its checkpoints and the resume
+(:mod:`fedmodel.server.resume`) run as in the ServerApp; the grid delivers each message to the real ClientApp
 ``train`` / ``evaluate`` handlers with a Flower Context per simulated owner. A crash drops the
 coordinator and every owner's context (a simulation's state dies with it); the resumed run starts
 from the newest checkpoint with fresh contexts. For a crash at every round, before or after the
@@ -20,17 +20,17 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-import clients.app as client_app
+import fedmodel.clients.app as client_app
 from fedmodel.config import RunConfig
 from fedmodel.data import federated_split
 from fedmodel.data.prepare import as_raw, cleaning_spec, coordinator_spec, prepare_shard
 from fedmodel.models import build_model
 from fedmodel.report.run_folder import RunFolder
 from fedmodel.training import evaluate
-from server.recorder import RunRecorder
-from server.resume import handbacks, open_checkpoint, resume, save_round, train_config
-from server.rounds import run_rounds
-from server.strategy import build_strategy
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.resume import handbacks, open_checkpoint, resume, save_round, train_config
+from fedmodel.server.rounds import run_rounds
+from fedmodel.server.strategy import build_strategy
 
 OWNERS, ROUNDS = 3, 3
 
@@ -79,7 +79,7 @@ class InProcessGrid:
 
 
 def coordinator(config: RunConfig, run_dir: Path, grid: InProcessGrid) -> tuple[dict[str, torch.Tensor], RunRecorder]:
-    """What server.app.main does, minus Flower: fresh or resumed, then rounds with a checkpoint after each."""
+    """What fedmodel.server.app.main does, minus Flower: fresh or resumed, then rounds with a checkpoint after each."""
     folder = RunFolder(run_dir)
     checkpoint = open_checkpoint(run_dir, config) if config.resume else None
     if checkpoint is None:
@@ -156,7 +156,7 @@ def test_an_owner_that_trained_the_in_flight_round_and_is_not_asked_again_keeps_
     recorder = RunRecorder(config, RunFolder(tmp_path))
     recorder.restore(open_checkpoint(tmp_path).state["recorder"])
     back = handbacks(recorder, config, in_flight_round=2)
-    from fedmodel.privacy.carry import HandBack
+    from fedmodel.privacy.run_privacy import HandBack
 
     for owner in range(OWNERS):
         handback = HandBack.from_json(back[f"fedmodel-resume:{owner}"])

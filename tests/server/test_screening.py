@@ -15,8 +15,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedmodel.config import RunConfig
 from fedmodel.report.run_folder import RunFolder
-from server.recorder import RunRecorder
-from server.screening import Reference, ScreenedStrategy
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.screening import Reference, ScreenedStrategy
 
 
 @pytest.fixture(autouse=True)

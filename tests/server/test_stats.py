@@ -18,10 +18,10 @@ from fedmodel.data import federated_split
 from fedmodel.data.scaling import feature_sums, pooled_exact, public_bounds
 from fedmodel.errors import BelowMinimumError
 from fedmodel.report.run_folder import RunFolder
-from server.recorder import RunRecorder
-from server.stats import collect_feature_stats
-from server.screening import ScreenedStrategy
-from server.strategy import build_strategy
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.stats import collect_feature_stats
+from fedmodel.server.screening import ScreenedStrategy
+from fedmodel.server.strategy import build_strategy
 
 OWNERS = 4
 

@@ -18,8 +18,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedmodel.config import AggregationSpec, RunConfig
 from fedmodel.errors import AllClientsFailedError, ConfigError
 from fedmodel.report.run_folder import RunFolder
-from server.recorder import RunRecorder
-from server.strategy import aggregator, build_strategy, restore_strategy_state, strategy_state
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.strategy import aggregator, build_strategy, restore_strategy_state, strategy_state
 
 Tensors = dict[str, torch.Tensor]
 TEST_METRICS = {"loss": 1.0, "accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5}

@@ -16,12 +16,12 @@ from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.rdp import RDPAccountant
 
-import clients.app as client_app
+import fedmodel.clients.app as client_app
 from fedmodel.config import RunConfig
 from fedmodel.llm import add_lora, load_adapter_state, load_base, payload_sizes, read_adapter
 from fedmodel.report.run_folder import RunFolder
-from server.recorder import RunRecorder
-from server.text import ADAPTER_FILE, lora_settings, run_text
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.text import ADAPTER_FILE, lora_settings, run_text
 
 ORDERS = RDPAccountant.DEFAULT_ALPHAS
 

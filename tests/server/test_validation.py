@@ -9,7 +9,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from server.validation import update_norm, validate_update
+from fedmodel.server.validation import update_norm, validate_update
 
 Tensors = dict[str, torch.Tensor]
 

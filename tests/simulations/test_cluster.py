@@ -19,8 +19,8 @@ from fedmodel.cli import app
 from fedmodel.config import RunConfig
 from fedmodel.errors import ConfigError
 from fedmodel.runs import flower_env, free_port
-from simulations.cluster import RayClusterError, RayNode, assess, check_cluster
-from simulations.runner import _private_ray_root, federation_settings
+from fedmodel.simulations.cluster import RayClusterError, RayNode, assess, check_cluster
+from fedmodel.simulations.runner import _private_ray_root, federation_settings
 
 simulate_module = importlib.import_module("fedmodel.cli.simulate")
 

@@ -16,7 +16,7 @@ import pytest
 
 from fedmodel.config import RunConfig
 from fedmodel.report.run_folder import RunFolder
-from simulations import runner
+from fedmodel.simulations import runner
 
 
 def test_local_superlink_stops_its_process_and_removes_its_home_when_the_caller_fails(
@@ -203,7 +203,7 @@ def test_a_head_that_died_is_named_with_its_log(tmp_path: Path) -> None:
 def test_the_private_ray_hook_drops_only_flowers_pythonpath(monkeypatch: pytest.MonkeyPatch) -> None:
     from ray._private.worker import _maybe_modify_runtime_env
 
-    from simulations import ray_env
+    from fedmodel.simulations import ray_env
 
     monkeypatch.setenv("RAY_RUNTIME_ENV_HOOK", runner.PRIVATE_RAY_ENV["RAY_RUNTIME_ENV_HOOK"])
 
@@ -213,7 +213,7 @@ def test_the_private_ray_hook_drops_only_flowers_pythonpath(monkeypatch: pytest.
     assert hook({"env_vars": {"PYTHONPATH": "/a:/b"}}) == {}  # Flower's runtime env: plain workers
     assert hook({"env_vars": {"PYTHONPATH": "/a", "X": "1"}, "pip": ["y"]}) == {"env_vars": {"X": "1"}, "pip": ["y"]}
     assert hook({"pip": ["y"]}) == {"pip": ["y"]} and hook(None) is None and hook({}) == {}
-    assert ray_env.HOOK == "simulations.ray_env.drop_pythonpath"
+    assert ray_env.HOOK == "fedmodel.simulations.ray_env.drop_pythonpath"
 
 
 def test_only_a_private_ray_drops_flowers_runtime_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -229,7 +229,7 @@ def test_only_a_private_ray_drops_flowers_runtime_env(monkeypatch: pytest.Monkey
     monkeypatch.setattr(runner, "_launch_ray_head", lambda home, ray_root: (launch({}, home), "127.0.0.1:1"))
     try:
         with runner.local_superlink(RunConfig(clients=2, rounds=1)) as link:
-            assert link.env["RAY_RUNTIME_ENV_HOOK"] == "simulations.ray_env.drop_pythonpath"
+            assert link.env["RAY_RUNTIME_ENV_HOOK"] == "fedmodel.simulations.ray_env.drop_pythonpath"
         with runner.local_superlink(RunConfig(clients=2, rounds=1, ray_address="10.0.0.1:6379")) as link:
             assert "RAY_RUNTIME_ENV_HOOK" not in link.env  # other machines' workers need the driver's PYTHONPATH
             assert link.env["RAY_ADDRESS"] == "10.0.0.1:6379"

@@ -1,7 +1,7 @@
 """The hostile coordinator's own machine: its ``flwr-serverapp`` runs the red team's ServerApp.
 
 A coordinator controls what runs on its machine, so it needs no code in the FAB to run a hostile
-ServerApp: it submits fedmodel's own pyproject-only FAB (naming ``server.app:app``, which a node's
+ServerApp: it submits fedmodel's own pyproject-only FAB (naming ``fedmodel.server.app:app``, which a node's
 guard accepts) and runs whatever it likes beside its SuperLink. The red-team harness models exactly
 that: the coordinator's processes get this folder on ``PYTHONPATH`` (Python imports ``sitecustomize``
 at start-up), and in a ``flwr-serverapp`` process Flower's ServerApp runner is wrapped so that a run

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from fedmodel.cli import app
 from fedmodel.config import RunConfig
 from fedmodel.report.run_folder import RunFolder
-from server.checkpoint import write_checkpoint
+from fedmodel.server.checkpoint import write_checkpoint
 
 simulate_module = importlib.import_module("fedmodel.cli.simulate")
 train_module = importlib.import_module("fedmodel.cli.train")

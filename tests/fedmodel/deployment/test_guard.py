@@ -60,7 +60,7 @@ def test_a_fab_shadowing_fedmodels_clientapp_is_refused(tmp_path: Path) -> None:
 
 def test_a_pyproject_only_fab_naming_another_component_is_refused(tmp_path: Path) -> None:
     content = hostile_fab(tmp_path, clientapp="os:system", files={})
-    with pytest.raises(PolicyViolation, match=r"names clientapp 'os:system', not fedmodel's 'clients.app:app'"):
+    with pytest.raises(PolicyViolation, match=r"names clientapp 'os:system', not fedmodel's 'fedmodel.clients.app:app'"):
         check_fab(content, "site-a")
 
 
@@ -70,9 +70,9 @@ def test_a_fab_that_is_no_archive_is_refused() -> None:
 
 
 def test_the_installed_clientapp_is_fedmodels() -> None:
-    import clients.app
+    import fedmodel.clients.app
 
-    assert installed_client_app() is clients.app.app
+    assert installed_client_app() is fedmodel.clients.app.app
 
 
 def test_the_guard_replaces_the_steps_flwr_clientapp_really_calls() -> None:

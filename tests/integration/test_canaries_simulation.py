@@ -10,8 +10,8 @@ import pytest
 
 from fedmodel.config import RunConfig
 from fedmodel.data import federated_split
-from fedmodel.privacy.audit import run_canaries
-from simulations.runner import run_simulation
+from fedmodel.privacy.canaries import run_canaries
+from fedmodel.simulations.runner import run_simulation
 
 pytestmark = pytest.mark.integration
 

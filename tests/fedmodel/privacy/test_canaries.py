@@ -17,7 +17,7 @@ from fedmodel.faults import Fault
 from fedmodel.models import build_model
 from fedmodel.owner import train_owner_round
 from fedmodel.privacy import OwnerPrivacyState
-from fedmodel.privacy.audit import (
+from fedmodel.privacy.canaries import (
     audit_report,
     audit_scores,
     epsilon_lower_bound,

@@ -13,7 +13,7 @@ SecAgg+) and the owner's privacy state record. The update masked is ``new - glob
 which keeps it inside SecAgg+'s clipping range of +-8 per coordinate.
 
 The owner's policy learns that a round is secure from the protocol itself: fedmodel's train
-function sees :func:`~clients.masked_stage.masked_stage_active` only while Flower's mod, on this
+function sees :func:`~fedmodel.clients.masked_stage.masked_stage_active` only while Flower's mod, on this
 node, has run the setup and share-keys stages and is about to mask the reply. Nothing in a message
 can set it.
 
@@ -24,7 +24,7 @@ stage, before training, a deployed node records (run, ``server-round``) in
 ``<state-dir>/secagg-masked-rounds.json`` (written durably, owner-only) and refuses a round already
 recorded there (:data:`RULE_SECURE_AGGREGATION_REPLAY`, in the owner's audit log). The run is
 fedmodel's ``run-id`` (``flower-<Flower run id>`` without one), the run under which the node's
-privacy state recognises a repeated round (:mod:`clients.carry`); a new run id is a new run, whose
+privacy state recognises a repeated round (:mod:`fedmodel.clients.run_privacy`); a new run id is a new run, whose
 training the ledger charges again. A training attempt that fails (an error reply, no update
 released) gives its round back. Simulation (one trusted process tree) keeps no such record.
 """
@@ -55,8 +55,8 @@ from fedmodel.errors import FedModelError, PolicyViolation
 from fedmodel.fsio import atomic_write
 from fedmodel.privacy.policy import RULE_SECURE_AGGREGATION
 from fedmodel.protocol import SECAGG_NAMES_KEY
-from clients.masked_stage import masked_stage, masked_stage_active
-from clients.privacy_account import record_refusal
+from fedmodel.clients.masked_stage import masked_stage, masked_stage_active
+from fedmodel.clients.privacy_account import record_refusal
 
 log = logging.getLogger("fedmodel.client")
 MIN_OTHER_NEIGHBOURS = 2
@@ -159,7 +159,7 @@ def _claim_masked_round(msg: Message, context: Context) -> _MaskedRound | None:
 
 
 def masked_run_id(context: Context) -> str:
-    """The run a masked round belongs to: fedmodel's ``run-id``, else ``flower-<Flower run id>`` (as clients.carry)."""
+    """The run a masked round belongs to: fedmodel's ``run-id``, else ``flower-<Flower run id>`` (as fedmodel.clients.run_privacy)."""
     return str(context.run_config.get("run-id") or "") or f"flower-{context.run_id}"
 
 

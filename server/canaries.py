@@ -11,7 +11,7 @@ Two readings, each at half the significance level (Bonferroni), the larger bound
   coordinator sees only the sum) nor when no update was seen.
 
 Simulation only: the coordinator derives the canaries and the secret inclusion bits from the run's
-data and seed, as the simulated owners do (:mod:`fedmodel.privacy.audit`).
+data and seed, as the simulated owners do (:mod:`fedmodel.privacy.canaries`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from flwr.app import Message
 from fedmodel.config import RunConfig
 from fedmodel.data import FederatedSplit
 from fedmodel.models import build_model
-from fedmodel.privacy.audit import BETA, Canaries, audit_report, audit_scores, canary_scores, run_canaries
+from fedmodel.privacy.canaries import BETA, Canaries, audit_report, audit_scores, canary_scores, run_canaries
 
 log = logging.getLogger("fedmodel.server")
 
@@ -44,8 +44,8 @@ class UpdateAudit:
         self._after = build_model(config.model, num_features, num_classes)
 
     def observe(self, messages: list[Message], replies: list[Message]) -> None:
-        """Add the gains of one round's replies (``server.recorder.RunRecorder.train_sent`` calls it)."""
-        from server.recorder import owner_of
+        """Add the gains of one round's replies (``fedmodel.server.recorder.RunRecorder.train_sent`` calls it)."""
+        from fedmodel.server.recorder import owner_of
 
         sent = {m.metadata.message_id: m for m in messages}
         for reply in replies:

@@ -4,7 +4,7 @@ The attack: a coordinator runs a round under SecAgg+, then runs it again without
 subtracts the two unmasked sums; when the other owners' updates repeat, what is left is that
 owner's update. The node's defence is to mask one update per (run, round), remembered in its state
 folder across processes (a SuperNode starts a fresh ClientApp process per message: here, a fresh
-Context). The coordinator side is fedmodel's own (server.secure) with Flower's SecAgg+ workflow.
+Context). The coordinator side is fedmodel's own (fedmodel.server.secagg) with Flower's SecAgg+ workflow.
 """
 
 from __future__ import annotations
@@ -22,16 +22,16 @@ from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
-import clients.app as client_app
-from clients.secure import MASKED_ROUNDS_FILE, RULE_SECURE_AGGREGATION_REPLAY, read_masked_rounds
+import fedmodel.clients.app as client_app
+from fedmodel.clients.secagg import MASKED_ROUNDS_FILE, RULE_SECURE_AGGREGATION_REPLAY, read_masked_rounds
 from fedmodel.config import RunConfig
 from fedmodel.errors import FedModelError
 from fedmodel.models import build_model
 from fedmodel.report.run_folder import RunFolder
 from fedmodel.security.audit_log import read_entries
-from server.recorder import RunRecorder
-from server.secure import secure_train
-from server.strategy import build_strategy
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.secagg import secure_train
+from fedmodel.server.strategy import build_strategy
 
 SITES = 3
 SCHEMA = {"schema-features": 64, "schema-labels": "\x1f".join(str(i) for i in range(10))}

@@ -58,7 +58,7 @@ from flwr.serverapp import Grid
 from fedmodel.config import RunConfig
 from fedmodel.errors import BelowMinimumError, FedModelError
 from fedmodel.protocol import SECAGG_NAMES_KEY
-from server.validation import validate_update
+from fedmodel.server.validation import validate_update
 
 log = logging.getLogger("fedmodel.server")
 
@@ -105,7 +105,7 @@ def secure_train(strategy: Any, grid: Grid, config: RunConfig, server_round: int
                  train_config: ConfigRecord, timeout: float | None) -> ArrayRecord:
     """One train stage under SecAgg+: the new global arrays (``arrays`` if the strategy returns none).
 
-    ``strategy`` is one of :func:`server.strategy.build_strategy`'s (possibly DP-wrapped). Raises
+    ``strategy`` is one of :func:`fedmodel.server.strategy.build_strategy`'s (possibly DP-wrapped). Raises
     BelowMinimumError when too few nodes are connected or SecAgg+ halts, SecureAggregateRejected
     when the aggregate fails validation.
     """

@@ -21,17 +21,17 @@ from flwr.common.constant import ErrorCode
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.supercore.task_identity import TaskIdentity
 
-import clients.app as client_app
-from clients.central_dp import central_dp_mod
-from clients.secure import require_masked_train, secure_aggregation_mod
+import fedmodel.clients.app as client_app
+from fedmodel.clients.central_dp import central_dp_mod
+from fedmodel.clients.secagg import require_masked_train, secure_aggregation_mod
 from fedmodel.config import RunConfig
 from fedmodel.errors import BelowMinimumError, ConfigError, PolicyViolation
 from fedmodel.privacy.policy import RULE_SECURE_AGGREGATION, PrivacyPolicy
 from fedmodel.report.run_folder import RunFolder
-from server.recorder import RunRecorder
-from server.secure import DEFAULT_MAX_WEIGHT, SecureAggregateRejected, quantisation_bound, quantisation_range, \
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.secagg import DEFAULT_MAX_WEIGHT, SecureAggregateRejected, quantisation_bound, quantisation_range, \
     secure_train
-from server.strategy import build_strategy
+from fedmodel.server.strategy import build_strategy
 
 OWNERS = 4
 WEIGHTS = {100: 30.0, 101: 70.0, 102: 45.0, 103: 120.0}
@@ -47,7 +47,7 @@ DELTAS = {node: _deltas(node) for node in WEIGHTS}
 toy = ClientApp()
 
 
-@toy.train(mods=[secure_aggregation_mod, central_dp_mod])  # as in clients.app
+@toy.train(mods=[secure_aggregation_mod, central_dp_mod])  # as in fedmodel.clients.app
 def _toy_train(msg: Message, context: Context) -> Message:
     """An owner whose update is fixed in advance: the global arrays plus its own delta."""
     node = context.node_id
@@ -334,11 +334,11 @@ class CrashingGrid(AppGrid):
 
 
 def secure_coordinator(config: RunConfig, run_dir: Path, grid: AppGrid) -> tuple[dict[str, torch.Tensor], RunRecorder]:
-    """What server.app.main does for a table run, minus Flower (fresh or resumed), with a checkpoint per round."""
+    """What fedmodel.server.app.main does for a table run, minus Flower (fresh or resumed), with a checkpoint per round."""
     from fedmodel.data import federated_split
     from fedmodel.models import build_model
-    from server.resume import handbacks, open_checkpoint, resume, save_round, train_config
-    from server.rounds import run_rounds
+    from fedmodel.server.resume import handbacks, open_checkpoint, resume, save_round, train_config
+    from fedmodel.server.rounds import run_rounds
 
     folder = RunFolder(run_dir)
     checkpoint = open_checkpoint(run_dir, config) if config.resume else None

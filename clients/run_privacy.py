@@ -1,4 +1,4 @@
-"""The ClientApp's side of carrying an owner's privacy state across crashes (see :mod:`fedmodel.privacy.carry`).
+"""The ClientApp's side of carrying an owner's privacy state across crashes (see :mod:`fedmodel.privacy.run_privacy`).
 
 Where the state of the run comes from, first found wins:
 
@@ -23,9 +23,9 @@ from fedmodel.config import NodeSettings
 from fedmodel.protocol import HANDBACK_PREFIX
 from fedmodel.protocol import PRIVACY_REPLY_KEY as REPLY_KEY
 from fedmodel.privacy import OwnerPrivacyState
-from fedmodel.privacy.carry import CarriedPrivacy, HandBack, RoundPrivacy, load_file, round_digest, save_file
-from clients.cohort import PerMessage
-from clients.replies import OwnerIdentity
+from fedmodel.privacy.run_privacy import CarriedPrivacy, HandBack, RoundPrivacy, load_file, round_digest, save_file
+from fedmodel.clients.cohort import PerMessage
+from fedmodel.clients.replies import OwnerIdentity
 
 CARRY_KEY = "fedmodel-privacy-carry"
 """``context.state`` record: the owner's :class:`CarriedPrivacy` as JSON, its privacy state within the run."""

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from fedmodel.errors import FedModelError
 from fedmodel.privacy import OwnerPrivacyState, PrivacyPlan
-from fedmodel.privacy.carry import CarriedPrivacy, HandBack, RoundPrivacy, load_file, round_digest, save_file
+from fedmodel.privacy.run_privacy import CarriedPrivacy, HandBack, RoundPrivacy, load_file, round_digest, save_file
 
 PLAN = PrivacyPlan(noise_multiplier=1.3, sample_rate=0.05, steps_per_round=20, total_steps=100, max_grad_norm=1.0,
                    delta=1e-5, budget_epsilon=3.0)

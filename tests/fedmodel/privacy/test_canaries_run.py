@@ -17,7 +17,7 @@ from fedmodel.data import federated_split
 from fedmodel.models import build_model
 from fedmodel.owner import train_owner_round
 from fedmodel.privacy import OwnerPrivacyState
-from fedmodel.privacy.audit import (
+from fedmodel.privacy.canaries import (
     AuditResult,
     audit_report,
     audit_scores,
@@ -81,8 +81,8 @@ def _federate_through_the_client_app(config: RunConfig) -> dict[str, object]:
     from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, Metadata, RecordDict
     from flwr.app.message.message import make_message
 
-    import clients.app as client_app
-    from server.audit import UpdateAudit, audit_run
+    import fedmodel.clients.app as client_app
+    from fedmodel.server.canaries import UpdateAudit, audit_run
 
     split = federated_split(config)
     test = split.test()

@@ -1,1 +1,0 @@
-"""The data owner's Flower ClientApp."""

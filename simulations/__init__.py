@@ -1,1 +1,0 @@
-"""Local multi-owner simulations on Flower's simulation engine (Ray)."""
