@@ -23,6 +23,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType
 from flwr.clientapp import ClientApp
 
+from clients.carry import REPLY_KEY, current_privacy, keep_privacy, privacy_record, restore_privacy
+from clients.central_dp import central_dp_mod
+from clients.cohort import CellCache, PerMessage, is_cohort_message, serve_cohort
+from clients.masked_stage import secure_aggregation_in_effect
+from clients.privacy_account import attach_audit_head, owner_account, record_local_statistics
+from clients.replies import error_reply, owner_label, reply, run_config
+from clients.secure import require_masked_train, secure_aggregation_mod
 from fedmodel.config import NodeSettings, RunConfig
 from fedmodel.data import Dataset, FederatedSplit, federated_split
 from fedmodel.data.cleaning import CleaningSpec, RawTable
@@ -43,19 +50,18 @@ from fedmodel.errors import FedModelError, PolicyViolation, PrivacyBudgetExceede
 from fedmodel.owner import evaluate_owner, evaluate_owner_sums, train_owner_round
 from fedmodel.privacy import OwnerPrivacyState
 from fedmodel.privacy.accounting import epsilon_spent, gaussian_sum_epsilon
-from fedmodel.privacy.release import (EVALUATION_EPSILON, EVALUATION_FLAG, EXACT_REPLIES_FLAG, coarse_quality,
-                                      coarse_train_metrics, release_evaluation)
 from fedmodel.privacy.audit import shard_with_canaries
 from fedmodel.privacy.randomness import gaussian_source, owner_seed
+from fedmodel.privacy.release import (
+    EVALUATION_EPSILON,
+    EVALUATION_FLAG,
+    EXACT_REPLIES_FLAG,
+    coarse_quality,
+    coarse_train_metrics,
+    release_evaluation,
+)
 from fedmodel.protocol import FEATURE_SUMS_QUERY
 from fedmodel.protocol import PLACEMENT_RECORD_KEY as PLACEMENT_RECORD_KEY  # where a reply names its Ray node
-from clients.privacy_account import attach_audit_head, owner_account, record_local_statistics
-from clients.carry import REPLY_KEY, current_privacy, keep_privacy, privacy_record, restore_privacy
-from clients.central_dp import central_dp_mod
-from clients.cohort import CellCache, PerMessage, is_cohort_message, serve_cohort
-from clients.replies import error_reply, owner_label, reply, run_config
-from clients.masked_stage import secure_aggregation_in_effect
-from clients.secure import require_masked_train, secure_aggregation_mod
 
 app = ClientApp()
 MAX_CACHED_CELLS = 20_000_000

@@ -19,13 +19,13 @@ from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message
 
-from fedmodel.config import NodeSettings
-from fedmodel.protocol import HANDBACK_PREFIX
-from fedmodel.protocol import PRIVACY_REPLY_KEY as REPLY_KEY
-from fedmodel.privacy import OwnerPrivacyState
-from fedmodel.privacy.carry import CarriedPrivacy, HandBack, RoundPrivacy, load_file, round_digest, save_file
 from clients.cohort import PerMessage
 from clients.replies import OwnerIdentity
+from fedmodel.config import NodeSettings
+from fedmodel.privacy import OwnerPrivacyState
+from fedmodel.privacy.carry import CarriedPrivacy, HandBack, RoundPrivacy, load_file, round_digest, save_file
+from fedmodel.protocol import HANDBACK_PREFIX
+from fedmodel.protocol import PRIVACY_REPLY_KEY as REPLY_KEY  # noqa: F401  # clients.app imports it from here
 
 CARRY_KEY = "fedmodel-privacy-carry"
 """``context.state`` record: the owner's :class:`CarriedPrivacy` as JSON, its privacy state within the run."""

@@ -20,10 +20,9 @@ from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message
 
+from clients.masked_stage import secure_aggregation_in_effect
 from fedmodel.config import NodeSettings, RunConfig
 from fedmodel.errors import ConfigError, PolicyViolation, PrivacyBudgetExceeded
-from fedmodel.protocol import AUDIT_HEAD_RECORD_KEY
-from fedmodel.security.audit_log import AuditLogError
 from fedmodel.privacy.ledger import ledger_path
 from fedmodel.privacy.owner_ledger import (
     AUDIT_LOG_NAME,
@@ -35,7 +34,8 @@ from fedmodel.privacy.owner_ledger import (
     open_ledger,
 )
 from fedmodel.privacy.policy import PrivacyPolicy
-from clients.masked_stage import secure_aggregation_in_effect
+from fedmodel.protocol import AUDIT_HEAD_RECORD_KEY
+from fedmodel.security.audit_log import AuditLogError
 
 log = logging.getLogger("fedmodel.client")
 RUN_STARTED_KEY = "fedmodel-run-audit"

@@ -17,11 +17,11 @@ from typing import Protocol
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 
+from clients.privacy_account import record_refusal
 from fedmodel.config import RunConfig
 from fedmodel.errors import DataValidationError, FedModelError
 from fedmodel.privacy.policy import check_run_config
 from fedmodel.protocol import OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, QUALITY_RECORD_KEY
-from clients.privacy_account import record_refusal
 
 log = logging.getLogger("fedmodel.client")
 

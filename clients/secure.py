@@ -50,13 +50,13 @@ from flwr.common.constant import ErrorCode
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, RECORD_KEY_STATE, Key, Stage
 from flwr.compat.common import recorddict_compat as compat
 
+from clients.masked_stage import masked_stage, masked_stage_active
+from clients.privacy_account import record_refusal
 from fedmodel.config import NodeSettings, RunConfig
 from fedmodel.errors import FedModelError, PolicyViolation
 from fedmodel.fsio import atomic_write
 from fedmodel.privacy.policy import RULE_SECURE_AGGREGATION
 from fedmodel.protocol import SECAGG_NAMES_KEY
-from clients.masked_stage import masked_stage, masked_stage_active
-from clients.privacy_account import record_refusal
 
 log = logging.getLogger("fedmodel.client")
 MIN_OTHER_NEIGHBOURS = 2

@@ -27,20 +27,30 @@ import torch
 from flwr.app import ArrayRecord, Context, Message
 from torch import nn
 
+from clients.carry import REPLY_KEY, keep_privacy, privacy_record, restore_privacy
+from clients.privacy_account import owner_account
+from clients.replies import error_reply, reply, run_config
 from fedmodel.config import NodeSettings, RunConfig
 from fedmodel.device import resolve_device
 from fedmodel.errors import ConfigError, FedModelError
 from fedmodel.llm import (
-    LoraSettings, LoraTrainSettings, TextShard, adapter_state, add_lora, check_fingerprint, evaluate_task,
-    load_adapter_state, load_base, read_text_shard, tokenize_shard, train_lora_round,
+    LoraSettings,
+    LoraTrainSettings,
+    TextShard,
+    adapter_state,
+    add_lora,
+    check_fingerprint,
+    evaluate_task,
+    load_adapter_state,
+    load_base,
+    read_text_shard,
+    tokenize_shard,
+    train_lora_round,
 )
 from fedmodel.llm.federated import CLASSES_KEY, FINGERPRINT_KEY, POOLING_KEY, text_split
 from fedmodel.llm.pooling import POOLINGS
 from fedmodel.llm.train import HEAD_LR_FACTOR
 from fedmodel.privacy.randomness import owner_seed
-from clients.carry import REPLY_KEY, keep_privacy, privacy_record, restore_privacy
-from clients.privacy_account import owner_account
-from clients.replies import error_reply, reply, run_config
 
 
 @dataclass(frozen=True)

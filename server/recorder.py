@@ -22,20 +22,40 @@ from typing import Any, TypeVar
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
-from fedmodel.privacy.release import EVALUATION_LOSS_CLIP
-from fedmodel.protocol import OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, PRIVACY_REPLY_KEY, QUALITY_RECORD_KEY
-from fedmodel.protocol import AUDIT_HEAD_RECORD_KEY
 from fedmodel.config import RunConfig
 from fedmodel.errors import AllClientsFailedError, refusal_rule
-from fedmodel.privacy import ACCOUNTANT
 from fedmodel.owners import OwnerId, owner_in_reason, owner_order, sorted_owners
+from fedmodel.privacy import ACCOUNTANT
 from fedmodel.privacy.central import summary as central_summary
-from fedmodel.report.model import (Attempt, AuditHead, DataQuality, Failure, Identity, IdentityClaim, Metrics,
-                                   OwnerPrivacy, OwnerQuality, OwnerResult, Privacy, Refusal, Report, Resources,
-                                   Round, Timing, UnfinishedRound)
+from fedmodel.privacy.release import EVALUATION_LOSS_CLIP
+from fedmodel.protocol import (
+    AUDIT_HEAD_RECORD_KEY,
+    OWNER_RECORD_KEY,
+    PLACEMENT_RECORD_KEY,
+    PRIVACY_REPLY_KEY,
+    QUALITY_RECORD_KEY,
+)
+from fedmodel.report.model import (
+    Attempt,
+    AuditHead,
+    DataQuality,
+    Failure,
+    Identity,
+    IdentityClaim,
+    Metrics,
+    OwnerPrivacy,
+    OwnerQuality,
+    OwnerResult,
+    Privacy,
+    Refusal,
+    Report,
+    Resources,
+    Round,
+    Timing,
+    UnfinishedRound,
+)
 from fedmodel.report.run_folder import RunFolder
 from fedmodel.security.audit_log import AuditLog
-
 
 log = logging.getLogger("fedmodel.server")
 R = TypeVar("R", ArrayRecord, MetricRecord, ConfigRecord)

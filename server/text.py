@@ -28,8 +28,16 @@ from torch import nn
 from fedmodel.config import RunConfig
 from fedmodel.device import resolve_device
 from fedmodel.llm import (
-    LoraSettings, adapter_state, add_lora, evaluate_task, fingerprint, load_adapter_state, load_base, payload_sizes,
-    save_adapter, tokenize_shard,
+    LoraSettings,
+    adapter_state,
+    add_lora,
+    evaluate_task,
+    fingerprint,
+    load_adapter_state,
+    load_base,
+    payload_sizes,
+    save_adapter,
+    tokenize_shard,
 )
 from fedmodel.llm.federated import CLASSES_KEY, FINGERPRINT_KEY, POOLING_KEY, text_split
 from fedmodel.llm.lora import unwrap

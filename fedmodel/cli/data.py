@@ -10,15 +10,19 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fedmodel.cli.console import fail, out
 from fedmodel.cli import options as opt
+from fedmodel.cli.console import fail, out
 from fedmodel.data.cleaning import (
-    CleaningSpec, CleaningSummary, clean, load_or_create_hmac_key, read_raw_table, write_clean_table,
+    CleaningSpec,
+    CleaningSummary,
+    clean,
+    load_or_create_hmac_key,
+    read_raw_table,
+    write_clean_table,
 )
 from fedmodel.data.quality import QualityReport, check_shard
 from fedmodel.data.schema_file import load_schema_file
 from fedmodel.errors import ConfigError, FedModelError
-
 
 EXIT_MAY_TRAIN, EXIT_MAY_NOT_TRAIN = 0, 1
 

@@ -26,8 +26,8 @@ from fedmodel.config.declare import (
     RunKeyRule,
     coerce,
     declared,
-    finite,
     field_types,
+    finite,
     key_of,
     to_raw,
 )

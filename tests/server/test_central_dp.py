@@ -148,7 +148,7 @@ def test_adaptive_norm_moves_toward_the_update_norms(tmp_path: Path, norms: tupl
     strategy, recorder = central(tmp_path, **{"central-dp": "adaptive", "central-noise": 0.3, "central-clip": 0.1,
                                               "central-count-stddev": 0.2})
     clipped = [float(n > 0.1) for n in norms]
-    replies = [reply(o, update(min(n, 0.1), o), **{KEY_NORM_BIT: b}) for o, (n, b) in enumerate(zip(norms, clipped))]
+    replies = [reply(o, update(min(n, 0.1), o), **{KEY_NORM_BIT: b}) for o, (n, b) in enumerate(zip(norms, clipped, strict=True))]
     aggregated, _ = train_round(strategy, 1, replies)
     assert aggregated is not None
     release = recorder.central["releases"][0]

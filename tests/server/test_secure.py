@@ -29,8 +29,13 @@ from fedmodel.errors import BelowMinimumError, ConfigError, PolicyViolation
 from fedmodel.privacy.policy import RULE_SECURE_AGGREGATION, PrivacyPolicy
 from fedmodel.report.run_folder import RunFolder
 from server.recorder import RunRecorder
-from server.secure import DEFAULT_MAX_WEIGHT, SecureAggregateRejected, quantisation_bound, quantisation_range, \
-    secure_train
+from server.secure import (
+    DEFAULT_MAX_WEIGHT,
+    SecureAggregateRejected,
+    quantisation_bound,
+    quantisation_range,
+    secure_train,
+)
 from server.strategy import build_strategy
 
 OWNERS = 4

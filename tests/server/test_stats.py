@@ -19,8 +19,8 @@ from fedmodel.data.scaling import feature_sums, pooled_exact, public_bounds
 from fedmodel.errors import BelowMinimumError
 from fedmodel.report.run_folder import RunFolder
 from server.recorder import RunRecorder
-from server.stats import collect_feature_stats
 from server.screening import ScreenedStrategy
+from server.stats import collect_feature_stats
 from server.strategy import build_strategy
 
 OWNERS = 4
