@@ -78,7 +78,7 @@ def resume(checkpoint: Checkpoint, strategy: Strategy, recorder: RunRecorder, fo
     recorder.restore(state["recorder"])
     restore_strategy_state(strategy, checkpoint.strategy_state)
     _set_rng_state(state["rng"]["python"])
-    folder.restart_metrics(recorder.rows)  # drop a row written after the checkpoint (the crash's round)
+    folder.restart_metrics(recorder.rows)  # type: ignore[arg-type]  # list is invariant: a list of dicts is read-only here; drop a row written after the checkpoint (the crash's round)
     previous = _previous_report(folder)
     recorder.resumes.append({"from_round": checkpoint.server_round, "in_flight_round": checkpoint.server_round + 1,
                              "checkpoint": str(checkpoint.path), **previous})

@@ -62,7 +62,7 @@ def _query(grid: Grid, config: RunConfig, bounds: ScalingBounds, schema: Schema,
             continue
         metrics = next(iter(reply.content.metric_records.values()))
         releases.append(np.asarray(metrics["sums"], dtype=np.float64).reshape(3, d))
-        owners[owner_of(reply)] = float(metrics.get("epsilon-stats", 0.0))  # type: ignore[arg-type]
+        owners[owner_of(reply)] = float(metrics.get("epsilon-stats", 0.0))  # type: ignore[arg-type]  # Flower types record values as a union; this one is a number or a list
     if len(releases) < strategy.min_replies:
         missing = "; ".join(f"node {f['node_id']}: {str(f['reason']).splitlines()[0]}" for f in failures)
         raise BelowMinimumError(f"{WHAT}: {len(releases)} of {len(messages)} owners answered, min-clients needs "
