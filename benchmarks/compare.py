@@ -49,6 +49,7 @@ from fedbench.scenarios import (
 )
 from fedbench.table import VariantResult, format_repeats, format_results
 from fedbench.variants import DPSchedule, dp_schedule, run_fedmodel, run_reference_app
+
 from fedmodel.config import RunConfig
 from fedmodel.data.dataset import train_test_split
 from fedmodel.data.loading import load_dataset
@@ -168,7 +169,7 @@ def main() -> int:
         text += format_results(repeats[0])
     else:
         text += "\n".join(f"Run {i + 1}, seed {seed}:\n\n{format_results(run)}" for i, (seed, run)
-                          in enumerate(zip(seeds, repeats))) + "\n" + format_repeats(repeats, seeds)
+                          in enumerate(zip(seeds, repeats, strict=True))) + "\n" + format_repeats(repeats, seeds)
     results = [r for run in repeats for r in run]
     text += f"\nWhole command: {time.perf_counter() - started:.0f} s.{' ' + args.note if args.note else ''}\n"
     print(text)
@@ -181,7 +182,6 @@ def main() -> int:
 def gpu(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """The GPU scenario: the throughput table of benchmarks/gpu_throughput.py, appended like the others."""
     import torch
-
     from gpu_throughput import throughput_table
 
     if not torch.cuda.is_available():

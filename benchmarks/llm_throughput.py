@@ -23,7 +23,14 @@ from pathlib import Path
 import torch
 
 from fedmodel.llm import (
-    LoraSettings, LoraTrainSettings, TextShard, TokenizedShard, add_lora, load_base, payload_sizes, tokenize_shard,
+    LoraSettings,
+    LoraTrainSettings,
+    TextShard,
+    TokenizedShard,
+    add_lora,
+    load_base,
+    payload_sizes,
+    tokenize_shard,
     train_lora_round,
 )
 from fedmodel.llm.source import Task
@@ -34,7 +41,11 @@ def build_tiny(folder: Path, task: Task, vocab: int = 8192, hidden: int = 128) -
     """Save a random model (BERT classifier, or GPT-2 LM for causal-lm) and a word-level tokenizer to ``folder``."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import (
-        BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast,
+        BertConfig,
+        BertForSequenceClassification,
+        GPT2Config,
+        GPT2LMHeadModel,
+        PreTrainedTokenizerFast,
     )
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(vocab - 5)]

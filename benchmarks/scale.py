@@ -17,9 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from fedmodel.simulations.runner import run_simulation
+
 from fedmodel.config import RunConfig
 from fedmodel.report.model import Report
-from fedmodel.simulations.runner import run_simulation
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 

@@ -118,7 +118,7 @@ def main() -> None:
         name = group(p.cmd, pid == root)
         first, at_r1, cpu, count = totals.setdefault(name, [p.start, 0.0, 0.0, 0])
         totals[name] = [min(first, p.start), at_r1 + (p.cpu_at_round1 or 0.0), cpu + p.cpu, count + 1]
-    print(f"\n| process group | processes | first started s | CPU s to round 1 end | CPU s in all |\n|---|---|---|---|---|")
+    print("\n| process group | processes | first started s | CPU s to round 1 end | CPU s in all |\n|---|---|---|---|---|")
     for name, (first, at_r1, cpu, count) in sorted(totals.items(), key=lambda kv: kv[1][0]):
         print(f"| {name} | {count} | {first:.1f} | {at_r1:.1f} | {cpu:.1f} |")
     r1 = sum(v[1] for v in totals.values())

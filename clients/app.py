@@ -20,6 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fedmodel.clients.central_dp import central_dp_mod
+from fedmodel.clients.cohort import CellCache, PerMessage, is_cohort_message, serve_cohort
+from fedmodel.clients.masked_stage import secure_aggregation_in_effect
+from fedmodel.clients.privacy_account import attach_audit_head, owner_account, record_local_statistics
+from fedmodel.clients.replies import error_reply, owner_label, reply, run_config
+from fedmodel.clients.run_privacy import REPLY_KEY, current_privacy, keep_privacy, privacy_record, restore_privacy
+from fedmodel.clients.secagg import require_masked_train, secure_aggregation_mod
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType
 from flwr.clientapp import ClientApp
 
@@ -43,19 +50,18 @@ from fedmodel.errors import FedModelError, PolicyViolation, PrivacyBudgetExceede
 from fedmodel.owner import evaluate_owner, evaluate_owner_sums, train_owner_round
 from fedmodel.privacy import OwnerPrivacyState
 from fedmodel.privacy.accounting import epsilon_spent, gaussian_sum_epsilon
-from fedmodel.privacy.release import (EVALUATION_EPSILON, EVALUATION_FLAG, EXACT_REPLIES_FLAG, coarse_quality,
-                                      coarse_train_metrics, release_evaluation)
 from fedmodel.privacy.canaries import shard_with_canaries
 from fedmodel.privacy.randomness import gaussian_source, owner_seed
+from fedmodel.privacy.release import (
+    EVALUATION_EPSILON,
+    EVALUATION_FLAG,
+    EXACT_REPLIES_FLAG,
+    coarse_quality,
+    coarse_train_metrics,
+    release_evaluation,
+)
 from fedmodel.protocol import FEATURE_SUMS_QUERY
 from fedmodel.protocol import PLACEMENT_RECORD_KEY as PLACEMENT_RECORD_KEY  # where a reply names its Ray node
-from fedmodel.clients.privacy_account import attach_audit_head, owner_account, record_local_statistics
-from fedmodel.clients.run_privacy import REPLY_KEY, current_privacy, keep_privacy, privacy_record, restore_privacy
-from fedmodel.clients.central_dp import central_dp_mod
-from fedmodel.clients.cohort import CellCache, PerMessage, is_cohort_message, serve_cohort
-from fedmodel.clients.replies import error_reply, owner_label, reply, run_config
-from fedmodel.clients.masked_stage import secure_aggregation_in_effect
-from fedmodel.clients.secagg import require_masked_train, secure_aggregation_mod
 
 app = ClientApp()
 MAX_CACHED_CELLS = 20_000_000
@@ -140,7 +146,7 @@ def resolve_owner(msg: Message, context: Context) -> Owner:
 
 def global_weights(msg: Message) -> dict[str, torch.Tensor]:
     """The message's global model as tensors, converted once per message (a cohort's owners all load it)."""
-    return _GLOBAL.get(msg, None, msg.content["arrays"].to_torch_state_dict)
+    return _GLOBAL.get(msg, None, msg.content["arrays"].to_torch_state_dict)  # type: ignore[union-attr]  # a train message's "arrays" is an ArrayRecord
 
 
 _GLOBAL: PerMessage[dict[str, torch.Tensor]] = PerMessage()
@@ -185,7 +191,7 @@ def train_owner(msg: Message, context: Context) -> Message:
         config = owner.config
         privacy = restore_privacy(msg, context, owner) if config.dp else None  # charged before the first step
         train_config = msg.content["config"]
-        prepared = owner.prepared(train_config)
+        prepared = owner.prepared(train_config)  # type: ignore[arg-type]  # a train message's "config" is a ConfigRecord
         shard = shard_with_canaries(config, owner.seed_id, owner.simulated, prepared.data)  # --audit's canaries
         account = owner_account(owner.name, config, context)
         reservation = None
@@ -194,12 +200,12 @@ def train_owner(msg: Message, context: Context) -> Message:
                          local_epochs=config.local_epochs, rounds=config.rounds, epsilon=config.epsilon,
                          delta=config.delta, max_grad_norm=config.max_grad_norm,
                          later=planned_evaluations(context, config))
-            reservation = account.reserve_round(privacy, int(train_config["server-round"]))  # type: ignore[arg-type]
+            reservation = account.reserve_round(privacy, int(train_config["server-round"]))  # type: ignore[arg-type]  # Flower types record values as a union; this one is a number or a list
         try:
             update = train_owner_round(
                 config, owner.seed_id, shard, global_weights(msg), privacy=privacy,
-                server_round=int(train_config["server-round"]),  # type: ignore[arg-type]
-                proximal_mu=float(train_config.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
+                server_round=int(train_config["server-round"]),  # type: ignore[arg-type]  # Flower types record values as a union; this one is a number or a list
+                proximal_mu=float(train_config.get("proximal-mu", 0.0)),  # type: ignore[arg-type]  # Flower types record values as a union; this one is a number or a list
                 device=resolve_device(config.device), simulated=owner.simulated,  # deployed: noise from the OS
             )
         finally:
@@ -243,7 +249,7 @@ def evaluate_owner_message(msg: Message, context: Context) -> Message:
             raise refusal
         owner = resolve_owner(msg, context)
         owner_account(owner.name, owner.config, context)  # the owner's policy holds for every message
-        shard = owner.prepared(msg.content["config"]).data
+        shard = owner.prepared(msg.content["config"]).data  # type: ignore[arg-type]  # an evaluate message's "config" is a ConfigRecord
         device = resolve_device(owner.config.device)
         if settings is not None and settings.evaluation == "dp":
             metrics = private_evaluation(owner, settings, shard, msg, context, device)
@@ -342,7 +348,7 @@ def query(msg: Message, context: Context) -> Message:
         if record.get("query") != FEATURE_SUMS_QUERY:
             raise FedModelError(f"owner {owner.name}: unknown query {record.get('query')!r}")
         bounds = bounds_from_config(record)
-        noise = float(record["scaling-noise"])  # type: ignore[arg-type]
+        noise = float(record["scaling-noise"])  # type: ignore[arg-type]  # Flower types record values as a union; this one is a number or a list
         config = owner.config
         if config.dp:
             privacy = load_privacy(context)
@@ -362,4 +368,4 @@ def query(msg: Message, context: Context) -> Message:
             cost, sums = 0.0, feature_sums(owner.unscaled(), bounds)
     except Exception as exc:
         return error_reply(msg, context, exc)
-    return reply(msg, owner, {"sums": [float(v) for v in sums.ravel()], "epsilon-stats": cost})
+    return reply(msg, owner, {"sums": [float(v) for v in sums.ravel()], "epsilon-stats": cost})  # type: ignore[dict-item]  # MetricRecord takes lists of floats too; reply() is typed narrower

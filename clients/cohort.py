@@ -44,12 +44,12 @@ def serve_cohort(msg: Message, context: Context, handler: Handler) -> Message:
         finally:
             keep_owner_state(context, own, owner)
         if reply.has_error():
-            errors[str(owner)] = reply.error.reason
+            errors[str(owner)] = reply.error.reason  # type: ignore[assignment]  # a failed reply always carries its reason
             continue
         for name, record in reply.content.items():
             content[f"{name}{COHORT_SEPARATOR}{owner}"] = record
     if errors:
-        content[COHORT_ERRORS_KEY] = ConfigRecord(errors)  # type: ignore[arg-type]
+        content[COHORT_ERRORS_KEY] = ConfigRecord(errors)  # type: ignore[arg-type]  # dict is invariant: its values are valid record values
     return Message(content=content, reply_to=msg)
 
 
@@ -62,21 +62,21 @@ def hosted_owners(msg: Message, context: Context) -> list[int]:
     if "partition-id" not in node or "num-partitions" not in node:
         raise FedModelError(f"node {context.node_id}: a cohort message reached a node that is not simulated")
     pid, nodes = int(node["partition-id"]), int(node["num-partitions"])
-    expected = int(context.run_config.get("nodes", 0))  # type: ignore[arg-type]
+    expected = int(context.run_config.get("nodes", 0))
     if nodes != expected:
         raise FedModelError(f"node {pid}: the simulation has {nodes} nodes, the run expects nodes = {expected}")
     asked = msg.content["config"][COHORT_KEY]
-    return [int(o) for o in asked if int(o) % nodes == pid]  # type: ignore[union-attr]
+    return [int(o) for o in asked if int(o) % nodes == pid]  # type: ignore[union-attr]  # Flower types record values as a union; this one is a list
 
 
 def owner_context(context: Context, owner: int) -> Context:
     """The Context one owner's handler sees: its own number as ``partition-id``, its own state records."""
     node_config = {**context.node_config, "partition-id": owner,
-                   "num-partitions": int(context.run_config["clients"])}  # type: ignore[arg-type]
+                   "num-partitions": int(context.run_config["clients"])}
     state = RecordDict()
     index = context.state.get(STATE_INDEX_KEY)
-    for name in (index.get(str(owner), []) if index is not None else []):  # type: ignore[union-attr]
-        state[str(name)] = context.state[f"{name}{COHORT_SEPARATOR}{owner}"]
+    for name in (index.get(str(owner), []) if index is not None else []):  # type: ignore[union-attr]  # Flower types record values as a union; this one is a list
+        state[str(name)] = context.state[f"{name}{COHORT_SEPARATOR}{owner}"]  # type: ignore[str-bytes-safe]  # the index holds owner state names (str)
     return Context(run_id=context.run_id, node_id=context.node_id, node_config=node_config, state=state,
                    run_config=context.run_config)
 
@@ -89,8 +89,8 @@ def keep_owner_state(context: Context, own: Context, owner: int) -> None:
     if STATE_INDEX_KEY not in context.state:
         context.state[STATE_INDEX_KEY] = ConfigRecord()
     index = context.state[STATE_INDEX_KEY]
-    if names and list(index.get(str(owner), [])) != names:  # type: ignore[union-attr]
-        index[str(owner)] = names  # type: ignore[index]
+    if names and list(index.get(str(owner), [])) != names:  # type: ignore[arg-type]  # the index's values are lists of state names
+        index[str(owner)] = names  # type: ignore[assignment]  # the index is a ConfigRecord of name lists
 
 
 class PerMessage(Generic[T]):

@@ -18,12 +18,11 @@ import logging
 import time
 from pathlib import Path
 
+from fedmodel.clients.masked_stage import secure_aggregation_in_effect
 from flwr.app import ConfigRecord, Context, Message
 
 from fedmodel.config import NodeSettings, RunConfig
 from fedmodel.errors import ConfigError, PolicyViolation, PrivacyBudgetExceeded
-from fedmodel.protocol import AUDIT_HEAD_RECORD_KEY
-from fedmodel.security.audit_log import AuditLogError
 from fedmodel.privacy.ledger import ledger_path
 from fedmodel.privacy.owner_ledger import (
     AUDIT_LOG_NAME,
@@ -35,7 +34,8 @@ from fedmodel.privacy.owner_ledger import (
     open_ledger,
 )
 from fedmodel.privacy.policy import PrivacyPolicy
-from fedmodel.clients.masked_stage import secure_aggregation_in_effect
+from fedmodel.protocol import AUDIT_HEAD_RECORD_KEY
+from fedmodel.security.audit_log import AuditLogError
 
 log = logging.getLogger("fedmodel.client")
 RUN_STARTED_KEY = "fedmodel-run-audit"
@@ -67,7 +67,7 @@ def record_local_statistics(owner: str, config: RunConfig, context: Context, use
     Raises what the audit log raises: a node that cannot record its opt-in does not use it.
     """
     done = context.state.get(LOCAL_STATISTICS_KEY)
-    recorded = [str(o) for o in done["options"]] if isinstance(done, ConfigRecord) else []  # type: ignore[union-attr]
+    recorded = [str(o) for o in done["options"]] if isinstance(done, ConfigRecord) else []  # type: ignore[union-attr]  # done is a ConfigRecord here; its options are a list
     if set(uses) <= set(recorded):
         return
     account = _account(owner, config, context)[0]
@@ -140,5 +140,5 @@ def attach_audit_head(reply: Message, context: Context) -> Message:
     except AuditLogError:
         log.exception("cannot read the audit log's head for the reply")
         record = {"count": -1, "tip": "", "keyed": False}
-    reply.content[AUDIT_HEAD_RECORD_KEY] = ConfigRecord(record)  # type: ignore[arg-type]
+    reply.content[AUDIT_HEAD_RECORD_KEY] = ConfigRecord(record)  # type: ignore[arg-type]  # done is a ConfigRecord here; its options are a list
     return reply

@@ -14,6 +14,7 @@ import sys
 from functools import lru_cache
 from typing import Protocol
 
+from fedmodel.clients.privacy_account import record_refusal
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
 
@@ -21,7 +22,6 @@ from fedmodel.config import RunConfig
 from fedmodel.errors import DataValidationError, FedModelError
 from fedmodel.privacy.policy import check_run_config
 from fedmodel.protocol import OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, QUALITY_RECORD_KEY
-from fedmodel.clients.privacy_account import record_refusal
 
 log = logging.getLogger("fedmodel.client")
 
@@ -61,7 +61,7 @@ def reply(msg: Message, owner: OwnerIdentity, metrics: dict[str, float], arrays:
     if arrays is not None:
         content["arrays"] = arrays
     if quality is not None:
-        content[QUALITY_RECORD_KEY] = ConfigRecord(quality)  # type: ignore[arg-type]
+        content[QUALITY_RECORD_KEY] = ConfigRecord(quality)  # type: ignore[arg-type]  # dict is invariant: its values are valid record values
     local = getattr(owner, "local_statistics", ())  # a text owner (fedmodel.clients.text) cleans nothing
     if arrays is not None and local:  # a train reply, cleaned with the owner's own statistics
         metrics = {**metrics, "local-statistics": 1.0}
@@ -69,7 +69,7 @@ def reply(msg: Message, owner: OwnerIdentity, metrics: dict[str, float], arrays:
         metrics = {**metrics, "owner": float(owner.seed_id)}
     else:
         content[OWNER_RECORD_KEY] = ConfigRecord({"name": owner.name})
-    content["metrics"] = MetricRecord(metrics)  # type: ignore[arg-type]
+    content["metrics"] = MetricRecord(metrics)  # type: ignore[arg-type]  # dict is invariant: its values are valid record values
     node = ray_node_id()
     if node is not None:
         content[PLACEMENT_RECORD_KEY] = ConfigRecord({"ray-node": node})

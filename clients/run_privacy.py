@@ -17,15 +17,15 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from fedmodel.clients.cohort import PerMessage
+from fedmodel.clients.replies import OwnerIdentity
 from flwr.app import ConfigRecord, Context, Message
 
 from fedmodel.config import NodeSettings
-from fedmodel.protocol import HANDBACK_PREFIX
-from fedmodel.protocol import PRIVACY_REPLY_KEY as REPLY_KEY
 from fedmodel.privacy import OwnerPrivacyState
 from fedmodel.privacy.run_privacy import CarriedPrivacy, HandBack, RoundPrivacy, load_file, round_digest, save_file
-from fedmodel.clients.cohort import PerMessage
-from fedmodel.clients.replies import OwnerIdentity
+from fedmodel.protocol import HANDBACK_PREFIX
+from fedmodel.protocol import PRIVACY_REPLY_KEY as REPLY_KEY  # noqa: F401  # fedmodel.clients.app imports it from here
 
 CARRY_KEY = "fedmodel-privacy-carry"
 """``context.state`` record: the owner's :class:`CarriedPrivacy` as JSON, its privacy state within the run."""
@@ -34,7 +34,7 @@ CARRY_KEY = "fedmodel-privacy-carry"
 def restore_privacy(msg: Message, context: Context, owner: OwnerIdentity) -> OwnerPrivacyState:
     """The privacy state to train this message's round with; the round is saved as charged before its first step."""
     config = msg.content["config"]
-    server_round = int(config["server-round"])  # type: ignore[arg-type]
+    server_round = int(config["server-round"])  # type: ignore[arg-type]  # Flower types record values as a union; this one is a number or a list
     text = config.get(f"{HANDBACK_PREFIX}{owner.seed_id}") if owner.simulated else None
     handback = HandBack.from_json(str(text)) if text else None
     carried, pending = _carried(context, handback, server_round)
@@ -54,7 +54,7 @@ def _before_first_step(context: Context) -> Callable[[CarriedPrivacy], None]:
 def _digest(msg: Message, owner: OwnerIdentity) -> str:
     """The round's digest; the owners of a cohort share one message and settings, so it is computed once."""
     return _DIGEST.get(msg, owner.config, lambda: round_digest(
-        {k: v.numpy() for k, v in msg.content["arrays"].items()},  # type: ignore[union-attr]
+        {k: v.numpy() for k, v in msg.content["arrays"].items()},  # type: ignore[union-attr]  # a message's "arrays" is an ArrayRecord
         [(k, v) for k, v in msg.content["config"].items() if not str(k).startswith(HANDBACK_PREFIX)],
         {k: v for k, v in owner.config.to_mapping().items() if k != "resume"},
     ))
@@ -84,7 +84,7 @@ def current_privacy(context: Context) -> OwnerPrivacyState:
 def privacy_record(state: OwnerPrivacyState) -> ConfigRecord:
     """The owner's state for its reply: the coordinator checkpoints it and may hand it back after a crash."""
     plain = state.snapshot() if isinstance(state, RoundPrivacy) else state
-    return ConfigRecord(plain.to_dict())  # type: ignore[arg-type]
+    return ConfigRecord(plain.to_dict())
 
 
 # ---------------------------------------------------------------------------------------------- internals
@@ -108,7 +108,7 @@ def _known(context: Context) -> CarriedPrivacy | None:
 
 def _from_context(context: Context) -> CarriedPrivacy | None:
     if CARRY_KEY in context.state:
-        return CarriedPrivacy.from_dict(json.loads(str(context.state[CARRY_KEY]["json"])))  # type: ignore[index]
+        return CarriedPrivacy.from_dict(json.loads(str(context.state[CARRY_KEY]["json"])))
     return None
 
 

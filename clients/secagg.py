@@ -40,6 +40,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from fedmodel.clients.masked_stage import masked_stage, masked_stage_active
+from fedmodel.clients.privacy_account import record_refusal
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.app.message.message import make_message
 from flwr.app.message_type import MessageType
@@ -55,8 +57,6 @@ from fedmodel.errors import FedModelError, PolicyViolation
 from fedmodel.fsio import atomic_write
 from fedmodel.privacy.policy import RULE_SECURE_AGGREGATION
 from fedmodel.protocol import SECAGG_NAMES_KEY
-from fedmodel.clients.masked_stage import masked_stage, masked_stage_active
-from fedmodel.clients.privacy_account import record_refusal
 
 log = logging.getLogger("fedmodel.client")
 MIN_OTHER_NEIGHBOURS = 2
@@ -139,7 +139,7 @@ def _claim_masked_round(msg: Message, context: Context) -> _MaskedRound | None:
     folder = Path(settings.state_dir)
     run = masked_run_id(context)
     try:
-        server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
+        server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]  # Flower types record values as a union; this one is a number or a list
         with _locked(folder):
             pairs = read_masked_rounds(folder)
             if (run, server_round) in pairs:
@@ -206,16 +206,16 @@ def _check_stage(msg: Message, context: Context) -> None:
     stage = configs.get(Key.STAGE)
     if stage == Stage.COLLECT_MASKED_VECTORS:
         state = context.state.config_records.get(RECORD_KEY_STATE, ConfigRecord())
-        others = len(state.get("public_keys_dict:K", [])) - 1  # type: ignore[arg-type]
-        if int(state.get("threshold", 0)) < 2 or others < MIN_OTHER_NEIGHBOURS:  # type: ignore[arg-type]
+        others = len(state.get("public_keys_dict:K", [])) - 1  # type: ignore[arg-type]  # Flower types record values as a union; this one is a number or a list
+        if int(state.get("threshold", 0)) < 2 or others < MIN_OTHER_NEIGHBOURS:  # type: ignore[arg-type]  # Flower types record values as a union; this one is a number or a list
             raise ValueError(f"SecAgg+: refusing to send an update masked by {others} other owners with reconstruction "
-                             f"threshold {state.get('threshold')}: it needs >= {MIN_OTHER_NEIGHBOURS} others and "
+                             f"threshold {state.get('threshold')}: it needs >= {MIN_OTHER_NEIGHBOURS} others and "  # type: ignore[str-bytes-safe]  # threshold is an int in SecAgg+'s state
                              "threshold >= 2")
     elif stage == Stage.UNMASK:
-        alive = set(configs.get(Key.ACTIVE_NODE_ID_LIST, []))  # type: ignore[arg-type]
-        dead = set(configs.get(Key.DEAD_NODE_ID_LIST, []))  # type: ignore[arg-type]
+        alive = set(configs.get(Key.ACTIVE_NODE_ID_LIST, []))  # type: ignore[arg-type]  # Flower types record values as a union; this one is a number or a list
+        dead = set(configs.get(Key.DEAD_NODE_ID_LIST, []))  # type: ignore[arg-type]  # Flower types record values as a union; this one is a number or a list
         if alive & dead:
-            raise ValueError(f"SecAgg+: nodes {sorted(alive & dead)} are listed both as active and as dropped; "
+            raise ValueError(f"SecAgg+: nodes {sorted(alive & dead)} are listed both as active and as dropped; "  # type: ignore[type-var]  # node ids are ints
                              "revealing both shares would unmask their update")
 
 
@@ -230,7 +230,7 @@ def _fedmodel_message(legacy: Message) -> tuple[Message, dict[str, np.ndarray]]:
         raise ValueError(f"SecAgg+ train message: {SECAGG_NAMES_KEY!r} must name each of the {len(arrays)} arrays")
     reference = {str(n): a for n, a in zip(names, arrays, strict=True)}
     content = RecordDict({"arrays": ArrayRecord(array_dict={n: Array(a) for n, a in reference.items()}),
-                          "config": ConfigRecord(config)})  # type: ignore[arg-type]
+                          "config": ConfigRecord(config)})
     return make_message(metadata=legacy.metadata, content=content), reference
 
 
@@ -242,9 +242,9 @@ def _legacy_reply(reply: Message, plain: Message, reference: dict[str, np.ndarra
     central DP ``max_weight`` is 1, so every owner weighs the same (the noise is calibrated to that).
     """
     new = reply.content["arrays"]
-    deltas = [new[name].numpy().astype(np.float64) - ref.astype(np.float64) for name, ref in reference.items()]
+    deltas = [new[name].numpy().astype(np.float64) - ref.astype(np.float64) for name, ref in reference.items()]  # type: ignore[union-attr]  # the train reply's "arrays" is an ArrayRecord
     metrics = next(iter(reply.content.metric_records.values()))
-    examples = float(metrics["num-examples"])  # type: ignore[arg-type]
+    examples = float(metrics["num-examples"])  # type: ignore[arg-type]  # Flower types record values as a union; this one is a number or a list
     weight = int(min(round(examples), max_weight))
     if weight < examples and max_weight > 1:
         log.warning("SecAgg+: %g examples counted as %d, the round's largest weight", examples, weight)
@@ -259,4 +259,4 @@ def _legacy_reply(reply: Message, plain: Message, reference: dict[str, np.ndarra
 
 def _max_weight(context: Context) -> float:
     state = context.state.config_records.get(RECORD_KEY_STATE, ConfigRecord())
-    return float(state.get("max_weight", 0.0)) or float("inf")  # type: ignore[arg-type]
+    return float(state.get("max_weight", 0.0)) or float("inf")  # type: ignore[arg-type]  # Flower types record values as a union; this one is a number or a list

@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from fedmodel.clients.privacy_account import owner_account
+from fedmodel.clients.replies import error_reply, reply, run_config
+from fedmodel.clients.run_privacy import REPLY_KEY, keep_privacy, privacy_record, restore_privacy
 from flwr.app import ArrayRecord, Context, Message
 from torch import nn
 
@@ -31,16 +34,23 @@ from fedmodel.config import NodeSettings, RunConfig
 from fedmodel.device import resolve_device
 from fedmodel.errors import ConfigError, FedModelError
 from fedmodel.llm import (
-    LoraSettings, LoraTrainSettings, TextShard, adapter_state, add_lora, check_fingerprint, evaluate_task,
-    load_adapter_state, load_base, read_text_shard, tokenize_shard, train_lora_round,
+    LoraSettings,
+    LoraTrainSettings,
+    TextShard,
+    adapter_state,
+    add_lora,
+    check_fingerprint,
+    evaluate_task,
+    load_adapter_state,
+    load_base,
+    read_text_shard,
+    tokenize_shard,
+    train_lora_round,
 )
 from fedmodel.llm.federated import CLASSES_KEY, FINGERPRINT_KEY, POOLING_KEY, text_split
 from fedmodel.llm.pooling import POOLINGS
 from fedmodel.llm.train import HEAD_LR_FACTOR
 from fedmodel.privacy.randomness import owner_seed
-from fedmodel.clients.run_privacy import REPLY_KEY, keep_privacy, privacy_record, restore_privacy
-from fedmodel.clients.privacy_account import owner_account
-from fedmodel.clients.replies import error_reply, reply, run_config
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,7 @@ def train(msg: Message, context: Context) -> Message:
         account = owner_account(owner.name, config, context)  # the owner's policy, before anything else
         model, tokenizer = owner_model(msg, owner)
         shard = tokenize_shard(tokenizer, owner.texts, max_length=config.max_length)
-        server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]
+        server_round = int(msg.content["config"]["server-round"])  # type: ignore[arg-type]  # Flower types record values as a union; this one is a number or a list
         privacy = restore_privacy(msg, context, owner) if config.dp else None
         reservation = None
         if privacy is not None:  # calibrated once on what remains across runs, reserved before training
@@ -109,8 +119,8 @@ def resolve_text_owner(msg: Message, context: Context) -> TextOwner:
     config = run_config(context)
     settings = NodeSettings.from_node_config(context.node_config)
     if settings is None:
-        pid = int(context.node_config["partition-id"])  # type: ignore[arg-type]
-        partitions = int(context.node_config["num-partitions"])  # type: ignore[arg-type]
+        pid = int(context.node_config["partition-id"])
+        partitions = int(context.node_config["num-partitions"])
         if partitions != config.clients:
             raise FedModelError(f"owner {pid}: the simulation has {partitions} nodes, the run expects {config.clients}")
         return TextOwner(str(pid), pid, True, config, Path(config.model_path), text_split(config).owner(pid))
@@ -147,7 +157,7 @@ def owner_model(msg: Message, owner: TextOwner) -> tuple[nn.Module, Any]:
         raise FedModelError(f"owner {owner.name}: the coordinator sent {POOLING_KEY} = {pooling!r}; expected "
                             f"{' or '.join(POOLINGS)}")
     model, tokenizer = _lora_model(str(owner.model_path), config.task, num_labels, settings, config.seed, pooling)
-    load_adapter_state(model, msg.content["arrays"].to_torch_state_dict())  # type: ignore[union-attr]
+    load_adapter_state(model, msg.content["arrays"].to_torch_state_dict())  # type: ignore[union-attr]  # a message's "arrays" is an ArrayRecord
     return model, tokenizer
 
 
@@ -175,7 +185,7 @@ def train_settings(config: RunConfig) -> LoraTrainSettings:
 @lru_cache(maxsize=1)  # one base model per process: loading is slow and the weights are large
 def _lora_model(path: str, task: str, num_labels: int | None, settings: LoraSettings,
                 seed: int, pooling: str) -> tuple[nn.Module, Any]:
-    loaded = load_base(Path(path), task, num_labels, seed=seed, pooling=pooling)  # type: ignore[arg-type]
+    loaded = load_base(Path(path), task, num_labels, seed=seed, pooling=pooling)  # type: ignore[arg-type]  # pooling is one of the pooling choices, checked by the config
     return add_lora(loaded.model, settings, seed=seed), loaded.tokenizer
 
 

@@ -14,9 +14,9 @@ import torch
 
 from fedmodel.config import RunConfig
 from fedmodel.data import Dataset
+from fedmodel.data.augment import parse_augment
 from fedmodel.errors import DataValidationError, FedModelError, PrivacyBudgetExceeded
 from fedmodel.faults import apply_fault, fault_for
-from fedmodel.data.augment import parse_augment
 from fedmodel.models import model_to_load
 from fedmodel.privacy import NoPrivacy, OpacusDPSGD, OwnerPrivacyState, PrivacyMechanism, plan_for_owner
 from fedmodel.privacy.mechanism import KeptWrapping

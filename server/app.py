@@ -13,6 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fedmodel.server.canaries import UpdateAudit, audit_run
+from fedmodel.server.identity import IdentifiedGrid, NodeNames
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.resume import handbacks, open_checkpoint, resume, save_round, train_config
+from fedmodel.server.rounds import run_rounds
+from fedmodel.server.stats import collect_feature_stats
+from fedmodel.server.strategy import RunStrategy, build_strategy
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
@@ -33,13 +40,6 @@ from fedmodel.privacy.owner_ledger import AUDIT_LOG_NAME
 from fedmodel.report.run_folder import RunFolder
 from fedmodel.security.audit_log import AuditLog
 from fedmodel.training import evaluate
-from fedmodel.server.canaries import UpdateAudit, audit_run
-from fedmodel.server.identity import IdentifiedGrid, NodeNames
-from fedmodel.server.recorder import RunRecorder
-from fedmodel.server.resume import handbacks, open_checkpoint, resume, save_round, train_config
-from fedmodel.server.rounds import run_rounds
-from fedmodel.server.stats import collect_feature_stats
-from fedmodel.server.strategy import RunStrategy, build_strategy
 
 app = ServerApp()
 log = logging.getLogger("fedmodel.server")
@@ -68,7 +68,7 @@ def main(grid: Grid, context: Context) -> None:
     try:
         names = NodeNames.from_environment()  # a coordinator's registry: owners named by their admitted key
         if names is not None:
-            grid = IdentifiedGrid(grid, names, recorder.identity_claim)  # type: ignore[assignment]
+            grid = IdentifiedGrid(grid, names, recorder.identity_claim)  # type: ignore[assignment]  # IdentifiedGrid wraps the Grid and has its methods
             recorder.identity_source = f"the coordinator's node registry {names.path} (Flower node id of the reply)"
         if config.task != "tabular":  # a language model: only LoRA adapters travel (fedmodel.server.text)
             from fedmodel.server.text import run_text
@@ -96,7 +96,7 @@ def main(grid: Grid, context: Context) -> None:
             model.load_state_dict(arrays.to_torch_state_dict())
             metrics = evaluate(model, test, device=device)
             recorder.central_evaluation(server_round, metrics)
-            return MetricRecord(metrics)
+            return MetricRecord(metrics)  # type: ignore[arg-type]  # dict is invariant: dict[str, float] is a valid MetricRecord
 
         if checkpoint is None:
             arrays, first, extra = ArrayRecord(model.state_dict()), 1, {}
@@ -110,8 +110,8 @@ def main(grid: Grid, context: Context) -> None:
                                                 num_classes=test.num_classes)
         final = run_rounds(
             strategy, grid, config, arrays=arrays, first_round=first, train_config=train_config(config, shared, extra),
-            evaluate_config=ConfigRecord(shared), evaluate_fn=central_eval,
-            after_round=lambda r, a: save_round(folder, r, a, strategy, recorder, shared, config),
+            evaluate_config=ConfigRecord(shared), evaluate_fn=central_eval,  # type: ignore[arg-type]  # shared holds only ConfigRecord values
+            after_round=lambda r, a: save_round(folder, r, a, strategy, recorder, shared, config),  # type: ignore[arg-type]  # after_round's return value is not used
         )
         if config.audit:  # --audit: the canaries scored with the final model (fedmodel.server.canaries)
             recorder.privacy_audit = audit_run(config, split, final.to_torch_state_dict(),

@@ -45,6 +45,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.screening import Reference, ReplyCheck, ScreenedStrategy
+from fedmodel.server.validation import update_norm
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
@@ -58,9 +61,6 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT,
 
 from fedmodel.config import RunConfig
 from fedmodel.privacy import central
-from fedmodel.server.recorder import RunRecorder
-from fedmodel.server.screening import Reference, ReplyCheck, ScreenedStrategy
-from fedmodel.server.validation import update_norm
 
 log = logging.getLogger("fedmodel.server")
 

@@ -59,16 +59,16 @@ def split_replies(replies: list[Message]) -> list[Message]:
         errors: dict[int, str] = {}
         for key, record in reply.content.items():
             if key == COHORT_ERRORS_KEY:
-                errors.update({int(o): str(reason) for o, reason in record.items()})  # type: ignore[union-attr]
+                errors.update({int(o): str(reason) for o, reason in record.items()})
                 continue
             name, sep, owner = key.rpartition(COHORT_SEPARATOR)
             if not sep or not owner.isdigit():
                 raise ValueError(f"node {reply.metadata.src_node_id}: cohort reply record {key!r} names no owner")
             per_owner.setdefault(int(owner), RecordDict())[name] = record
-        for owner in sorted(set(per_owner) | set(errors)):
+        for owner in sorted(set(per_owner) | set(errors)):  # type: ignore[assignment]  # owner is the str suffix here, an int in the loop below
             if owner in errors:
                 out.append(make_message(metadata=reply.metadata,
-                                        error=Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=errors[owner])))
+                                        error=Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=errors[owner])))  # type: ignore[index]  # owner is an int in this loop
             else:
-                out.append(make_message(metadata=reply.metadata, content=per_owner[owner]))
+                out.append(make_message(metadata=reply.metadata, content=per_owner[owner]))  # type: ignore[index]  # owner is an int in this loop
     return out

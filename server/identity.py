@@ -84,12 +84,12 @@ class IdentifiedGrid:
         if claimed and claimed != name:
             named[CLAIMED_NAME_KEY] = claimed
             self.on_claim(node, name, claimed)
-        reply.content[OWNER_RECORD_KEY] = ConfigRecord(named)  # type: ignore[arg-type]
+        reply.content[OWNER_RECORD_KEY] = ConfigRecord(named)  # type: ignore[arg-type]  # dict is invariant: its values are valid record values
         return reply
 
     def _identify_error(self, reply: Message, node: int, name: str) -> Message:
         reason = reply.error.reason
-        head, sep, rest = reason.partition(":")
+        head, sep, rest = reason.partition(":")  # type: ignore[union-attr]  # an error reply always carries its reason
         claimed = head.strip()[6:] if sep and head.strip().startswith("owner ") else ""
         prefix = name if name.startswith("node ") else f"owner {name}"
         if claimed == name:

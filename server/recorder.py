@@ -22,20 +22,40 @@ from typing import Any, TypeVar
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 
-from fedmodel.privacy.release import EVALUATION_LOSS_CLIP
-from fedmodel.protocol import OWNER_RECORD_KEY, PLACEMENT_RECORD_KEY, PRIVACY_REPLY_KEY, QUALITY_RECORD_KEY
-from fedmodel.protocol import AUDIT_HEAD_RECORD_KEY
 from fedmodel.config import RunConfig
 from fedmodel.errors import AllClientsFailedError, refusal_rule
-from fedmodel.privacy import ACCOUNTANT
 from fedmodel.owners import OwnerId, owner_in_reason, owner_order, sorted_owners
+from fedmodel.privacy import ACCOUNTANT
 from fedmodel.privacy.central import summary as central_summary
-from fedmodel.report.model import (Attempt, AuditHead, DataQuality, Failure, Identity, IdentityClaim, Metrics,
-                                   OwnerPrivacy, OwnerQuality, OwnerResult, Privacy, Refusal, Report, Resources,
-                                   Round, Timing, UnfinishedRound)
+from fedmodel.privacy.release import EVALUATION_LOSS_CLIP
+from fedmodel.protocol import (
+    AUDIT_HEAD_RECORD_KEY,
+    OWNER_RECORD_KEY,
+    PLACEMENT_RECORD_KEY,
+    PRIVACY_REPLY_KEY,
+    QUALITY_RECORD_KEY,
+)
+from fedmodel.report.model import (
+    Attempt,
+    AuditHead,
+    DataQuality,
+    Failure,
+    Identity,
+    IdentityClaim,
+    Metrics,
+    OwnerPrivacy,
+    OwnerQuality,
+    OwnerResult,
+    Privacy,
+    Refusal,
+    Report,
+    Resources,
+    Round,
+    Timing,
+    UnfinishedRound,
+)
 from fedmodel.report.run_folder import RunFolder
 from fedmodel.security.audit_log import AuditLog
-
 
 log = logging.getLogger("fedmodel.server")
 R = TypeVar("R", ArrayRecord, MetricRecord, ConfigRecord)
@@ -124,13 +144,13 @@ class RunRecorder:
         for msg in replies:
             if msg.has_error():
                 node = rnd.destination.get(msg.metadata.reply_to_message_id, int(msg.metadata.src_node_id))
-                owner = owner_in_reason(msg.error.reason)  # the owner of a cohort's node that failed: only its text says
-                rnd.failures.append(Failure(node_id=node, reason=msg.error.reason,
+                owner = owner_in_reason(msg.error.reason)  # type: ignore[arg-type]  # an error reply always carries its reason; the owner of a cohort's node that failed: only its text says
+                rnd.failures.append(Failure(node_id=node, reason=msg.error.reason,  # type: ignore[arg-type]  # an error reply always carries its reason
                                             owner=owner if owner is not None else self.node_owner.get(node)))
             else:
                 owner = owner_of(msg)
                 self.node_owner[int(msg.metadata.src_node_id)] = owner
-                metrics = {k: float(v) for k, v in _metrics(msg).items()}  # type: ignore[arg-type]
+                metrics = {k: float(v) for k, v in _metrics(msg).items()}
                 rnd.train.append({**metrics, "owner": owner})
                 self._keep_state(server_round, owner, msg)
                 self.owner_train[owner] = metrics
@@ -138,10 +158,10 @@ class RunRecorder:
                 if quality is not None:  # counts only: anything else in the record is ignored
                     self.owner_quality[owner] = {str(k): int(v) for k, v in quality.items()
                                                  if isinstance(v, int) and not isinstance(v, bool)}
-                node = ray_node_of(msg)
+                node = ray_node_of(msg)  # type: ignore[assignment]  # owner ids are int or str
                 if node is not None:
-                    self.owner_node[owner] = node
-                    self.ray_nodes.add(node)
+                    self.owner_node[owner] = node  # type: ignore[assignment]  # owner ids are int or str
+                    self.ray_nodes.add(node)  # type: ignore[arg-type]  # owner ids are int or str
                 if "epsilon" in metrics:
                     self.owner_privacy[owner] = metrics
         self._refusals(server_round, rnd.failures)
@@ -191,12 +211,12 @@ class RunRecorder:
         failures = []
         for msg in replies:
             if not msg.has_error():
-                metrics = {k: float(v) for k, v in _metrics(msg).items()}  # type: ignore[arg-type]
+                metrics = {k: float(v) for k, v in _metrics(msg).items()}
                 rnd.evaluate.append(metrics)
                 self.owner_eval[owner_of(msg)] = metrics
                 self.node_owner[int(msg.metadata.src_node_id)] = owner_of(msg)
             else:
-                failures.append(Failure(owner=owner_in_reason(msg.error.reason), reason=msg.error.reason))
+                failures.append(Failure(owner=owner_in_reason(msg.error.reason), reason=msg.error.reason))  # type: ignore[arg-type]  # an error reply always carries its reason
         self._refusals(server_round, failures)  # an owner's evaluation budget or policy refusal
         self._audit_heads(server_round, "evaluate", replies)
         if self.audit is not None:
@@ -362,7 +382,7 @@ class RunRecorder:
                         train_loss=self.owner_train.get(o, {}).get("train-loss"),
                         accuracy=m.get("accuracy"), precision=m.get("precision"), recall=m.get("recall"),
                         f1=m.get("f1"), loss=m.get("loss"), ray_node=self.owner_node.get(o),
-                        claimed_name=self._claimed(o), **_release_flags(m, self.owner_train.get(o, {})))
+                        claimed_name=self._claimed(o), **_release_flags(m, self.owner_train.get(o, {})))  # type: ignore[arg-type]  # the release flags are OwnerResult's bool fields
             for o, m in sorted(self.owner_eval.items(), key=lambda item: owner_order(item[0]))
         ]
         if c.dp:
@@ -372,7 +392,7 @@ class RunRecorder:
                 max_epsilon=max((m["epsilon"] for m in self.owner_privacy.values()), default=None),
                 ledger=self._ledger(), refusals=self.refusals,
                 owners=[
-                    OwnerPrivacy(owner=o, epsilon=m["epsilon"], **_across_runs(m),
+                    OwnerPrivacy(owner=o, epsilon=m["epsilon"], **_across_runs(m),  # type: ignore[arg-type]  # the across-runs values are OwnerPrivacy's float fields
                                  epsilon_scaling_statistics=self._scaling_epsilon(o),
                                  noise_multiplier=m["noise-multiplier"], sample_rate=m["sample-rate"],
                                  steps=int(m["steps"]), max_grad_norm=m["max-grad-norm"], delta=m["delta"],

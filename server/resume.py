@@ -20,6 +20,9 @@ import random
 from pathlib import Path
 from typing import Any
 
+from fedmodel.server.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, write_checkpoint
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.strategy import restore_strategy_state, strategy_state
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import Strategy
 
@@ -29,9 +32,6 @@ from fedmodel.privacy import OwnerPrivacyState
 from fedmodel.privacy.run_privacy import HandBack
 from fedmodel.protocol import HANDBACK_PREFIX
 from fedmodel.report.run_folder import RunFolder
-from fedmodel.server.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, write_checkpoint
-from fedmodel.server.recorder import RunRecorder
-from fedmodel.server.strategy import restore_strategy_state, strategy_state
 
 _NOT_COMPARED = ("resume",)
 
@@ -78,7 +78,7 @@ def resume(checkpoint: Checkpoint, strategy: Strategy, recorder: RunRecorder, fo
     recorder.restore(state["recorder"])
     restore_strategy_state(strategy, checkpoint.strategy_state)
     _set_rng_state(state["rng"]["python"])
-    folder.restart_metrics(recorder.rows)  # drop a row written after the checkpoint (the crash's round)
+    folder.restart_metrics(recorder.rows)  # type: ignore[arg-type]  # list is invariant: a list of dicts is read-only here; drop a row written after the checkpoint (the crash's round)
     previous = _previous_report(folder)
     recorder.resumes.append({"from_round": checkpoint.server_round, "in_flight_round": checkpoint.server_round + 1,
                              "checkpoint": str(checkpoint.path), **previous})

@@ -14,14 +14,14 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
+from fedmodel.server.cohorts import owner_replies, round_config
+from fedmodel.server.secagg import secure_train
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 
 from fedmodel.config import RETRY_ATTEMPTS, RunConfig
 from fedmodel.errors import AllClientsFailedError, BelowMinimumError
 from fedmodel.report.run_folder import RunFolder
-from fedmodel.server.cohorts import owner_replies, round_config
-from fedmodel.server.secagg import secure_train
 
 log = logging.getLogger("fedmodel.server")
 
@@ -44,9 +44,9 @@ def run_rounds(strategy: object, grid: Grid, config: RunConfig, *, arrays: Array
         arrays = _train(strategy, grid, config, server_round, arrays, train_config, timeout)
         sent = round_config(config, evaluate_config, server_round)
         replies = list(grid.send_and_receive(
-            list(strategy.configure_evaluate(server_round, arrays, sent, grid)),  # type: ignore[attr-defined]
+            list(strategy.configure_evaluate(server_round, arrays, sent, grid)),  # type: ignore[attr-defined]  # the strategy is a ScreenedStrategy (its recorder and message methods)
             timeout=timeout))
-        strategy.aggregate_evaluate(server_round, owner_replies(config, replies))  # type: ignore[attr-defined]
+        strategy.aggregate_evaluate(server_round, owner_replies(config, replies))  # type: ignore[attr-defined]  # the strategy is a ScreenedStrategy (its recorder and message methods)
         evaluate_fn(server_round, arrays)
         after_round(server_round, arrays)
     return arrays
@@ -54,16 +54,16 @@ def run_rounds(strategy: object, grid: Grid, config: RunConfig, *, arrays: Array
 
 def _train(strategy: object, grid: Grid, config: RunConfig, server_round: int, arrays: ArrayRecord,
            train_config: ConfigRecord, timeout: float | None) -> ArrayRecord:
-    recorder = strategy.recorder  # type: ignore[attr-defined]
+    recorder = strategy.recorder  # type: ignore[attr-defined]  # the strategy is a ScreenedStrategy (its recorder and message methods)
 
     def attempt() -> ArrayRecord:
         if config.secure_aggregation:  # Flower's SecAgg+ for the train stage (fedmodel.server.secagg)
             return secure_train(strategy, grid, config, server_round, arrays, train_config, timeout)
         sent = round_config(config, train_config, server_round)
-        messages = list(strategy.configure_train(server_round, arrays, sent, grid))  # type: ignore[attr-defined]
+        messages = list(strategy.configure_train(server_round, arrays, sent, grid))  # type: ignore[attr-defined]  # the strategy is a ScreenedStrategy (its recorder and message methods)
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         recorder.train_sent(server_round, messages, replies)  # nodes: who was asked, who answered
-        aggregated, _ = strategy.aggregate_train(server_round, owner_replies(config, replies))  # type: ignore[attr-defined]
+        aggregated, _ = strategy.aggregate_train(server_round, owner_replies(config, replies))  # type: ignore[attr-defined]  # the strategy is a ScreenedStrategy (its recorder and message methods)
         return aggregated if aggregated is not None else arrays
 
     return with_retries(config, recorder.folder, f"round {server_round}", attempt, server_round=server_round)

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 import torch
+from fedmodel.server.recorder import RunRecorder, owner_of, records
+from fedmodel.server.validation import validate_update
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
 from flwr.app.message.message import make_message
 from flwr.common.constant import ErrorCode
@@ -33,8 +35,6 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from fedmodel.errors import BelowMinimumError
-from fedmodel.server.recorder import RunRecorder, owner_of, records
-from fedmodel.server.validation import validate_update
 
 log = logging.getLogger("fedmodel.server")
 
@@ -121,7 +121,7 @@ class ScreenedStrategy(Strategy):
         self._reference = arrays.to_torch_state_dict()
         self._round_config = ConfigRecord(dict(config))
         nodes = self.connected_nodes(grid, server_round)
-        return self.strategy.configure_train(server_round, arrays, config, _Connected(grid, nodes))
+        return self.strategy.configure_train(server_round, arrays, config, _Connected(grid, nodes))  # type: ignore[arg-type]  # _Connected is a Grid that lists only the chosen nodes
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -129,7 +129,7 @@ class ScreenedStrategy(Strategy):
         nodes = sorted(grid.get_node_ids())
         if not nodes:
             return []
-        return self.strategy.configure_evaluate(server_round, arrays, config, _Connected(grid, nodes))
+        return self.strategy.configure_evaluate(server_round, arrays, config, _Connected(grid, nodes))  # type: ignore[arg-type]  # _Connected is a Grid that lists only the chosen nodes
 
     def connected_nodes(self, grid: Grid, server_round: int, what: str | None = None) -> list[int]:
         """The nodes to sample: all of them once connected, or what is connected when the wait ends.

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from fedmodel.server.validation import validate_update
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.app.message.message import make_message
 from flwr.common import (
@@ -58,7 +59,6 @@ from flwr.serverapp import Grid
 from fedmodel.config import RunConfig
 from fedmodel.errors import BelowMinimumError, FedModelError
 from fedmodel.protocol import SECAGG_NAMES_KEY
-from fedmodel.server.validation import validate_update
 
 log = logging.getLogger("fedmodel.server")
 
@@ -125,7 +125,7 @@ def secure_train(strategy: Any, grid: Grid, config: RunConfig, server_round: int
                         for m in messages])
     watched = _WatchedGrid(grid)
     started = time.monotonic()
-    workflow(watched, _legacy_context(handoff, server_round, arrays))  # type: ignore[arg-type]
+    workflow(watched, _legacy_context(handoff, server_round, arrays))  # type: ignore[arg-type]  # the workflow takes fedmodel's wrapped Grid
     seconds = time.monotonic() - started
     sent, replies = watched.last_exchange()
     recorder.train_sent(server_round, sent, replies)
@@ -224,7 +224,7 @@ def _fitins(msg: Message, names: list[str]) -> FitIns:
     arrays = msg.content["arrays"]
     config: dict[str, Any] = dict(msg.content["config"])
     config[SECAGG_NAMES_KEY] = names
-    return FitIns(parameters=ndarrays_to_parameters([arrays[n].numpy() for n in names]), config=config)
+    return FitIns(parameters=ndarrays_to_parameters([arrays[n].numpy() for n in names]), config=config)  # type: ignore[union-attr]  # the train message's "arrays" is an ArrayRecord
 
 
 def _legacy_context(handoff: _Handoff, server_round: int, arrays: ArrayRecord) -> LegacyContext:

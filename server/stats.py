@@ -12,6 +12,9 @@ that fail or time out are recorded and left out; the statistics come from the re
 from __future__ import annotations
 
 import numpy as np
+from fedmodel.server.recorder import owner_of
+from fedmodel.server.rounds import with_retries
+from fedmodel.server.strategy import RunStrategy
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
@@ -21,9 +24,6 @@ from fedmodel.data.scaling import FederatedStats, ScalingBounds, combine
 from fedmodel.data.schema import Schema
 from fedmodel.errors import BelowMinimumError
 from fedmodel.protocol import FEATURE_SUMS_QUERY
-from fedmodel.server.recorder import owner_of
-from fedmodel.server.rounds import with_retries
-from fedmodel.server.strategy import RunStrategy
 
 WHAT = "scaling statistics"
 
@@ -62,7 +62,7 @@ def _query(grid: Grid, config: RunConfig, bounds: ScalingBounds, schema: Schema,
             continue
         metrics = next(iter(reply.content.metric_records.values()))
         releases.append(np.asarray(metrics["sums"], dtype=np.float64).reshape(3, d))
-        owners[owner_of(reply)] = float(metrics.get("epsilon-stats", 0.0))  # type: ignore[arg-type]
+        owners[owner_of(reply)] = float(metrics.get("epsilon-stats", 0.0))  # type: ignore[arg-type]  # Flower types record values as a union; this one is a number or a list
     if len(releases) < strategy.min_replies:
         missing = "; ".join(f"node {f['node_id']}: {str(f['reason']).splitlines()[0]}" for f in failures)
         raise BelowMinimumError(f"{WHAT}: {len(releases)} of {len(messages)} owners answered, min-clients needs "

@@ -25,6 +25,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from fedmodel.server.central_dp import CentralAdaptive, CentralFixed
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.screening import DEFAULT_MAX_EXAMPLES, ScreenedStrategy
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, Krum, MultiKrum, Strategy
 from flwr.serverapp.strategy.fedopt import FedOpt
@@ -32,9 +35,6 @@ from flwr.serverapp.strategy.fedopt import FedOpt
 from fedmodel.config import RunConfig
 from fedmodel.owners import owner_order as _owner_order  # the one owner ordering, as the recorder's
 from fedmodel.server import central_dp
-from fedmodel.server.central_dp import CentralAdaptive, CentralFixed
-from fedmodel.server.recorder import RunRecorder
-from fedmodel.server.screening import DEFAULT_MAX_EXAMPLES, ScreenedStrategy
 
 RunStrategy = ScreenedStrategy | CentralFixed | CentralAdaptive
 """What :func:`build_strategy` returns: the screened strategy, possibly inside a central-DP wrapper."""
@@ -74,11 +74,11 @@ def build_strategy(config: RunConfig, recorder: RunRecorder, *, max_examples: in
     elif agg.kind == "median":
         strategy = FedMedian(**common)
     elif agg.kind == "trimmed-mean":
-        strategy = FedTrimmedAvg(beta=agg.beta, **common)
+        strategy = FedTrimmedAvg(beta=agg.beta, **common)  # type: ignore[arg-type]  # AggregationSpec.parse sets beta for trimmed-mean
     elif agg.kind == "krum":
-        strategy = Krum(num_malicious_nodes=agg.byzantine, **common)
+        strategy = Krum(num_malicious_nodes=agg.byzantine, **common)  # type: ignore[arg-type]  # AggregationSpec.parse sets byzantine for krum
     elif agg.kind == "multikrum":
-        strategy = SizedMultiKrum(num_malicious_nodes=agg.byzantine, **common)
+        strategy = SizedMultiKrum(num_malicious_nodes=agg.byzantine, **common)  # type: ignore[arg-type]  # AggregationSpec.parse sets byzantine for multikrum
     else:
         strategy = FedAvg(**common)
     checks = [central_dp.clipped_update_check(needs_norm_bit=config.central_dp == "adaptive")] \
@@ -109,7 +109,7 @@ def _mean_train_loss(records: list[RecordDict], weight_key: str) -> MetricRecord
     total, weight = 0.0, 0.0
     for record in records:
         m = next(iter(record.metric_records.values()))
-        loss, n = float(m["train-loss"]), float(m[weight_key])  # type: ignore[arg-type]
+        loss, n = float(m["train-loss"]), float(m[weight_key])  # type: ignore[arg-type]  # Flower types record values as a union; this one is a number or a list
         if loss == loss:  # skip NaN (an owner with only empty batches)
             total, weight = total + loss * n, weight + n
     return MetricRecord({"train-loss": total / weight if weight else float("nan")})
@@ -120,10 +120,10 @@ def _mean_eval(records: list[RecordDict], weight_key: str) -> MetricRecord:
     weight = 0.0
     for record in records:
         m = next(iter(record.metric_records.values()))
-        n = float(m[weight_key])  # type: ignore[arg-type]
+        n = float(m[weight_key])  # type: ignore[arg-type]  # Flower types record values as a union; this one is a number or a list
         weight += n
         for key in ("loss", "accuracy"):
-            total[key] = total.get(key, 0.0) + float(m[key]) * n  # type: ignore[arg-type]
+            total[key] = total.get(key, 0.0) + float(m[key]) * n  # type: ignore[arg-type]  # Flower types record values as a union; this one is a number or a list
     return MetricRecord({k: v / weight for k, v in total.items()} if weight else {})
 
 

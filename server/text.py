@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from fedmodel.server.recorder import RunRecorder, owner_of
+from fedmodel.server.strategy import aggregator, build_strategy
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
@@ -28,15 +30,21 @@ from torch import nn
 from fedmodel.config import RunConfig
 from fedmodel.device import resolve_device
 from fedmodel.llm import (
-    LoraSettings, adapter_state, add_lora, evaluate_task, fingerprint, load_adapter_state, load_base, payload_sizes,
-    save_adapter, tokenize_shard,
+    LoraSettings,
+    adapter_state,
+    add_lora,
+    evaluate_task,
+    fingerprint,
+    load_adapter_state,
+    load_base,
+    payload_sizes,
+    save_adapter,
+    tokenize_shard,
 )
 from fedmodel.llm.federated import CLASSES_KEY, FINGERPRINT_KEY, POOLING_KEY, text_split
 from fedmodel.llm.lora import unwrap
 from fedmodel.llm.pooling import resolve_pooling
 from fedmodel.report.run_folder import RunFolder
-from fedmodel.server.recorder import RunRecorder, owner_of
-from fedmodel.server.strategy import aggregator, build_strategy
 
 log = logging.getLogger("fedmodel.server")
 ADAPTER_FILE = "adapter.safetensors"
@@ -61,7 +69,7 @@ def run_text(grid: Grid, config: RunConfig, folder: RunFolder, recorder: RunReco
     split = text_split(config)
     num_labels = len(split.classes) if config.task == "classification" else None
     pooling = resolve_pooling(config.pooling, base_path) if config.task == "classification" else "model"
-    base = load_base(base_path, config.task, num_labels, seed=config.seed, pooling=pooling)  # type: ignore[arg-type]
+    base = load_base(base_path, config.task, num_labels, seed=config.seed, pooling=pooling)  # type: ignore[arg-type]  # pooling is one of the pooling choices, checked by the config
     settings = lora_settings(config)
     model = add_lora(base.model, settings, seed=config.seed)
     test = tokenize_shard(base.tokenizer, split.test(), max_length=config.max_length)
@@ -83,9 +91,9 @@ def run_text(grid: Grid, config: RunConfig, folder: RunFolder, recorder: RunReco
     log.info("text run: %s, base %s (fingerprint %s), %d test texts", config.task, base_path, base_fingerprint[:12],
              len(test))
     result = strategy.start(
-        grid=meter,  # type: ignore[arg-type]
+        grid=meter,  # type: ignore[arg-type]  # the meter wraps the Grid and has its methods
         initial_arrays=ArrayRecord(adapter_state(model)), num_rounds=config.rounds,
-        train_config=ConfigRecord({"lr": config.lr, **shared}), evaluate_config=ConfigRecord(shared),
+        train_config=ConfigRecord({"lr": config.lr, **shared}), evaluate_config=ConfigRecord(shared),  # type: ignore[arg-type]  # dict is invariant: str values are valid config values
         evaluate_fn=central_eval,
     )
     load_adapter_state(model, result.arrays.to_torch_state_dict())
@@ -106,7 +114,7 @@ def text_report(config: RunConfig, model: nn.Module, base_fingerprint: str, clas
     sizes = payload_sizes(model)
     inner = unwrap(model)
     trainable = sum(p.numel() for p in inner.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in inner.get_base_model().parameters())  # type: ignore[operator]
+    total = sum(p.numel() for p in inner.get_base_model().parameters())  # type: ignore[operator]  # a peft model's get_base_model
     uploads = [u["bytes_sent"] for u in meter.rows]
     return {
         "task": config.task, "model": "lora", "data_quality": None,
@@ -115,7 +123,7 @@ def text_report(config: RunConfig, model: nn.Module, base_fingerprint: str, clas
             "architecture": str(getattr(inner.config, "model_type", "")),
             "parameters": total, "trainable_parameters": trainable,
             "lora": {"rank": config.lora_rank, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
-                     "targets": sorted(inner.peft_config["default"].target_modules)},  # type: ignore[index]
+                     "targets": sorted(inner.peft_config["default"].target_modules)},  # type: ignore[index,union-attr]  # peft_config maps adapter names to LoraConfig
             "max_length": config.max_length, "classes": list(classes), "adapter_file": ADAPTER_FILE,
             "initial_perplexity": perplexity.get(0),
         },
@@ -154,7 +162,7 @@ class MeteredGrid:
         train = [m for m in messages if m.metadata.message_type == MessageType.TRAIN]
         if train:
             sent = {m.metadata.dst_node_id: array_bytes(m) for m in train}
-            server_round = int(train[0].content["config"]["server-round"])  # type: ignore[arg-type]
+            server_round = int(train[0].content["config"]["server-round"])  # type: ignore[arg-type]  # Flower types record values as a union; this one is a number or a list
             for reply in replies:
                 if reply.has_error():
                     continue

@@ -31,7 +31,7 @@ def probe(address: str, timeout_s: float) -> dict[str, Any]:
 
     path = os.pathsep.join(p for p in sys.path if p and p != os.getcwd())
     try:
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False,
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False,  # type: ignore[arg-type]  # ray.init accepts a level name too
                  runtime_env={"env_vars": {"PYTHONPATH": path}})
     except Exception as exc:  # a Ray version mismatch, a refused connection, ...
         return {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+from fedmodel.simulations.cluster import check_cluster, check_local
 
 from fedmodel.config import RunConfig
 from fedmodel.errors import SimulationError
@@ -48,16 +49,15 @@ from fedmodel.runs import (
     descendants,
     finish,
     flower_env,
-    new_run_folder,
     follow,
     free_port,
+    new_run_folder,
     run_status,
     stop_processes,
     tool,
     write_app,
 )
 from fedmodel.simulations import ray_env
-from fedmodel.simulations.cluster import check_cluster, check_local
 
 LOCAL = "local"
 SUPERLINK_START_TIMEOUT_S = 60.0

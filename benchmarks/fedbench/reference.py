@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
+from fedmodel.simulations.runner import launch_superlink, wait_until_up
 
 from fedmodel.errors import SimulationError
 from fedmodel.report.run_folder import RunFolder
 from fedmodel.runs import flower_env, follow, free_port, stop_process, stream_log, submit
-from fedmodel.simulations.runner import launch_superlink, wait_until_up
 
 APP_SOURCE = Path(__file__).resolve().parent.parent / "reference_app"
 CONNECTION = "local"

@@ -13,7 +13,8 @@ from rich.table import Table
 from fedmodel.cli import options as opt
 from fedmodel.cli.console import err, fail, out
 from fedmodel.errors import ConfigError, FedModelError
-from fedmodel.security.audit_log import anchor_path, default_key_path, load_key, read_entries, verify as verify_log
+from fedmodel.security.audit_log import anchor_path, default_key_path, load_key, read_entries
+from fedmodel.security.audit_log import verify as verify_log
 
 EXIT_INTACT, EXIT_TAMPERED = 0, 1
 

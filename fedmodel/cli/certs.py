@@ -12,7 +12,6 @@ from fedmodel.cli.console import fail, out
 from fedmodel.errors import FedModelError
 from fedmodel.security.certs import MAX_DAYS, default_ca_dir, init_certs, rotate_server_cert, subject_alt_names
 
-
 certs_app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="TLS certificates of the coordinator (a private CA and the SuperLink's server certificate).",

@@ -27,7 +27,6 @@ from fedmodel.deployment.process import run_foreground
 from fedmodel.errors import FedModelError
 from fedmodel.security.certs import subject_alt_names
 
-
 coordinator_app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="The coordinator: its SuperLink (TLS, node authentication) and the sites it admits.",

@@ -10,15 +10,19 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fedmodel.cli.console import fail, out
 from fedmodel.cli import options as opt
+from fedmodel.cli.console import fail, out
 from fedmodel.data.cleaning import (
-    CleaningSpec, CleaningSummary, clean, load_or_create_hmac_key, read_raw_table, write_clean_table,
+    CleaningSpec,
+    CleaningSummary,
+    clean,
+    load_or_create_hmac_key,
+    read_raw_table,
+    write_clean_table,
 )
 from fedmodel.data.quality import QualityReport, check_shard
 from fedmodel.data.schema_file import load_schema_file
 from fedmodel.errors import ConfigError, FedModelError
-
 
 EXIT_MAY_TRAIN, EXIT_MAY_NOT_TRAIN = 0, 1
 
@@ -141,8 +145,8 @@ def clean_shard(
     try:
         shard_schema = load_schema_file(schema) if schema is not None else None
         declared = shard_schema.id_columns if shard_schema is not None else ()
-        spec = CleaningSpec(missing, duplicates, outliers, outlier_k, scaling,  # type: ignore[arg-type]
-                            tuple(dict.fromkeys([*declared, *(id_column or [])])), ids)  # type: ignore[arg-type]
+        spec = CleaningSpec(missing, duplicates, outliers, outlier_k, scaling,  # type: ignore[arg-type]  # typer passes the options' checked choices as str
+                            tuple(dict.fromkeys([*declared, *(id_column or [])])), ids)  # type: ignore[arg-type]  # typer passes the options' checked choices as str
         _check_clean_options(spec, path, out_path, key_file, output_format)
         label = _clean_label(label, shard_schema.label if shard_schema is not None else "")
         table = read_raw_table(path, label or "", spec.id_columns)

@@ -73,7 +73,7 @@ def _entry_dict(entry: LedgerEntry) -> dict[str, object]:
 
 
 def _when(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp, tz=dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.fromtimestamp(timestamp, tz=dt.UTC).isoformat(timespec="seconds")
 
 
 def _owners_table(path: Path, summaries: list[OwnerSummary], encrypted: bool) -> Table:

@@ -14,14 +14,14 @@ from fedmodel.cli.console import err, fail, out
 from fedmodel.config.node import node_default, node_help
 from fedmodel.deployment.coordinator import flwr_env
 from fedmodel.deployment.guard import guarded_env
-from fedmodel.deployment.process import run_foreground
 from fedmodel.deployment.node import exit_hint, open_node_ledger, privacy_policy, supernode_command
+from fedmodel.deployment.process import run_foreground
 from fedmodel.errors import ConfigError, FedModelError
 from fedmodel.security.audit_log import default_key_path
 from fedmodel.security.certs import fingerprint, generate_node_keys
 
 
-class EvaluationMode(str, Enum):
+class EvaluationMode(str, Enum):  # noqa: UP042  # StrEnum would change str(mode), which typer shows
     """What a site's node answers to the coordinator's evaluate messages (node key ``evaluation``)."""
 
     dp = "dp"

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from fedmodel.cli import options as opt
 from fedmodel.cli.console import err, fail, out, print_json_document
-from fedmodel.cli.resume import INTERRUPTED_EXIT, interruptible, interrupted_message, resume_config
+from fedmodel.cli.resume import INTERRUPTED_EXIT, interrupted_message, interruptible, resume_config
 from fedmodel.config import BUNDLED_DATASETS, RunConfig
 from fedmodel.errors import ConfigError, FedModelError
 from fedmodel.report.model import Metrics, Report

@@ -9,7 +9,7 @@ import typer
 
 from fedmodel.cli import options as opt
 from fedmodel.cli.console import err, fail, print_json_document
-from fedmodel.cli.resume import INTERRUPTED_EXIT, interruptible, interrupted_message, resume_config
+from fedmodel.cli.resume import INTERRUPTED_EXIT, interrupted_message, interruptible, resume_config
 from fedmodel.cli.simulate import print_summary, resolve_config, with_progress
 from fedmodel.config import RunConfig
 from fedmodel.errors import ConfigError, FedModelError

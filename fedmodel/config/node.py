@@ -129,7 +129,7 @@ class NodeSettings:
                     values[name] = raw if isinstance(raw, bool) else str(raw).lower() == "true"
                 else:
                     p.append(f"node-config {key} = {raw!r}: expected true or false")
-            elif field_types(cls)[name] == tuple[str, ...]:
+            elif field_types(cls)[name] == tuple[str, ...]:  # type: ignore[arg-type]  # classes are hashable; typeshed's lru_cache misses type[...]
                 values[name] = tuple(c.strip() for c in str(raw).split(",") if c.strip())
             else:
                 values[name] = str(raw)

@@ -26,8 +26,8 @@ from fedmodel.config.declare import (
     RunKeyRule,
     coerce,
     declared,
-    finite,
     field_types,
+    finite,
     key_of,
     to_raw,
 )
@@ -69,7 +69,7 @@ class RunConfig(AuditSettings, SimulationSettings, CentralDPSettings, SecureAggr
         """
         problems: list[str] = []
         known = {key_of(f.name): (f, meta) for f, meta in declared(cls)}
-        types = field_types(cls)
+        types = field_types(cls)  # type: ignore[arg-type]  # classes are hashable; typeshed's lru_cache misses type[...]
         kwargs: dict[str, Any] = {}
         for key, raw in values.items():
             if key not in known:
@@ -110,7 +110,7 @@ class RunConfig(AuditSettings, SimulationSettings, CentralDPSettings, SecureAggr
         """Raise ConfigError listing every invalid value: each section's own, then their combinations."""
         p: list[str] = []
         for section in SECTIONS:
-            p.extend(section.problems(self))
+            p.extend(section.problems(self))  # type: ignore[attr-defined]  # SECTIONS holds section classes, each with problems()
         p.extend(self._data_problems())
         p.extend(self._aggregation_problems())
         p.extend(self._text_problems())

@@ -99,7 +99,7 @@ class AggregationSpec:
         """Parse ``fedavg``, ``median``, ``trimmed-mean:BETA``, ``krum:F`` or ``multikrum:F``; ValueError if bad."""
         kind, _, arg = text.strip().partition(":")
         if kind in ("fedavg", "median") and not arg:
-            return cls(kind)
+            return cls(kind)  # type: ignore[arg-type]  # kind was just compared with the literals
         if kind == "trimmed-mean":
             try:
                 beta = float(arg)
@@ -111,7 +111,7 @@ class AggregationSpec:
         if kind in ("krum", "multikrum"):
             if not arg.isdigit():
                 raise ValueError(f"{kind} needs the number of Byzantine owners F >= 0, as in {kind}:1, got {text!r}")
-            return cls(kind, byzantine=int(arg))
+            return cls(kind, byzantine=int(arg))  # type: ignore[arg-type]  # kind was just compared with the literals
         raise ValueError(f"expected fedavg, median, trimmed-mean:BETA, krum:F or multikrum:F, got {text!r}")
 
     def __str__(self) -> str:

@@ -498,7 +498,7 @@ def _handle_outliers(table: RawTable, spec: CleaningSpec, work: _Work) -> None:
         work.counts.outliers_clipped = int(outside.sum())
         work.x = np.clip(work.x, low, high)
     else:
-        work.counts.rows_dropped_outliers = work.select(~outside.any(axis=1))
+        work.counts.rows_dropped_outliers = work.select(~outside.any(axis=1))  # type: ignore[arg-type]  # any(axis=1) of a 2-D array is an array
         _require_rows(table, work, "dropping rows with an outlier")
 
 

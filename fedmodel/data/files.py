@@ -43,10 +43,10 @@ def read_table(path: Path, label: str, schema: Schema | None = None) -> Dataset:
     if table.file_format == "npz":
         if schema is not None:
             schema.check_features(x.shape[1], str(path))
-        return _dataset(path, x, list(cells), tuple(c.name for c in features), schema, rows=None)
+        return _dataset(path, x, list(cells), tuple(c.name for c in features), schema, rows=None)  # type: ignore[arg-type]  # label cells of a checked table are never None
     if table.file_format == "csv":
         rows = range(2, len(table.row_numbers) + 2)
-        return _dataset(path, x, [c.strip() for c in cells], tuple(c.name for c in features), schema, rows, label)
+        return _dataset(path, x, [c.strip() for c in cells], tuple(c.name for c in features), schema, rows, label)  # type: ignore[union-attr]  # label cells of a checked table are never None
     return _dataset(path, x, [str(c) for c in cells], tuple(c.name for c in features), schema, None, label)
 
 

@@ -40,8 +40,8 @@ class PreparedShard:
 def cleaning_spec(config: RunConfig, *, extra_id_columns: tuple[str, ...] = ()) -> CleaningSpec:
     """The run's cleaning settings (plus identifier columns the owner names itself)."""
     ids = tuple(dict.fromkeys(config.id_columns + extra_id_columns))
-    return CleaningSpec(missing=config.missing, duplicates=config.duplicates, outliers=config.outliers,  # type: ignore[arg-type]
-                        outlier_k=config.outlier_k, scaling=config.scaling, id_columns=ids)  # type: ignore[arg-type]
+    return CleaningSpec(missing=config.missing, duplicates=config.duplicates, outliers=config.outliers,  # type: ignore[arg-type]  # RunConfig checked these against CleaningSpec's choices
+                        outlier_k=config.outlier_k, scaling=config.scaling, id_columns=ids)  # type: ignore[arg-type]  # RunConfig checked these against CleaningSpec's choices
 
 
 def needs_tolerant_read(spec: CleaningSpec) -> bool:

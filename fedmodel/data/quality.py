@@ -176,7 +176,7 @@ def _check_thresholds(iqr_k: float, z: float) -> None:
 def _resolve_label(path: Path, label: str | None, schema: SchemaFile | Schema | None) -> str:
     declared = schema.label if isinstance(schema, SchemaFile) else ""
     if label and declared and label != declared:
-        raise ConfigError([f"--label {label!r}, but the schema file {schema.source} says label = {declared!r}"])  # type: ignore[union-attr]
+        raise ConfigError([f"--label {label!r}, but the schema file {schema.source} says label = {declared!r}"])  # type: ignore[union-attr]  # schema is set on this path
     resolved = label or declared or ("y" if path.suffix.lower() == ".npz" else "")
     if not resolved:
         raise DataValidationError(f"{path}: name the label column with --label (or label = in a schema file)")
@@ -199,7 +199,7 @@ def _analyse(table: Table, label: str, expect: _Expect, iqr_k: float, z: float) 
     reasons += _schema_reasons(table, label, expect)
     profiles = _profile(table, iqr_k)
     reports = tuple(_column_report(table, c, p, _role(c.name, label, expect), expect, iqr_k, z, reasons, warnings)
-                    for c, p in zip(table.columns, profiles))
+                    for c, p in zip(table.columns, profiles, strict=True))
     label_column = next(c for c in table.columns if c.name == label)
     counts, outside = class_counts(label_column.labels, expect.labels)
     reasons += _label_reasons(table, label_column, expect, counts, outside)
@@ -375,7 +375,7 @@ def _class_warnings(counts: dict[str, int]) -> list[str]:
 def _duplicates(table: Table, ids: tuple[str, ...]) -> tuple[int, int]:
     """Rows equal to an earlier row in every column but the identifiers, and the first such row."""
     codes = [c.codes for c in table.columns if c.name not in ids]
-    matrix = np.stack(codes, axis=1)
+    matrix = np.stack(codes, axis=1)  # type: ignore[arg-type]  # every column of a read table has codes
     _, first_index, inverse = np.unique(matrix, axis=0, return_index=True, return_inverse=True)
     repeated = first_index[inverse.reshape(-1)] != np.arange(len(matrix))
     return int(repeated.sum()), int(np.argmax(repeated)) if repeated.any() else 0

@@ -414,7 +414,7 @@ def _arrow_column(name: str, column: Any, is_label: bool, keep: bool, strict: bo
         return Column(name, numbers, missing, np.zeros_like(missing), None if strict else _codes(numbers), kind,
                       str(column.type), labels, cells)
     missing = np.asarray([v is None or (isinstance(v, str) and not v.strip()) for v in values], dtype=bool)
-    keys = None if strict else _codes(np.asarray(["m" if m else "t" + str(v) for v, m in zip(values, missing)],
+    keys = None if strict else _codes(np.asarray(["m" if m else "t" + str(v) for v, m in zip(values, missing, strict=True)],
                                                  dtype=str))
     return Column(name, np.full(len(values), np.nan), missing, ~missing, keys, kind, str(column.type), labels, cells)
 
@@ -498,11 +498,11 @@ def _npz_label_column(name: str, y: np.ndarray, strict: bool) -> Column:
     if np.issubdtype(y.dtype, np.number):
         numbers = y.astype(np.float64) + 0.0
         missing = np.isnan(numbers)
-        labels = tuple(None if m else normalise_label(str(v)) for v, m in zip(y.tolist(), missing))
+        labels = tuple(None if m else normalise_label(str(v)) for v, m in zip(y.tolist(), missing, strict=True))
         return Column(name, numbers, missing, np.zeros_like(missing), None if strict else _codes(numbers), None,
                       str(y.dtype), labels, cells)
     missing = np.asarray([not t.strip() for t in cells], dtype=bool)
-    labels = tuple(None if m else normalise_label(t) for t, m in zip(cells, missing))
+    labels = tuple(None if m else normalise_label(t) for t, m in zip(cells, missing, strict=True))
     return Column(name, np.full(len(cells), np.nan), missing, ~missing,
                   None if strict else _codes(np.asarray(cells, dtype=str)), "text", str(y.dtype), labels, cells)
 

@@ -40,7 +40,7 @@ class Schema:
         """Inverse of :meth:`to_config`; None when the record carries no schema."""
         if "schema-features" not in record:
             return None
-        return cls(int(record["schema-features"]), tuple(str(record["schema-labels"]).split("\x1f")))  # type: ignore[call-overload]
+        return cls(int(record["schema-features"]), tuple(str(record["schema-labels"]).split("\x1f")))  # type: ignore[call-overload]  # the schema record's values are an int and a str
 
     def encode(self, labels: Sequence[str], source: str, rows: Sequence[int | str] | None = None, *,
                column: str = "") -> list[int]:

@@ -153,10 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     def load_installed(*_: Any, **__: Any) -> Callable[..., Any]:
         return lambda *_a, **_k: installed_client_app()
 
-    runtime.pull_task_input = pull_and_keep
-    runtime.install_from_fab = check_instead_of_install
-    runtime.get_load_client_app_fn = load_installed
-    runtime.install_app_dependencies = _no_dependency_installation
+    runtime.pull_task_input = pull_and_keep  # type: ignore[attr-defined]  # patching Flower's SuperNode runtime module
+    runtime.install_from_fab = check_instead_of_install  # type: ignore[attr-defined]  # patching Flower's SuperNode runtime module
+    runtime.get_load_client_app_fn = load_installed  # type: ignore[attr-defined]  # patching Flower's SuperNode runtime module
+    runtime.install_app_dependencies = _no_dependency_installation  # type: ignore[attr-defined]  # patching Flower's SuperNode runtime module
     if argv is not None:
         sys.argv = [SHIM_NAME, *argv]
     else:

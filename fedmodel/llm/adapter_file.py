@@ -60,7 +60,7 @@ def save_adapter(model: nn.Module, path: Path, settings: LoraSettings, *, base_f
     from safetensors.torch import save_file
 
     task = task_of(model)
-    config: Any = getattr(unwrap(model), "config")
+    config: Any = unwrap(model).config
     num_labels = int(config.num_labels) if task == "classification" else None
     metadata = {
         "format": FORMAT, "task": task, "num-labels": json.dumps(num_labels),

@@ -50,7 +50,7 @@ def declared_pooling(path: Path) -> Pooling:
     """
     config = _read_json(path / "config.json")
     if isinstance(config, dict) and config.get(CONFIG_KEY) in POOLINGS:
-        return config[CONFIG_KEY]  # type: ignore[no-any-return]
+        return config[CONFIG_KEY]
     pooling = _read_json(path / "1_Pooling" / "config.json")
     if isinstance(pooling, dict) and pooling.get("pooling_mode_mean_tokens") is True and not any(
             pooling.get(k) is True for k in ("pooling_mode_cls_token", "pooling_mode_max_tokens",
@@ -63,7 +63,7 @@ def resolve_pooling(setting: str, path: Path) -> Pooling:
     """The pooling a run uses: ``setting`` itself, or for ``auto`` what the folder at ``path`` declares."""
     if setting not in POOLING_SETTINGS:
         raise ConfigError([f"pooling = {setting!r}: expected one of {', '.join(POOLING_SETTINGS)}"])
-    return declared_pooling(path) if setting == "auto" else setting  # type: ignore[return-value]
+    return declared_pooling(path) if setting == "auto" else setting  # type: ignore[return-value]  # setting is one of the pooling choices, checked by the config
 
 
 class MaskedMeanPooler(nn.Module):
@@ -106,7 +106,7 @@ def use_mean_pooling(model: nn.Module) -> nn.Module:
         pooler.mask = mask if isinstance(mask, torch.Tensor) else None
 
     encoder.register_forward_pre_hook(capture, with_kwargs=True)
-    model.config.update({CONFIG_KEY: "mean"})  # a merged folder then declares it (see declared_pooling)
+    model.config.update({CONFIG_KEY: "mean"})  # type: ignore[union-attr,operator]  # a transformers model's config is a PretrainedConfig; a merged folder then declares it (see declared_pooling)
     return model
 
 

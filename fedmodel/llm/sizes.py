@@ -46,7 +46,7 @@ def payload_sizes(model: nn.Module) -> PayloadSizes:
     PayloadSizes
     """
     adapter = sum(t.numel() * t.element_size() for t in adapter_state(model).values())
-    base = unwrap(model).get_base_model()  # type: ignore[operator]
+    base = unwrap(model).get_base_model()  # type: ignore[operator]  # a peft model's get_base_model, reached through the unwrapped module
     seen: set[tuple[int, int]] = set()
     full = 0
     for name, tensor in base.state_dict().items():

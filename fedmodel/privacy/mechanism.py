@@ -172,7 +172,7 @@ class OpacusDPSGD:
         optimizer = kept.private_optimizer
         optimizer.noise_multiplier = plan.noise_multiplier
         optimizer.max_grad_norm = plan.max_grad_norm
-        optimizer.expected_batch_size = int(len(private_loader.dataset) * sample_rate)  # type: ignore[arg-type]
+        optimizer.expected_batch_size = int(len(private_loader.dataset) * sample_rate)
         optimizer.generator = generator
         optimizer._step_skip_queue = []
         optimizer._is_last_step_skipped = False  # so the first zero_grad of training clears every gradient

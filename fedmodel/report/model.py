@@ -204,7 +204,7 @@ class Round:
             epsilon_max=data.get("epsilon_max"), num_timed_out=data.get("num_timed_out"),
             participation=Attempt.from_dict(data),
             retried=[Attempt.from_dict(a) for a in _maps(data.get("retried"))],
-            owner_epsilon=[(e.get("owner"), e.get("epsilon")) for e in _maps(data.get("owner_epsilon"))],
+            owner_epsilon=[(e.get("owner"), e.get("epsilon")) for e in _maps(data.get("owner_epsilon"))],  # type: ignore[misc]  # report.json as read; checked by the report's readers
             extra=_rest(data, cls.KEYS),
         )
 
@@ -260,7 +260,7 @@ class OwnerResult:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> OwnerResult:
-        return cls(**{k: data.get(k) for k in cls.KEYS}, extra=_rest(data, cls.KEYS))
+        return cls(**{k: data.get(k) for k in cls.KEYS}, extra=_rest(data, cls.KEYS))  # type: ignore[arg-type]  # report.json as read; checked by the report's readers
 
 
 @dataclass
@@ -291,7 +291,7 @@ class OwnerPrivacy:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> OwnerPrivacy:
-        return cls(**{k: data.get(k) for k in cls.KEYS}, extra=_rest(data, cls.KEYS))
+        return cls(**{k: data.get(k) for k in cls.KEYS}, extra=_rest(data, cls.KEYS))  # type: ignore[arg-type]  # report.json as read; checked by the report's readers
 
 
 @dataclass
@@ -456,8 +456,8 @@ class AuditHead:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AuditHead:
-        return cls(round=data.get("round"), kind=data.get("kind"), owner=data.get("owner"),  # type: ignore[arg-type]
-                   count=data.get("count"), tip=data.get("tip"), keyed=data.get("keyed"),  # type: ignore[arg-type]
+        return cls(round=data.get("round"), kind=data.get("kind"), owner=data.get("owner"),  # type: ignore[arg-type]  # report.json as read; checked by the report's readers
+                   count=data.get("count"), tip=data.get("tip"), keyed=data.get("keyed"),  # type: ignore[arg-type]  # report.json as read; checked by the report's readers
                    rolled_back_from=data.get("rolled_back_from"))  # as read: a reader shows what the file says
 
 

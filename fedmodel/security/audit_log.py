@@ -548,7 +548,7 @@ class AuditLog:
                 self._check_head(last)
                 self._check_anchor(last)
                 body = {"seq": 0 if last is None else last["seq"] + 1,
-                        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds"),
+                        "time": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
                         "event": event, "fields": fields, "prev": GENESIS if last is None else last["hash"]}
                 entry = _seal(body, self._key)
                 handle.write(_canonical(entry) + b"\n")

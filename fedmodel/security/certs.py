@@ -120,7 +120,7 @@ def init_certs(out_dir: Path, hosts: Sequence[str], *, days: int = 365, overwrit
     _check_free([paths.ca_cert, paths.ca_key, ca_dir / "ca.crt", paths.server_cert, paths.server_key], overwrite,
                 _CERTS_HINT)
 
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     not_before, not_after = now - _CLOCK_SKEW, now + dt.timedelta(days=days)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = _make_ca(ca_key, not_before, not_after)
@@ -183,7 +183,7 @@ def rotate_server_cert(out_dir: Path, *, ca_dir: Path | None = None, hosts: Sequ
     if not isinstance(ca_key, ec.EllipticCurvePrivateKey) or ca_key.public_key() != ca_cert.public_key():
         raise SecurityError(f"{paths.ca_key} is not the key of {paths.ca_cert}: the sites trust that CA certificate")
     names = _validate_hosts(list(hosts) if hosts else subject_alt_names(paths.server_cert))
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     server_key = ec.generate_private_key(ec.SECP256R1())
     server_cert = _make_server_cert(server_key, ca_key, ca_cert, names, now - _CLOCK_SKEW, now + dt.timedelta(days=days))
     _write(paths.server_key, _pkcs8(server_key), PRIVATE_MODE, True)

@@ -210,7 +210,7 @@ def _run(accuracies: tuple[float | None, float | None, float | None], walls: tup
     names = (FEDMODEL_DP, FEDMODEL_NO_DP, REFERENCE)
     return [VariantResult.failed(name, "timed out") if name == failed else
             VariantResult(name, wall_s=wall, first_round_s=wall / 2, accuracy=acc)
-            for name, acc, wall in zip(names, accuracies, walls)]
+            for name, acc, wall in zip(names, accuracies, walls, strict=True)]
 
 
 def test_repeats_summarise_median_times_and_accuracy_paired_by_seed() -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
+import fedmodel.clients.app as client_app
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
 from flwr.app.message.message import make_message
 
-import fedmodel.clients.app as client_app
 from fedmodel.config import RunConfig
 from fedmodel.models import build_model
 from fedmodel.privacy import epsilon_spent

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import time
 
+import fedmodel.clients.app as client_app
 import torch
+from fedmodel.server.validation import update_norm
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
 from flwr.app.message.message import make_message
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT
 
-import fedmodel.clients.app as client_app
 from fedmodel.config import RunConfig
 from fedmodel.models import build_model
-from fedmodel.server.validation import update_norm
 
 
 def train_message(config: ConfigRecord) -> tuple[Message, dict[str, torch.Tensor]]:

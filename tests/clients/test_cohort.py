@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import time
 
+import fedmodel.clients.app as client_app
 import numpy as np
 import pytest
+from fedmodel.clients.cohort import STATE_INDEX_KEY, CellCache, owner_context
+from fedmodel.server.cohorts import round_owners, split_replies
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
 from flwr.app.message.message import make_message
 
-import fedmodel.clients.app as client_app
-from fedmodel.clients.cohort import STATE_INDEX_KEY, CellCache, owner_context
 from fedmodel.config import PartitionSpec, RunConfig
 from fedmodel.models import build_model
 from fedmodel.privacy import OwnerPrivacyState, epsilon_spent
 from fedmodel.protocol import COHORT_ERRORS_KEY, COHORT_KEY
-from fedmodel.server.cohorts import round_owners, split_replies
 
 
 def message(server_round: int, cohort: list[int] | None, message_type: str = MessageType.TRAIN) -> Message:

@@ -11,12 +11,12 @@ import csv
 import time
 from pathlib import Path
 
+import fedmodel.clients.app as client_app
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
 from flwr.app.message.message import make_message
 
-import fedmodel.clients.app as client_app
 from fedmodel.config import RunConfig
 from fedmodel.data import Dataset, federated_split
 from fedmodel.data.bundled import _sklearn_data_dir

@@ -13,13 +13,13 @@ import time
 import zlib
 from pathlib import Path
 
+import fedmodel.clients.app as client_app
 import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
 from flwr.app.message.message import make_message
 
-import fedmodel.clients.app as client_app
 from fedmodel.config import RunConfig
 from fedmodel.models import build_model
 from fedmodel.privacy.mechanism import OpacusDPSGD

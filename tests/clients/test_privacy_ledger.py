@@ -7,13 +7,13 @@ import json
 import time
 from pathlib import Path
 
+import fedmodel.clients.app as client_app
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
 from flwr.app.message.message import make_message
 from typer.testing import CliRunner
 
-import fedmodel.clients.app as client_app
 from fedmodel.cli import app as cli
 from fedmodel.config import RunConfig
 from fedmodel.models import build_model

@@ -15,23 +15,23 @@ import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import fedmodel.clients.app as client_app
 import numpy as np
 import pytest
+from fedmodel.clients.secagg import MASKED_ROUNDS_FILE, RULE_SECURE_AGGREGATION_REPLAY, read_masked_rounds
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.secagg import secure_train
+from fedmodel.server.strategy import build_strategy
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 from flwr.supercore.task_identity import TaskIdentity
 
-import fedmodel.clients.app as client_app
-from fedmodel.clients.secagg import MASKED_ROUNDS_FILE, RULE_SECURE_AGGREGATION_REPLAY, read_masked_rounds
 from fedmodel.config import RunConfig
 from fedmodel.errors import FedModelError
 from fedmodel.models import build_model
 from fedmodel.report.run_folder import RunFolder
 from fedmodel.security.audit_log import read_entries
-from fedmodel.server.recorder import RunRecorder
-from fedmodel.server.secagg import secure_train
-from fedmodel.server.strategy import build_strategy
 
 SITES = 3
 SCHEMA = {"schema-features": 64, "schema-labels": "\x1f".join(str(i) for i in range(10))}

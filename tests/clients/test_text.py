@@ -8,15 +8,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import fedmodel.clients.app as client_app
 import pytest
 import torch
+from fedmodel.clients.run_privacy import CARRY_KEY
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
 from flwr.app.message.message import make_message
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.rdp import RDPAccountant
 
-import fedmodel.clients.app as client_app
-from fedmodel.clients.run_privacy import CARRY_KEY
 from fedmodel.config import RunConfig
 from fedmodel.llm import LoraSettings, adapter_state, add_lora, fingerprint, load_base
 from fedmodel.llm.federated import CLASSES_KEY, FINGERPRINT_KEY, text_split

@@ -151,7 +151,7 @@ def test_follow_finds_a_serverapp_that_died_without_done(fake_run: Callable[...,
 def test_follow_without_a_stream_backs_off_and_checks_soon_after_done(fake_run: Callable[..., FakeRun]) -> None:
     run = fake_run(end_at=903.0, done_at=900.0)
     assert runs.follow(1, {}, "local", run.folder, on_event=None)[0] == "finished:completed"
-    gaps = [b - a for a, b in zip(run.asked, run.asked[1:])]
+    gaps = [b - a for a, b in zip(run.asked, run.asked[1:], strict=False)]
     assert run.asked[0] == pytest.approx(runs.STATUS_INTERVAL_S, abs=runs.POLL_INTERVAL_S)
     assert max(gaps) <= runs.STATUS_MAX_INTERVAL_S + runs.POLL_INTERVAL_S
     assert len(run.asked) < 900 / runs.STATUS_MAX_INTERVAL_S + 10  # not 450 questions

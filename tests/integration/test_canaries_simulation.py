@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fedmodel.simulations.runner import run_simulation
 
 from fedmodel.config import RunConfig
 from fedmodel.data import federated_split
 from fedmodel.privacy.canaries import run_canaries
-from fedmodel.simulations.runner import run_simulation
 
 pytestmark = pytest.mark.integration
 

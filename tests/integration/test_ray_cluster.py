@@ -19,11 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fedmodel.simulations.cluster import RayClusterError, check_cluster
+from fedmodel.simulations.runner import run_simulation
 
 from fedmodel.config import RunConfig
 from fedmodel.runs import free_port
-from fedmodel.simulations.cluster import RayClusterError, check_cluster
-from fedmodel.simulations.runner import run_simulation
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # real Ray clusters and simulations: 2-3 min each
 

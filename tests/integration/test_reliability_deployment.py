@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import psutil
 import pytest
+from fedmodel.server.resume import open_checkpoint
 
 from fedmodel.config import RunConfig
 from fedmodel.data import federated_split
 from fedmodel.runs import free_port
-from fedmodel.server.resume import open_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2700)]
 SITES = tuple(f"site-{i}" for i in range(5))

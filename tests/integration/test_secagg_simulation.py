@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+from fedmodel.simulations.runner import run_simulation
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.rdp import RDPAccountant
 
 from fedmodel.config import RunConfig
-from fedmodel.simulations.runner import run_simulation
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]  # 220 s on the shared 2-core machine
 

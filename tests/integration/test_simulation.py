@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from fedmodel.simulations.runner import run_simulation
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.rdp import RDPAccountant
 from safetensors.torch import load_file
 
 from fedmodel.config import RunConfig
-from fedmodel.simulations.runner import run_simulation
 
 pytestmark = pytest.mark.integration
 

@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.strategy import build_strategy
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
@@ -22,8 +24,6 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedmodel.config import RunConfig
 from fedmodel.errors import AllClientsFailedError
 from fedmodel.report.run_folder import RunFolder
-from fedmodel.server.recorder import RunRecorder
-from fedmodel.server.strategy import build_strategy
 
 SIZE = 20_000  # parameters: the empirical noise std is then within about 1% of the true one
 
@@ -148,7 +148,7 @@ def test_adaptive_norm_moves_toward_the_update_norms(tmp_path: Path, norms: tupl
     strategy, recorder = central(tmp_path, **{"central-dp": "adaptive", "central-noise": 0.3, "central-clip": 0.1,
                                               "central-count-stddev": 0.2})
     clipped = [float(n > 0.1) for n in norms]
-    replies = [reply(o, update(min(n, 0.1), o), **{KEY_NORM_BIT: b}) for o, (n, b) in enumerate(zip(norms, clipped))]
+    replies = [reply(o, update(min(n, 0.1), o), **{KEY_NORM_BIT: b}) for o, (n, b) in enumerate(zip(norms, clipped, strict=True))]
     aggregated, _ = train_round(strategy, 1, replies)
     assert aggregated is not None
     release = recorder.central["releases"][0]

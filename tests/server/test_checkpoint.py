@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import fedmodel.server.checkpoint as checkpoint
 import pytest
 import torch
-
-import fedmodel.server.checkpoint as checkpoint
-from fedmodel.errors import CheckpointError
 from fedmodel.server.checkpoint import latest_checkpoint, load_checkpoint, write_checkpoint
+
+from fedmodel.errors import CheckpointError
 
 
 def arrays(seed: int) -> dict[str, torch.Tensor]:

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.rounds import run_rounds
+from fedmodel.server.strategy import build_strategy
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
 from flwr.serverapp.strategy import FedAvg
@@ -17,9 +20,6 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedmodel.config import RunConfig
 from fedmodel.errors import BelowMinimumError
 from fedmodel.report.run_folder import RunFolder
-from fedmodel.server.recorder import RunRecorder
-from fedmodel.server.rounds import run_rounds
-from fedmodel.server.strategy import build_strategy
 
 TEST_METRICS = {"loss": 1.0, "accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5}
 

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from fedmodel.server.identity import NodeNames
 
 from fedmodel.deployment.coordinator import REGISTRY_ENV, NodeEntry
 from fedmodel.errors import DeploymentError
-from fedmodel.server.identity import NodeNames
 
 
 def test_the_registry_comes_from_the_environment_and_is_read_again_for_a_new_node(

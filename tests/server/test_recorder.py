@@ -8,17 +8,17 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import fedmodel.clients.app as client_app
 import pytest
+from fedmodel.server.recorder import RunRecorder
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
 
-import fedmodel.clients.app as client_app
 from fedmodel.config import RunConfig
 from fedmodel.errors import AllClientsFailedError
 from fedmodel.models import build_model
 from fedmodel.protocol import OWNER_RECORD_KEY
 from fedmodel.report.run_folder import RunFolder
-from fedmodel.server.recorder import RunRecorder
 
 
 def replies(config: RunConfig, server_round: int) -> list[Message]:
@@ -121,9 +121,10 @@ class SitesGrid:
 
 
 def test_a_node_claiming_another_sites_name_is_reported_under_its_registry_name(tmp_path: Path) -> None:
+    from fedmodel.server.identity import IdentifiedGrid, NodeNames
+
     from fedmodel.deployment.coordinator import NodeEntry
     from fedmodel.security.audit_log import AuditLog, read_entries
-    from fedmodel.server.identity import IdentifiedGrid, NodeNames
 
     registry = tmp_path / "coordinator" / "nodes.json"
     registry.parent.mkdir()

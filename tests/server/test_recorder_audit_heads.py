@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+from fedmodel.server.recorder import RunRecorder
 from flwr.app import ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
 
@@ -13,7 +14,6 @@ from fedmodel.config import RunConfig
 from fedmodel.protocol import AUDIT_HEAD_RECORD_KEY, OWNER_RECORD_KEY
 from fedmodel.report.run_folder import RunFolder
 from fedmodel.security.audit_log import AuditLog
-from fedmodel.server.recorder import RunRecorder
 
 
 def reply(count: int, kind: str = MessageType.EVALUATE) -> Message:

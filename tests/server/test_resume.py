@@ -15,22 +15,22 @@ import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import fedmodel.clients.app as client_app
 import pytest
 import torch
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.resume import handbacks, open_checkpoint, resume, save_round, train_config
+from fedmodel.server.rounds import run_rounds
+from fedmodel.server.strategy import build_strategy
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-import fedmodel.clients.app as client_app
 from fedmodel.config import RunConfig
 from fedmodel.data import federated_split
 from fedmodel.data.prepare import as_raw, cleaning_spec, coordinator_spec, prepare_shard
 from fedmodel.models import build_model
 from fedmodel.report.run_folder import RunFolder
 from fedmodel.training import evaluate
-from fedmodel.server.recorder import RunRecorder
-from fedmodel.server.resume import handbacks, open_checkpoint, resume, save_round, train_config
-from fedmodel.server.rounds import run_rounds
-from fedmodel.server.strategy import build_strategy
 
 OWNERS, ROUNDS = 3, 3
 

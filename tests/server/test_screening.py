@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import torch
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.screening import Reference, ScreenedStrategy
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
 from flwr.serverapp.strategy import FedAvg, FedAvgM
@@ -15,8 +17,6 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedmodel.config import RunConfig
 from fedmodel.report.run_folder import RunFolder
-from fedmodel.server.recorder import RunRecorder
-from fedmodel.server.screening import Reference, ScreenedStrategy
 
 
 @pytest.fixture(autouse=True)

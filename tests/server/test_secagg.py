@@ -12,26 +12,31 @@ import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import fedmodel.clients.app as client_app
 import numpy as np
 import pytest
 import torch
+from fedmodel.clients.central_dp import central_dp_mod
+from fedmodel.clients.secagg import require_masked_train, secure_aggregation_mod
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.secagg import (
+    DEFAULT_MAX_WEIGHT,
+    SecureAggregateRejected,
+    quantisation_bound,
+    quantisation_range,
+    secure_train,
+)
+from fedmodel.server.strategy import build_strategy
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import ErrorCode
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.supercore.task_identity import TaskIdentity
 
-import fedmodel.clients.app as client_app
-from fedmodel.clients.central_dp import central_dp_mod
-from fedmodel.clients.secagg import require_masked_train, secure_aggregation_mod
 from fedmodel.config import RunConfig
 from fedmodel.errors import BelowMinimumError, ConfigError, PolicyViolation
 from fedmodel.privacy.policy import RULE_SECURE_AGGREGATION, PrivacyPolicy
 from fedmodel.report.run_folder import RunFolder
-from fedmodel.server.recorder import RunRecorder
-from fedmodel.server.secagg import DEFAULT_MAX_WEIGHT, SecureAggregateRejected, quantisation_bound, quantisation_range, \
-    secure_train
-from fedmodel.server.strategy import build_strategy
 
 OWNERS = 4
 WEIGHTS = {100: 30.0, 101: 70.0, 102: 45.0, 103: 120.0}
@@ -335,10 +340,11 @@ class CrashingGrid(AppGrid):
 
 def secure_coordinator(config: RunConfig, run_dir: Path, grid: AppGrid) -> tuple[dict[str, torch.Tensor], RunRecorder]:
     """What fedmodel.server.app.main does for a table run, minus Flower (fresh or resumed), with a checkpoint per round."""
-    from fedmodel.data import federated_split
-    from fedmodel.models import build_model
     from fedmodel.server.resume import handbacks, open_checkpoint, resume, save_round, train_config
     from fedmodel.server.rounds import run_rounds
+
+    from fedmodel.data import federated_split
+    from fedmodel.models import build_model
 
     folder = RunFolder(run_dir)
     checkpoint = open_checkpoint(run_dir, config) if config.resume else None

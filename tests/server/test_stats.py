@@ -9,6 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.screening import ScreenedStrategy
+from fedmodel.server.stats import collect_feature_stats
+from fedmodel.server.strategy import build_strategy
 from flwr.app import Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
 from flwr.supercore.task_identity import TaskIdentity
@@ -18,10 +22,6 @@ from fedmodel.data import federated_split
 from fedmodel.data.scaling import feature_sums, pooled_exact, public_bounds
 from fedmodel.errors import BelowMinimumError
 from fedmodel.report.run_folder import RunFolder
-from fedmodel.server.recorder import RunRecorder
-from fedmodel.server.stats import collect_feature_stats
-from fedmodel.server.screening import ScreenedStrategy
-from fedmodel.server.strategy import build_strategy
 
 OWNERS = 4
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import torch
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.strategy import aggregator, build_strategy, restore_strategy_state, strategy_state
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, Metadata, MetricRecord, RecordDict
 from flwr.app.message.message import make_message
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
@@ -18,8 +20,6 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedmodel.config import AggregationSpec, RunConfig
 from fedmodel.errors import AllClientsFailedError, ConfigError
 from fedmodel.report.run_folder import RunFolder
-from fedmodel.server.recorder import RunRecorder
-from fedmodel.server.strategy import aggregator, build_strategy, restore_strategy_state, strategy_state
 
 Tensors = dict[str, torch.Tensor]
 TEST_METRICS = {"loss": 1.0, "accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5}

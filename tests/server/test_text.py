@@ -8,20 +8,20 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import fedmodel.clients.app as client_app
 import pytest
 import torch
+from fedmodel.server.recorder import RunRecorder
+from fedmodel.server.text import ADAPTER_FILE, lora_settings, run_text
 from flwr.app import Context, Message, MessageType, Metadata, RecordDict
 from flwr.app.message.message import make_message
 from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.rdp import RDPAccountant
 
-import fedmodel.clients.app as client_app
 from fedmodel.config import RunConfig
 from fedmodel.llm import add_lora, load_adapter_state, load_base, payload_sizes, read_adapter
 from fedmodel.report.run_folder import RunFolder
-from fedmodel.server.recorder import RunRecorder
-from fedmodel.server.text import ADAPTER_FILE, lora_settings, run_text
 
 ORDERS = RDPAccountant.DEFAULT_ALPHAS
 

@@ -7,9 +7,8 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from flwr.app import ArrayRecord
-
 from fedmodel.server.validation import update_norm, validate_update
+from flwr.app import ArrayRecord
 
 Tensors = dict[str, torch.Tensor]
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 import torch
+from fedmodel.simulations.cluster import RayClusterError, RayNode, assess, check_cluster
+from fedmodel.simulations.runner import _private_ray_root, federation_settings
 from typer.testing import CliRunner
 
 from fedmodel import __version__
@@ -19,8 +21,6 @@ from fedmodel.cli import app
 from fedmodel.config import RunConfig
 from fedmodel.errors import ConfigError
 from fedmodel.runs import flower_env, free_port
-from fedmodel.simulations.cluster import RayClusterError, RayNode, assess, check_cluster
-from fedmodel.simulations.runner import _private_ray_root, federation_settings
 
 simulate_module = importlib.import_module("fedmodel.cli.simulate")
 

@@ -7,15 +7,15 @@ import time
 import types
 from pathlib import Path
 
+import fedmodel.clients.app as client_app
 import pytest
+from fedmodel.server.recorder import RunRecorder
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, Metadata, RecordDict
 from flwr.app.message.message import make_message
 
-import fedmodel.clients.app as client_app
 from fedmodel.config import RunConfig
 from fedmodel.models import build_model
 from fedmodel.report.run_folder import RunFolder
-from fedmodel.server.recorder import RunRecorder
 
 METRICS = {"loss": 1.0, "accuracy": 0.5, "precision": 0.5, "recall": 0.5, "f1": 0.5}
 

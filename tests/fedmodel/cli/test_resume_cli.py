@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 import torch
+from fedmodel.server.checkpoint import write_checkpoint
 from typer.testing import CliRunner
 
 from fedmodel.cli import app
 from fedmodel.config import RunConfig
 from fedmodel.report.run_folder import RunFolder
-from fedmodel.server.checkpoint import write_checkpoint
 
 simulate_module = importlib.import_module("fedmodel.cli.simulate")
 train_module = importlib.import_module("fedmodel.cli.train")

@@ -131,7 +131,7 @@ def iid_partitioner_rows(rows: int, owners: int) -> list[np.ndarray]:
 def test_iid_shards_are_the_iid_partitioners(rows: int, owners: int) -> None:
     got = iid_shards(rows, owners)
     assert len(got) == owners
-    for mine, theirs in zip(got, iid_partitioner_rows(rows, owners)):
+    for mine, theirs in zip(got, iid_partitioner_rows(rows, owners), strict=True):
         np.testing.assert_array_equal(mine, theirs)
         assert mine.dtype == np.int64
 
@@ -140,7 +140,7 @@ def test_iid_partition_is_the_iid_partitioners(train_labels: np.ndarray) -> None
     got = partition_indices(train_labels, OWNERS, PartitionSpec.parse("iid"), seed=42)
     expected = iid_partitioner_rows(len(train_labels), OWNERS)
     assert len(got) == OWNERS
-    for mine, theirs in zip(got, expected):
+    for mine, theirs in zip(got, expected, strict=True):
         np.testing.assert_array_equal(mine, theirs)
 
 

@@ -12,8 +12,18 @@ from torch import nn
 
 from fedmodel.errors import ConfigError
 from fedmodel.llm import (
-    AdapterStateError, FingerprintMismatch, LoraSettings, ModelSourceError, adapter_state, add_lora, fingerprint,
-    load_adapter_state, load_base, merge_adapter, read_adapter, save_adapter,
+    AdapterStateError,
+    FingerprintMismatch,
+    LoraSettings,
+    ModelSourceError,
+    adapter_state,
+    add_lora,
+    fingerprint,
+    load_adapter_state,
+    load_base,
+    merge_adapter,
+    read_adapter,
+    save_adapter,
 )
 
 

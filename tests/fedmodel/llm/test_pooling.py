@@ -15,8 +15,18 @@ from opacus.accountants.rdp import RDPAccountant
 from fedmodel.config import RunConfig
 from fedmodel.errors import ConfigError
 from fedmodel.llm import (
-    LoraSettings, LoraTrainSettings, ModelSourceError, TextShard, add_lora, fingerprint, load_base, merge_adapter,
-    read_adapter, save_adapter, tokenize_shard, train_lora_round,
+    LoraSettings,
+    LoraTrainSettings,
+    ModelSourceError,
+    TextShard,
+    add_lora,
+    fingerprint,
+    load_base,
+    merge_adapter,
+    read_adapter,
+    save_adapter,
+    tokenize_shard,
+    train_lora_round,
 )
 from fedmodel.llm.pooling import MaskedMeanPooler, declared_pooling, resolve_pooling
 from fedmodel.llm.train import _param_groups

@@ -16,8 +16,17 @@ from torch import nn
 import fedmodel.llm.train as train_module
 from fedmodel.errors import PrivacyBudgetExceeded
 from fedmodel.llm import (
-    LoraSettings, LoraTrainSettings, TextShard, TokenizedShard, adapter_state, add_lora, evaluate_causal_lm,
-    evaluate_classification, load_base, tokenize_shard, train_lora_round,
+    LoraSettings,
+    LoraTrainSettings,
+    TextShard,
+    TokenizedShard,
+    adapter_state,
+    add_lora,
+    evaluate_causal_lm,
+    evaluate_classification,
+    load_base,
+    tokenize_shard,
+    train_lora_round,
 )
 from fedmodel.llm.source import Task
 from fedmodel.privacy import OwnerPrivacyState

@@ -78,11 +78,10 @@ def _federate_through_the_client_app(config: RunConfig) -> dict[str, object]:
     """The real ClientApp in process (canaries, accounting, faults), FedAvg here; the coordinator's audit."""
     import time
 
-    from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, Metadata, RecordDict
-    from flwr.app.message.message import make_message
-
     import fedmodel.clients.app as client_app
     from fedmodel.server.canaries import UpdateAudit, audit_run
+    from flwr.app import ArrayRecord, ConfigRecord, Context, MessageType, Metadata, RecordDict
+    from flwr.app.message.message import make_message
 
     split = federated_split(config)
     test = split.test()

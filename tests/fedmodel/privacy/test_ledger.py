@@ -264,7 +264,7 @@ def test_encrypted_file_holds_no_plaintext(tmp_path: Path) -> None:
     key = load_or_create_key(tmp_path / "ledger.key")
     path = tmp_path / "ledger.sqlite"
     with PrivacyLedger(path, key=key) as ledger:
-        for i in range(3):
+        for _ in range(3):
             reservation = run(ledger, SECRETS[0], 1.1, 0.01, 100, run_id=SECRETS[1], coordinator=SECRETS[2])
             ledger.commit(reservation)
         raw_open = b"".join(p.read_bytes() for p in tmp_path.glob("ledger.sqlite*"))

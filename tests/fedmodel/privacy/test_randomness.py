@@ -8,7 +8,13 @@ import torch
 from scipy import stats
 
 from fedmodel.privacy.randomness import (
-    OsRandom, gaussian_source, os_standard_normal, os_uniform, owner_seed, plain_seed, round_seed,
+    OsRandom,
+    gaussian_source,
+    os_standard_normal,
+    os_uniform,
+    owner_seed,
+    plain_seed,
+    round_seed,
 )
 
 

@@ -58,7 +58,7 @@ def differences(a: Any, b: Any, path: str = "") -> list[str]:
     if isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
             return [f"{path}: {len(a)} items != {len(b)}"]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]")]
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{path}[{i}]")]
     if isinstance(a, float) and isinstance(b, float):
         return [] if a == pytest.approx(b, rel=1e-12) else [f"{path}: {a!r} != {b!r}"]
     return [] if type(a) is type(b) and a == b else [f"{path}: {a!r} != {b!r}"]

@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 
 from fedmodel.security.audit_log import (
-    GENESIS, AuditLog, AuditLogError, head_path, load_key, read_entries, verify,
+    GENESIS,
+    AuditLog,
+    AuditLogError,
+    head_path,
+    load_key,
+    read_entries,
+    verify,
 )
 
 ENTRIES = 20
